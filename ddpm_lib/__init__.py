@@ -1,0 +1,48 @@
+"""ddpm_lib: Denoising Diffusion Probabilistic Models in PyTorch.
+
+The public names below are imported lazily, so ``import ddpm_lib`` costs little more than
+``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "NoiseSchedule": "ddpm_lib.schedule",
+    "GaussianOracle": "ddpm_lib.analytic",
+
+    "SimpleLoss": "ddpm_lib.losses",
+    "VLBLoss": "ddpm_lib.losses",
+    "HybridLoss": "ddpm_lib.losses",
+
+    "UNet": "ddpm_lib.models.unet",
+
+    "DDPMSampler": "ddpm_lib.samplers",
+    "DDIMSampler": "ddpm_lib.samplers",
+    "DPMSolverSampler": "ddpm_lib.samplers",
+
+    "Trainer": "ddpm_lib.training",
+
+    "frechet_distance": "ddpm_lib.metrics",
+    "nll_bits_per_dim": "ddpm_lib.metrics",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ddpm_lib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,377 @@
+"""The forward (noising) process of a DDPM and the closed forms derived from it.
+
+Notation (Ho et al. 2020, with 0-based timesteps ``t`` in ``[0, T-1]``; the paper's step
+``t + 1``):
+
+==========================  ======================================================
+``betas[t]``                beta_t, variance of q(x_t | x_{t-1})
+``alphas[t]``               alpha_t = 1 - beta_t
+``alphas_cumprod[t]``       alpha-bar_t = prod_{s <= t} alpha_s
+``alphas_cumprod_prev[t]``  alpha-bar_{t-1}, with alpha-bar_{-1} = 1
+``posterior_variance[t]``   beta-tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)   (eq. 7)
+``posterior_mean_coef1``    sqrt(abar_{t-1}) beta_t / (1 - abar_t)                   (eq. 7)
+``posterior_mean_coef2``    sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)            (eq. 7)
+==========================  ======================================================
+
+Every array is computed once in float64 and cast to the input's dtype only when gathered,
+through :func:`gather`, which never synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._checks import check_choice, check_floating, check_same_shape, check_timesteps
+
+PREDICTION_TYPES = ("eps", "x0", "v")
+
+_ARRAY_NAMES = (
+    "betas",
+    "alphas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "alphas_cumprod_next",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+def gather(array: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Read ``array[t]`` and shape it to broadcast against ``like``.
+
+    ``array`` is a float64 schedule table ``(T,)`` and ``t`` a ``(B,)`` long tensor. The values
+    are gathered in float64 and then cast to ``like.dtype`` on ``like.device``; the result has
+    shape ``(B, 1, ..., 1)`` with ``like.ndim`` dimensions. No host synchronisation happens.
+    """
+    values = array.to(t.device)[t].to(device=like.device, dtype=like.dtype)
+    return values.reshape(values.shape[0], *((1,) * (like.ndim - 1)))
+
+
+class NoiseSchedule:
+    """Variance schedule ``beta_1..beta_T`` of the forward process and its derived arrays.
+
+    Args:
+        betas: any 1-D sequence of ``T`` values in ``(0, 1)``. The last value may be exactly 1
+            (a zero terminal SNR schedule, see :meth:`rescale_zero_terminal_snr`).
+
+    All derived arrays (see the module docstring) are float64 tensors of shape ``(T,)`` on
+    :attr:`device`. Build the usual schedules with :meth:`linear`, :meth:`cosine`,
+    :meth:`scaled_linear` and :meth:`sigmoid`.
+    """
+
+    def __init__(self, betas: Sequence[float] | torch.Tensor) -> None:
+        if isinstance(betas, torch.Tensor):
+            betas = betas.detach().to(device="cpu", dtype=torch.float64)
+        else:
+            try:
+                betas = torch.as_tensor(betas, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise TypeError(
+                    f"betas must be a 1-D sequence of floats; got {type(betas).__name__}"
+                ) from error
+        if betas.ndim != 1:
+            raise ValueError(f"betas must be 1-D; got shape {tuple(betas.shape)}")
+        if betas.numel() == 0:
+            raise ValueError("betas must not be empty; got 0 values")
+        inside = (betas > 0) & (betas < 1)
+        inside[-1] = (betas[-1] > 0) & (betas[-1] <= 1)
+        if not bool(inside.all()):
+            bad = int((~inside).nonzero()[0])
+            raise ValueError(
+                f"betas must lie in (0, 1) (only the last may equal 1); got betas[{bad}] = "
+                f"{float(betas[bad])!r}"
+            )
+        self._compute(betas)
+
+    # ------------------------------------------------------------------ construction
+    def _compute(self, betas: torch.Tensor) -> None:
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        one = betas.new_ones(1)
+        self.betas = betas
+        self.alphas = alphas
+        self.alphas_cumprod = alphas_cumprod
+        self.alphas_cumprod_prev = torch.cat([one, alphas_cumprod[:-1]])
+        self.alphas_cumprod_next = torch.cat([alphas_cumprod[1:], betas.new_zeros(1)])
+        self.sqrt_alphas_cumprod = alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()
+        self.log_one_minus_alphas_cumprod = torch.log1p(-alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = alphas_cumprod.rsqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / alphas_cumprod - 1.0).sqrt()
+        # beta-tilde_t (eq. 7); 0 at t = 0, where the reverse step is deterministic.
+        posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        self.posterior_variance = posterior_variance
+        # log(0) at t = 0 is replaced by the t = 1 value, as in the DDPM code.
+        if len(betas) > 1:
+            clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+        else:
+            clipped = betas.clone()
+        self.posterior_log_variance_clipped = clipped.log()
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
+        )
+
+    @classmethod
+    def linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
+        """The DDPM paper's schedule: betas linear from ``beta_start`` to ``beta_end``."""
+        num_timesteps = _check_num_timesteps(num_timesteps)
+        _check_beta_range(beta_start, beta_end)
+        return cls(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
+
+    @classmethod
+    def scaled_linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+    ) -> NoiseSchedule:
+        """Linear in ``sqrt(beta)``, the latent-diffusion / Stable Diffusion schedule."""
+        num_timesteps = _check_num_timesteps(num_timesteps)
+        _check_beta_range(beta_start, beta_end)
+        sqrt_betas = torch.linspace(
+            math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps, dtype=torch.float64
+        )
+        return cls(sqrt_betas**2)
+
+    @classmethod
+    def sigmoid(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
+        """Betas on a sigmoid from ``beta_start`` to ``beta_end`` (GeoDiff; diffusers' "sigmoid")."""
+        num_timesteps = _check_num_timesteps(num_timesteps)
+        _check_beta_range(beta_start, beta_end)
+        ramp = torch.sigmoid(torch.linspace(-6.0, 6.0, num_timesteps, dtype=torch.float64))
+        return cls(ramp * (beta_end - beta_start) + beta_start)
+
+    @classmethod
+    def cosine(
+        cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+    ) -> NoiseSchedule:
+        """Nichol & Dhariwal (2021) eq. 17: abar(t) = cos^2((t/T + s) / (1 + s) * pi / 2).
+
+        ``beta_t = 1 - abar(t+1)/abar(t)``, clipped at ``max_beta`` to avoid the singularity
+        at the end of the chain.
+        """
+        num_timesteps = _check_num_timesteps(num_timesteps)
+        if not s >= 0:
+            raise ValueError(f"s must be >= 0; got {s!r}")
+        if not 0 < max_beta < 1:
+            raise ValueError(f"max_beta must be in (0, 1); got {max_beta!r}")
+        steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = 1.0 - alpha_bar[1:] / alpha_bar[:-1]
+        return cls(betas.clamp(max=max_beta))
+
+    def rescale_zero_terminal_snr(self) -> NoiseSchedule:
+        """Return a new schedule whose last step has zero SNR (Lin et al. 2024, Algorithm 1).
+
+        ``sqrt(abar)`` is shifted so that its last value is 0 and scaled so that its first value
+        is unchanged. The last beta becomes 1: pair it with v- or x0-prediction, since an eps
+        model cannot recover x0 from pure noise.
+        """
+        sqrt_abar = self.sqrt_alphas_cumprod.clone()
+        first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+        sqrt_abar = (sqrt_abar - last) * first / (first - last)
+        alphas_cumprod = sqrt_abar**2
+        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+        return type(self)((1.0 - alphas).to(self.device))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_timesteps(self) -> int:
+        """``T``, the number of diffusion steps."""
+        return self.betas.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Device that holds the float64 tables."""
+        return self.betas.device
+
+    def __len__(self) -> int:
+        return self.num_timesteps
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_timesteps={self.num_timesteps}, "
+            f"beta_first={float(self.betas[0]):.4g}, beta_last={float(self.betas[-1]):.4g})"
+        )
+
+    def to(self, device: torch.device | str) -> NoiseSchedule:
+        """Move every table to ``device`` (in place, kept in float64) and return ``self``."""
+        for name in _ARRAY_NAMES:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description; :meth:`from_dict` rebuilds the same schedule."""
+        return {"betas": self.betas.cpu().tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseSchedule:
+        """Rebuild a schedule written by :meth:`to_dict`."""
+        if not isinstance(data, dict) or "betas" not in data:
+            raise ValueError(f"data must be a dict with a 'betas' list; got {data!r:.80}")
+        return cls(data["betas"])
+
+    # ------------------------------------------------------------------ forward process
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` as a float64 tensor shaped like ``t``."""
+        t_tensor = torch.as_tensor(t)
+        t_checked = check_timesteps(t_tensor, self.num_timesteps, max(t_tensor.numel(), 1))
+        abar = self.alphas_cumprod.to(t_checked.device)[t_checked]
+        return (abar / (1.0 - abar)).reshape(t_tensor.shape)
+
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor | int,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw ``x_t ~ q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I)`` (eq. 4).
+
+        Args:
+            x0: clean data ``(B, ...)``.
+            t: timesteps ``(B,)`` (or one int for the whole batch).
+            noise: the standard normal noise ``eps``, shaped like ``x0``; drawn when ``None``.
+            generator: source of randomness for the drawn noise.
+        """
+        check_floating("x0", x0)
+        t = check_timesteps(t, self.num_timesteps, x0.shape[0], x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        else:
+            check_floating("noise", noise)
+            check_same_shape("noise", noise, "x0", x0)
+        return (
+            gather(self.sqrt_alphas_cumprod, t, x0) * x0
+            + gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+
+    def q_posterior(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The true posterior ``q(x_{t-1} | x_t, x0) = N(mu-tilde, beta-tilde I)`` (eqs. 6-7).
+
+        Returns ``(mean, variance, log_variance)``: the mean shaped like ``x_t``, the variance
+        and its (clipped) log shaped ``(B, 1, ..., 1)`` to broadcast against it.
+        """
+        check_floating("x0", x0)
+        check_floating("x_t", x_t)
+        check_same_shape("x0", x0, "x_t", x_t)
+        t = check_timesteps(t, self.num_timesteps, x_t.shape[0], x_t.device)
+        mean = gather(self.posterior_mean_coef1, t, x_t) * x0 + gather(
+            self.posterior_mean_coef2, t, x_t
+        ) * x_t
+        variance = gather(self.posterior_variance, t, x_t)
+        log_variance = gather(self.posterior_log_variance_clipped, t, x_t)
+        return mean, variance, log_variance
+
+    # ------------------------------------------------------------------ conversions
+    def predict_x0_from_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4)."""
+        t = self._check_pair(x_t, t, "eps", eps)
+        return (
+            gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
+    def predict_eps_from_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor
+    ) -> torch.Tensor:
+        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
+        t = self._check_pair(x_t, t, "x0", x0)
+        return (gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / gather(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
+
+    def get_v(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The v-prediction target ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022)."""
+        t = self._check_pair(x0, t, "noise", noise, x_name="x0")
+        return (
+            gather(self.sqrt_alphas_cumprod, t, x0) * noise
+            - gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
+
+    def predict_x0_from_v(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
+    ) -> torch.Tensor:
+        """``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v``."""
+        t = self._check_pair(x_t, t, "v", v)
+        return (
+            gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
+
+    def predict_eps_from_v(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
+    ) -> torch.Tensor:
+        """``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v``."""
+        t = self._check_pair(x_t, t, "v", v)
+        return (
+            gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+            + gather(self.sqrt_alphas_cumprod, t, x_t) * v
+        )
+
+    def split_prediction(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        prediction: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn a model's ``eps``, ``x0`` or ``v`` prediction into the pair ``(x0, eps)``.
+
+        The one place where losses and samplers interpret a prediction type.
+        """
+        check_choice("prediction", prediction, PREDICTION_TYPES)
+        t = self._check_pair(x_t, t, "model_output", model_output)
+        if prediction == "eps":
+            return self.predict_x0_from_eps(x_t, t, model_output), model_output
+        if prediction == "x0":
+            return model_output, self.predict_eps_from_x0(x_t, t, model_output)
+        if prediction == "v":
+            return self.predict_x0_from_v(x_t, t, model_output), self.predict_eps_from_v(
+                x_t, t, model_output
+            )
+        raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
+
+    def _check_pair(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        other_name: str,
+        other: torch.Tensor,
+        x_name: str = "x_t",
+    ) -> torch.Tensor:
+        check_floating(x_name, x_t)
+        check_floating(other_name, other)
+        check_same_shape(other_name, other, x_name, x_t)
+        return check_timesteps(t, self.num_timesteps, x_t.shape[0], x_t.device)
+
+
+def _check_num_timesteps(num_timesteps: Any) -> int:
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int):
+        raise TypeError(f"num_timesteps must be an int; got {type(num_timesteps).__name__}")
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1; got {num_timesteps}")
+    return num_timesteps
+
+
+def _check_beta_range(beta_start: float, beta_end: float) -> None:
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1); got {value!r}")
