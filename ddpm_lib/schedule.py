@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._checks import check_choice, check_floating, check_same_shape, check_timesteps
 
 PREDICTION_TYPES = ("eps", "x0", "v")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 
 _ARRAY_NAMES = (
     "betas",
@@ -44,7 +45,24 @@ _ARRAY_NAMES = (
     "posterior_log_variance_clipped",
     "posterior_mean_coef1",
     "posterior_mean_coef2",
+    "log_betas",
+    "fixed_large_variance",
+    "fixed_large_log_variance",
 )
+
+
+class PosteriorPrediction(NamedTuple):
+    """The model's reverse step ``p(x_{t-1} | x_t) = N(mean, variance)`` and what it came from.
+
+    ``mean``, ``x0`` and ``eps`` are shaped like ``x_t``; ``variance`` and ``log_variance`` are
+    ``(B, 1, ..., 1)`` for fixed variances and shaped like ``x_t`` for learned ones.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
 
 
 def gather(array: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -122,6 +140,11 @@ class NoiseSchedule:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod)
         )
+        self.log_betas = betas.log()
+        # "fixed_large" uses sigma_t^2 = beta_t, with beta-tilde_1 at t = 0 so that the decoder
+        # keeps a sensible variance (as in the DDPM and Improved DDPM code).
+        self.fixed_large_variance = torch.cat([clipped[:1].exp(), betas[1:]])
+        self.fixed_large_log_variance = self.fixed_large_variance.log()
 
     @classmethod
     def linear(
@@ -348,6 +371,66 @@ class NoiseSchedule:
                 x_t, t, model_output
             )
         raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
+
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        *,
+        prediction: str = "eps",
+        variance: str = "fixed_small",
+        clip_denoised: bool = False,
+    ) -> PosteriorPrediction:
+        """The model's Gaussian reverse step ``p_theta(x_{t-1} | x_t)`` (eq. 1 and Sec. 3.2).
+
+        Args:
+            model_output: the network's output for ``(x_t, t)``; for ``variance="learned"`` or
+                ``"learned_range"`` it has twice the channels of ``x_t`` (dim 1): the prediction,
+                then the variance values.
+            prediction: what the first half predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+            variance: ``"fixed_small"`` (beta-tilde_t), ``"fixed_large"`` (beta_t),
+                ``"learned"`` (the output is log sigma^2) or ``"learned_range"`` (Improved DDPM
+                eq. 15: the output v in [-1, 1] interpolates log beta_t and log beta-tilde_t).
+            clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` before forming the mean.
+
+        The mean is the posterior mean ``mu-tilde(x_t, x0_hat)`` of eq. 7. ``eps`` is the
+        model's noise estimate (before any clipping of ``x0``).
+        """
+        check_choice("prediction", prediction, PREDICTION_TYPES)
+        check_choice("variance", variance, VARIANCE_TYPES)
+        check_floating("model_output", model_output)
+        check_floating("x_t", x_t)
+        t = check_timesteps(t, self.num_timesteps, x_t.shape[0], x_t.device)
+        if variance in ("learned", "learned_range"):
+            expected = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:]) if x_t.ndim > 1 else None
+            if expected is None or tuple(model_output.shape) != expected:
+                raise ValueError(
+                    f"model_output must have shape {expected} (twice the channels of x_t) for "
+                    f"variance={variance!r}; got {tuple(model_output.shape)}"
+                )
+            model_output, variance_values = model_output.chunk(2, dim=1)
+            if variance == "learned":
+                log_variance = variance_values
+            else:
+                fraction = (variance_values + 1) / 2
+                log_variance = fraction * gather(self.log_betas, t, x_t) + (1 - fraction) * gather(
+                    self.posterior_log_variance_clipped, t, x_t
+                )
+            model_variance = log_variance.exp()
+        elif variance == "fixed_small":
+            model_variance = gather(self.posterior_variance, t, x_t)
+            log_variance = gather(self.posterior_log_variance_clipped, t, x_t)
+        else:
+            model_variance = gather(self.fixed_large_variance, t, x_t)
+            log_variance = gather(self.fixed_large_log_variance, t, x_t)
+        x0, eps = self.split_prediction(model_output, x_t, t, prediction)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        mean = gather(self.posterior_mean_coef1, t, x_t) * x0 + gather(
+            self.posterior_mean_coef2, t, x_t
+        ) * x_t
+        return PosteriorPrediction(mean, model_variance, log_variance, x0, eps)
 
     def _check_pair(
         self,
