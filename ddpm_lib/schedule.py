@@ -143,7 +143,7 @@ class NoiseSchedule:
         self.log_betas = betas.log()
         # "fixed_large" uses sigma_t^2 = beta_t, with beta-tilde_1 at t = 0 so that the decoder
         # keeps a sensible variance (as in the DDPM and Improved DDPM code).
-        self.fixed_large_variance = torch.cat([clipped[:1].exp(), betas[1:]])
+        self.fixed_large_variance = torch.cat([clipped[:1], betas[1:]])
         self.fixed_large_log_variance = self.fixed_large_variance.log()
 
     @classmethod
