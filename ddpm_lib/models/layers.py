@@ -156,81 +156,100 @@ def _group_norm_shape(x: torch.Tensor) -> tuple[int, int, int]:
     return n, c, x.numel() // max(n * c, 1)
 
 
-class _GroupNormSiLUFunction(torch.autograd.Function):
-    """``SiLU(GroupNorm(x))`` that keeps only ``x`` (and the group statistics) for backward.
+class _GroupNormSiLUDropout(torch.autograd.Function):
+    """``Dropout(SiLU(GroupNorm(x)))`` in one autograd node (eager CPU/GPU training path).
 
-    The unfused pair keeps both ``x`` (for GroupNorm's backward) and ``GroupNorm(x)`` (for
-    SiLU's backward). Here the normalised tensor is recomputed in backward from ``x``, which
-    costs one cheap elementwise pass and saves one activation-sized tensor per call; the
-    forward also applies SiLU in place instead of allocating a second output.
+    Unfused, autograd keeps ``x`` (GroupNorm), ``GroupNorm(x)`` (SiLU) and a float dropout
+    mask, and the forward makes four activation-sized passes plus a Bernoulli draw. Here the
+    node keeps ``x``, the group statistics and, with dropout, a bool mask; ``GroupNorm(x)`` is
+    recomputed in backward from the statistics (one elementwise pass, cheaper than storing it
+    when memory bandwidth is the limit). The mask is ``rand >= p``, i.e. each value is kept with
+    probability ``1 - p`` and scaled by ``1 / (1 - p)``, exactly as ``nn.Dropout``.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, groups: int, eps: float, p: float):  # type: ignore[override]
         n, c, hw = _group_norm_shape(x)
         y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.groups, ctx.eps = groups, eps
-        return F.silu(y, inplace=True)
+        out = F.silu(y, inplace=True)
+        drop = None
+        if p > 0.0:
+            drop = torch.rand_like(out) < p
+            out.masked_fill_(drop, 0.0).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(x, weight, bias, mean, rstd, drop)
+        ctx.groups, ctx.p = groups, p
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd, drop = ctx.saved_tensors
         n, c, hw = _group_norm_shape(x)
-        # recompute y = GroupNorm(x) from the saved statistics
-        shape = (n, ctx.groups, 1) + (1,) * (x.ndim - 2)
-        y = (x.unflatten(1, (ctx.groups, c // ctx.groups)) - mean.view(shape)) * rstd.view(shape)
-        y = y.flatten(1, 2) * weight.view((c,) + (1,) * (x.ndim - 2)) + bias.view(
-            (c,) + (1,) * (x.ndim - 2)
-        )
+        groups = ctx.groups
+        if drop is not None:
+            grad_out = grad_out.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - ctx.p))
+        # recompute y = GroupNorm(x) = x * a + b with per-(sample, channel) a, b from the stats
+        spatial = (1,) * (x.ndim - 2)
+        scale = rstd.repeat_interleave(c // groups, dim=1) * weight  # (N, C)
+        shift = bias - mean.repeat_interleave(c // groups, dim=1) * scale  # (N, C)
+        y = torch.addcmul(shift.view(n, c, *spatial), x, scale.view(n, c, *spatial))
         grad_y = torch.ops.aten.silu_backward(grad_out, y)
         del y
         grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
-            grad_y, x, mean, rstd, weight, n, c, hw, ctx.groups,
+            grad_y, x, mean, rstd, weight, n, c, hw, groups,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class GroupNormAct(nn.GroupNorm):
-    """``nn.GroupNorm`` computed in float32, optionally followed by SiLU.
+    """``nn.GroupNorm`` computed in float32, optionally followed by SiLU and dropout.
 
     Under ``torch.autocast`` (or with a bf16/fp16 input) the statistics and the affine map are
     computed in float32 and the result is cast back to the input's dtype, as in
-    improved-diffusion's ``GroupNorm32``. With ``activation=True`` the SiLU is fused with the
-    normalisation in eager mode (see :class:`_GroupNormSiLUFunction`); under
-    ``torch.compile`` the plain ops are used and the compiler fuses them.
+    improved-diffusion's ``GroupNorm32``. With ``activation=True`` the SiLU (and, in training,
+    the dropout of probability ``dropout``) is fused with the normalisation in eager mode (see
+    :class:`_GroupNormSiLUDropout`); under ``torch.compile`` the plain ops are used and the
+    compiler fuses them.
 
     Call: ``(B, C, ...)`` -> same shape and dtype.
     """
 
     def __init__(
-        self, num_groups: int, num_channels: int, eps: float = 1e-6, *, activation: bool = False
+        self, num_groups: int, num_channels: int, eps: float = 1e-6, *, activation: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        if dropout and not activation:
+            raise ValueError("GroupNormAct: dropout requires activation=True")
         self.activation = activation
+        self.dropout = float(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
         weight, bias = self.weight.float(), self.bias.float()
-        fused = (
+        p = self.dropout if self.training else 0.0
+        if (
             self.activation
             and not torch.compiler.is_compiling()
             and x32.ndim >= 3
-        )
-        if fused and torch.is_grad_enabled() and (
-            x32.requires_grad or weight.requires_grad or bias.requires_grad
+            and torch.is_grad_enabled()
+            and (x32.requires_grad or weight.requires_grad or bias.requires_grad)
         ):
-            out = _GroupNormSiLUFunction.apply(x32, weight, bias, self.num_groups, self.eps)
-        else:
-            with torch.autocast(x.device.type, enabled=False):
-                out = F.group_norm(x32, self.num_groups, weight, bias, self.eps)
-            if self.activation:
-                # in place only when autograd does not need the normalised tensor
-                inplace = not (torch.is_grad_enabled() and out.requires_grad)
-                out = F.silu(out, inplace=inplace)
+            out = _GroupNormSiLUDropout.apply(x32, weight, bias, self.num_groups, self.eps, p)
+            return out.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.group_norm(x32, self.num_groups, weight, bias, self.eps)
+        if self.activation:
+            # in place only when autograd does not need the normalised tensor
+            inplace = not (torch.is_grad_enabled() and out.requires_grad)
+            out = F.silu(out, inplace=inplace)
+            if p > 0.0:
+                out = F.dropout(out, p, training=True)
         return out.to(dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}, dropout={self.dropout}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,9 +259,9 @@ class ResBlock(nn.Module):
     """DDPM residual block (Wide-ResNet style, pre-activation).
 
     ``h = Conv3x3(SiLU(GN(x))) + Linear(SiLU(emb))``;
-    ``h = Conv3x3(Dropout(SiLU(GN(h))))``; ``out = skip(x) + h`` where ``skip`` is a 1x1
-    convolution when the channel count changes and the identity otherwise. The second
-    convolution starts at zero, so the block starts as ``skip``.
+    ``h = Conv3x3(Dropout(SiLU(GN(h))))`` (``norm2`` holds the dropout); ``out = skip(x) + h``
+    where ``skip`` is a 1x1 convolution when the channel count changes and the identity
+    otherwise. The second convolution starts at zero, so the block starts as ``skip``.
 
     Call: ``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, E)`` -> ``(B, C_out, H, W)``.
     """
@@ -256,8 +275,10 @@ class ResBlock(nn.Module):
         self.norm1 = GroupNormAct(norm_groups, in_channels, norm_eps, activation=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, out_channels)
-        self.norm2 = GroupNormAct(norm_groups, out_channels, norm_eps, activation=True)
-        self.dropout = nn.Dropout(dropout)
+        # GroupNorm, SiLU and dropout as one fused layer
+        self.norm2 = GroupNormAct(
+            norm_groups, out_channels, norm_eps, activation=True, dropout=dropout
+        )
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = (
             nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -268,7 +289,7 @@ class ResBlock(nn.Module):
         emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)  # (B, C_out)
         # conv outputs are not saved by autograd, so adding in place is safe and saves a copy
         h = h.add_(emb_out[:, :, None, None])
-        h = self.conv2(self.dropout(self.norm2(h)))
+        h = self.conv2(self.norm2(h))
         skip = x if self.skip is None else self.skip(x)
         return h.add_(skip.to(h.dtype))
 
@@ -355,18 +376,46 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+# Nearest 2x upsampling followed by a 3x3 convolution (padding 1) is a transposed convolution
+# with stride 2, padding 1 and a 4x4 kernel whose taps are sums of the 3x3 taps: along each
+# axis, output 2m reads input m-1 with tap 0 and input m with taps 1+2, output 2m+1 reads
+# input m with taps 0+1 and input m+1 with tap 2. In transposed-convolution indexing
+# (output = 2 * input - 1 + k) that is K[0] = W[2], K[1] = W[1] + W[2], K[2] = W[0] + W[1],
+# K[3] = W[0]. It needs 16 instead of 36 multiply-adds per input pixel and never materialises
+# the upsampled tensor.
+_UPSAMPLE_TAPS = torch.tensor(
+    [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+)  # (4 transposed taps, 3 taps)
+_UPSAMPLE_KRON = torch.kron(_UPSAMPLE_TAPS, _UPSAMPLE_TAPS)  # (16, 9): 2-D taps
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour 2x upsampling followed by a 3x3 convolution.
 
+    The parameter is the 3x3 convolution ``conv`` (as in DDPM and diffusers). For inputs of at
+    least ``fused_min_pixels`` pixels the pair is computed as one equivalent stride-2
+    transposed convolution (same result up to float rounding, 16/36 of the multiply-adds);
+    below that the plain pair is faster because the kernel transform dominates.
+
     Call: ``(B, C, H, W)`` -> ``(B, C, 2H, 2W)``.
     """
+
+    fused_min_pixels = 256
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if x.shape[-2] * x.shape[-1] < self.fused_min_pixels:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        weight = self.conv.weight  # (C_out, C_in, 3, 3)
+        c_out, c_in = weight.shape[:2]
+        taps = _UPSAMPLE_KRON.to(weight.device, weight.dtype)
+        kernel = (weight.reshape(c_out * c_in, 9) @ taps.t()).view(c_out, c_in, 4, 4)
+        kernel = kernel.transpose(0, 1).to(x.dtype)  # (C_in, C_out, 4, 4)
+        bias = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
+        return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)  # (B, C, 2H, 2W)
 
 
 class OutputHead(nn.Module):
