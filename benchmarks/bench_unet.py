@@ -13,15 +13,17 @@ side the script measures
   ``torch.cuda.max_memory_allocated``; it does not count allocator caching or the process's
   other memory;
 
-and prints medians and ratios ours / diffusers (below 1 means ours is faster / smaller). The
-repetitions of the two sides are interleaved (alternating which goes first), so that load from
-other processes hits both alike. ``--compile`` adds ``torch.compile`` of both models (slow to
-build: minutes on a few CPU cores).
+and prints medians and ratios ours / diffusers (below 1 means ours is faster / smaller). Time
+is reported twice: wall-clock, and CPU time of the process (``time.process_time``, all threads),
+which is less sensitive to other processes taking the CPU away. The repetitions of the two
+sides are interleaved (alternating which goes first), so that load from other processes hits
+both alike. ``--compile ours`` (or ``both``) adds ``torch.compile`` of
+our model (or of both); building the graphs takes minutes on a few CPU cores.
 
 Usage::
 
     python benchmarks/bench_unet.py --threads 2 --batch 4 --repeats 15
-    python benchmarks/bench_unet.py --compile --repeats 5
+    python benchmarks/bench_unet.py --compile ours --repeats 5
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15, help="timed repetitions per side")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", choices=["none", "ours", "both"], default="none",
+                        help="also time torch.compile of our model or of both models")
     parser.add_argument("--channels-last", action="store_true",
                         help="run both models and inputs in channels_last memory format")
     args = parser.parse_args()
@@ -102,9 +105,11 @@ def main() -> None:
     print(f"parameters: ours {n_ours:,}, diffusers {n_theirs:,}; max |output difference| "
           f"{diff:.2e}")
 
-    if args.compile:
-        print("compiling both models (forward and forward+backward graphs) ...", flush=True)
-        for name in list(models):
+    if args.compile != "none":
+        names = ["ours"] if args.compile == "ours" else ["ours", "diffusers"]
+        print(f"compiling {', '.join(names)} (forward and training graphs; minutes) ...",
+              flush=True)
+        for name in names:
             models[f"{name}+compile"] = torch.compile(models[name])
 
     def forward(model: torch.nn.Module) -> Callable[[], None]:
@@ -127,36 +132,46 @@ def main() -> None:
         for kind in ("forward", "forward+backward")
     }
     times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
+    cpu_times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
     order = list(tasks)
     for rep in range(args.warmup + args.repeats):
         sequence = order if rep % 2 == 0 else order[::-1]
         for key in sequence:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             tasks[key]()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             if rep >= args.warmup:
                 times[key].append(elapsed)
+                cpu_times[key].append(cpu)
 
     memory = {}
     for name, model in models.items():
         step = tasks[(name, "forward+backward")]
         memory[name] = statistics.median(peak_step_memory(step) for _ in range(3))
 
-    def median_ms(key: tuple[str, str]) -> float:
-        return 1e3 * statistics.median(times[key])
+    def median_ms(key: tuple[str, str], table: dict = times) -> float:
+        return 1e3 * statistics.median(table[key])
 
-    print(f"\nmedian of {args.repeats} interleaved repetitions (ms); ratio = ours / diffusers")
-    print(f"{'':22s}{'forward':>12s}{'fwd+bwd':>12s}{'peak MiB':>12s}")
+    print(f"\nmedians of {args.repeats} interleaved repetitions, ms (wall | CPU)")
+    print(f"{'':20s}{'forward':>22s}{'forward+backward':>24s}{'peak MiB':>10s}")
     for name in models:
-        print(f"{name:22s}{median_ms((name, 'forward')):12.1f}"
-              f"{median_ms((name, 'forward+backward')):12.1f}{memory[name] / 2**20:12.1f}")
+        cells = [f"{median_ms((name, k)):9.1f} |{median_ms((name, k), cpu_times):9.1f}"
+                 for k in ("forward", "forward+backward")]
+        print(f"{name:20s}{cells[0]:>22s}{cells[1]:>24s}{memory[name] / 2**20:10.1f}")
     pairs = [("ours", "diffusers")]
-    if args.compile:
-        pairs += [("ours+compile", "diffusers+compile"), ("ours+compile", "ours")]
+    if args.compile != "none":
+        pairs += [("ours+compile", "ours"), ("ours+compile", "diffusers")]
+    if args.compile == "both":
+        pairs += [("ours+compile", "diffusers+compile"), ("diffusers+compile", "diffusers")]
+    print("\nratios (wall | CPU)")
     for a, b in pairs:
-        ratios = [median_ms((a, k)) / median_ms((b, k)) for k in ("forward", "forward+backward")]
-        print(f"{a + ' / ' + b:34s} forward {ratios[0]:.3f}x   forward+backward "
-              f"{ratios[1]:.3f}x   peak memory {memory[a] / memory[b]:.3f}x")
+        cells = []
+        for kind in ("forward", "forward+backward"):
+            wall = median_ms((a, kind)) / median_ms((b, kind))
+            cpu = median_ms((a, kind), cpu_times) / median_ms((b, kind), cpu_times)
+            cells.append(f"{kind} {wall:.3f}x | {cpu:.3f}x")
+        print(f"{a + ' / ' + b:38s} {cells[0]}   {cells[1]}   peak memory "
+              f"{memory[a] / memory[b]:.3f}x")
 
 
 if __name__ == "__main__":

@@ -486,8 +486,10 @@ def test_bad_forward_input_raises_with_what_to_change(generator):
 def test_compiles_fullgraph_without_recompiling(generator):
     import torch._dynamo
 
-    model = randomize(tiny(num_classes=3, base_channels=8)).eval()
-    x = torch.randn(2, 3, 16, 16, generator=generator)
+    # two levels at 32 px: attention, down- and upsampling (the transposed-conv path)
+    model = randomize(tiny(num_classes=3, base_channels=8, image_size=32,
+                           attention_resolutions=(16,))).eval()
+    x = torch.randn(2, 3, 32, 32, generator=generator)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(
