@@ -246,6 +246,7 @@ def _warn_small(command: str, num_samples: int | None, what: str) -> None:
 
 
 def _run_fid(args: argparse.Namespace) -> None:
+    import os
     from functools import lru_cache
 
     import torch
@@ -263,6 +264,11 @@ def _run_fid(args: argparse.Namespace) -> None:
         raise CLIError("use either --checkpoint or --save-stats, not both")
     if args.num_samples is not None and args.num_samples < 2:
         raise CLIError(f"--num-samples must be >= 2; got {args.num_samples}")
+    for path in args.paths:  # fail before any feature is computed
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"not found: {path!r} (expected an image folder or a .npz file)"
+            )
 
     @lru_cache(maxsize=None)
     def extractor() -> Any:  # loaded only when some side needs features

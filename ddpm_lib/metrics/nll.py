@@ -72,12 +72,25 @@ class BitsPerDim:
 def _batches(
     dataset: Any, batch_size: int, labels_as: str | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(images, labels)`` batches from a tensor, a Dataset or an iterable of batches."""
+    """Yield ``(images, labels)`` batches from a tensor, a Dataset or an iterable of batches.
+
+    ``labels`` is ``None`` when the dataset has none; then ``labels_as`` is an error.
+    """
+    for images, labels in _raw_batches(dataset, batch_size):
+        if labels_as is not None and labels is None:
+            raise ValueError(
+                f"labels_as={labels_as!r} needs (images, labels) batches; the dataset yields "
+                "images only"
+            )
+        yield images, labels
+
+
+def _raw_batches(dataset: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, Any]]:
     if isinstance(dataset, torch.Tensor):
         for images in dataset.split(batch_size):
             yield images, None
         return
-    if isinstance(dataset, torch.utils.data.Dataset) and hasattr(dataset, "__getitem__"):
+    if isinstance(dataset, torch.utils.data.Dataset):
         dataset = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     if not isinstance(dataset, Iterable):
         raise TypeError(
@@ -96,11 +109,6 @@ def _batches(
             images = batch
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"batches must hold image tensors; got {type(images).__name__}")
-        if labels_as is not None and labels is None:
-            raise ValueError(
-                f"labels_as={labels_as!r} needs (images, labels) batches; the dataset yields "
-                "images only"
-            )
         yield images, labels
 
 
