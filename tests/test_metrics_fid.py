@@ -377,3 +377,16 @@ def test_kid_rejects_bad_input() -> None:
         kernel_inception_distance(np.full((3, 3), np.nan), np.ones((5, 3)))
     with pytest.raises(ValueError, match="num_subsets"):
         kernel_inception_distance(np.ones((3, 3)), np.ones((5, 3)), num_subsets=0)
+
+
+def test_importing_metrics_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ddpm_lib.metrics, ddpm_lib\n"
+        "assert ddpm_lib.frechet_distance is ddpm_lib.metrics.frechet_distance\n"
+        "heavy = [m for m in ('scipy', 'PIL', 'torchvision', 'pytorch_fid') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
