@@ -334,7 +334,6 @@ def _run_bpd(args: argparse.Namespace) -> None:
         data = _read_image_array(args.data)
     else:
         raise CLIError(f"{args.data!r} is neither an image folder nor a .npy / .npz image batch")
-    torch.manual_seed(args.seed)  # the noise of each term of the bound
     result = nll_bits_per_dim(
         model,
         schedule,
@@ -345,6 +344,7 @@ def _run_bpd(args: argparse.Namespace) -> None:
         num_samples=args.num_samples,
         device=device,
         progress=not args.no_progress,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
     )
     print(f"bits/dim: {result.mean:.4f} +- {result.stderr:.4f}")
     print(f"samples: {result.num_samples}")

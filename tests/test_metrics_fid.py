@@ -390,3 +390,16 @@ def test_importing_metrics_stays_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extractor_runs_in_eval_mode_and_its_mode_is_restored(generator) -> None:
+    class Recorder(TinyExtractor):
+        modes: list[bool] = []
+
+        def forward(self, images):
+            self.modes.append(self.training)
+            return super().forward(images)
+
+    extractor = Recorder().train()
+    compute_statistics(torch.rand(4, 3, 8, 8, generator=generator), extractor, batch_size=2)
+    assert extractor.modes == [False, False] and extractor.training

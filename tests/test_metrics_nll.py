@@ -18,7 +18,8 @@ class RecordingBound:
         self.num_timesteps = num_timesteps
         self.calls: list[dict] = []
 
-    def bits_per_dim(self, model, x0, progress=False, return_terms=False, **model_kwargs):
+    def bits_per_dim(self, model, x0, *, progress=False, return_terms=False, generator=None,
+                     **model_kwargs):
         self.calls.append({"batch": x0.shape[0], "kwargs": model_kwargs, "x0": x0})
         level = x0.flatten(1).mean(dim=1).double() + 2.0  # (B,) in [1, 3]
         steps = torch.arange(self.num_timesteps, dtype=torch.float64)
@@ -93,3 +94,19 @@ def test_bad_input_is_rejected(generator) -> None:
         nll_bits_per_dim(lambda x, t: x, None, images, loss=object())
     with pytest.raises(TypeError, match="dataset"):
         nll_bits_per_dim(lambda x, t: x, None, 3.0, loss=RecordingBound())
+
+
+def test_model_runs_in_eval_mode_and_generator_reaches_the_bound(generator) -> None:
+    class Model(torch.nn.Module):
+        def forward(self, x_t, t):
+            return x_t
+
+    class ModeBound(RecordingBound):
+        def bits_per_dim(self, model, x0, **kwargs):
+            self.modes = getattr(self, "modes", []) + [(model.training, kwargs["generator"])]
+            return super().bits_per_dim(model, x0, **kwargs)
+
+    model, bound = Model().train(), ModeBound()
+    images = torch.rand(3, 1, 4, 4, generator=generator) * 2 - 1
+    nll_bits_per_dim(model, None, images, loss=bound, generator=generator)
+    assert bound.modes == [(False, generator)] and model.training

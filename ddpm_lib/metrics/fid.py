@@ -19,6 +19,7 @@ sampler generating on the fly (:func:`statistics_from_sampler`). Every feature e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -345,6 +346,25 @@ def _model_device(module: Any) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def eval_mode(*modules: Any) -> Iterator[None]:
+    """Put every ``torch.nn.Module`` among ``modules`` in eval mode, restoring it afterwards.
+
+    Metrics must not run with dropout or batch statistics; the caller's training state is
+    left as it was.
+    """
+    saved = [
+        (module, module.training) for module in modules if isinstance(module, torch.nn.Module)
+    ]
+    for module, _ in saved:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.train(training)
+
+
 def _images_of(batch: Any) -> torch.Tensor:
     """The images of a batch: a tensor, the first element of a tuple/list, or ``batch["image"]``."""
     if isinstance(batch, dict):
@@ -397,8 +417,8 @@ def compute_statistics(
             element is one (``(images, labels)``), or a dict with an ``"image"`` entry. Images
             are ``uint8`` in ``[0, 255]`` or floating point in ``[-1, 1]``.
         extractor: maps ``(B, C, H, W)`` float images in ``[-1, 1]`` to ``(B, D)`` features;
-            e.g. :class:`~ddpm_lib.metrics.inception.FIDInceptionV3`. Run under
-            ``torch.inference_mode``.
+            e.g. :class:`~ddpm_lib.metrics.inception.FIDInceptionV3`. Run in eval mode under
+            ``torch.inference_mode`` (its training flag is restored afterwards).
         num_samples: stop after this many images (all of them when ``None``).
         keep_features: keep the features too (for :func:`kernel_inception_distance`).
         progress: show a tqdm bar.
@@ -425,32 +445,44 @@ def compute_statistics(
         )
     stats = FeatureStatistics(keep_features=keep_features)
     bar = _progress_bar(progress, num_samples or _length_in_samples(images), "features")
-    try:
-        for batch in images:
-            batch = _to_unit_range(_images_of(batch))
-            if batch.ndim != 4:
-                raise ValueError(f"image batches must be (B, C, H, W); got {tuple(batch.shape)}")
-            if num_samples is not None:
-                batch = batch[: num_samples - stats.num_samples]
-            with torch.inference_mode():
-                features = extractor(batch.to(device))
-            features = _as_features(features)
-            if features.shape[0] != batch.shape[0]:
-                raise ValueError(
-                    f"extractor returned {features.shape[0]} feature rows for "
-                    f"{batch.shape[0]} images; expected one (B, D) row per image"
-                )
-            stats.update(features)
-            if bar is not None:
-                bar.update(batch.shape[0])
-            if num_samples is not None and stats.num_samples >= num_samples:
-                break
-    finally:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(eval_mode(extractor))
         if bar is not None:
-            bar.close()
+            stack.callback(bar.close)
+        _accumulate(images, extractor, stats, num_samples, device, bar)
     if stats.num_samples == 0:
         raise ValueError("no images were read: the source is empty")
     return stats
+
+
+def _accumulate(
+    images: Iterable,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    stats: FeatureStatistics,
+    num_samples: int | None,
+    device: torch.device,
+    bar: Any,
+) -> None:
+    """Feed every batch of ``images`` through ``extractor`` into ``stats``."""
+    for batch in images:
+        batch = _to_unit_range(_images_of(batch))
+        if batch.ndim != 4:
+            raise ValueError(f"image batches must be (B, C, H, W); got {tuple(batch.shape)}")
+        if num_samples is not None:
+            batch = batch[: num_samples - stats.num_samples]
+        with torch.inference_mode():
+            features = extractor(batch.to(device))
+        features = _as_features(features)
+        if features.shape[0] != batch.shape[0]:
+            raise ValueError(
+                f"extractor returned {features.shape[0]} feature rows for "
+                f"{batch.shape[0]} images; expected one (B, D) row per image"
+            )
+        stats.update(features)
+        if bar is not None:
+            bar.update(batch.shape[0])
+        if num_samples is not None and stats.num_samples >= num_samples:
+            break
 
 
 def _length_in_samples(images: Iterable) -> int | None:
@@ -584,7 +616,10 @@ def generate_samples(
     while done < num_samples:
         count = min(batch_size, num_samples - done)
         kwargs = model_kwargs(count, generator) if callable(model_kwargs) else model_kwargs
-        images = sampler.sample(model, (count, *shape), generator=generator, model_kwargs=kwargs)
+        with torch.no_grad():
+            images = sampler.sample(
+                model, (count, *shape), generator=generator, model_kwargs=kwargs
+            )
         if tuple(images.shape) != (count, *shape):
             raise ValueError(
                 f"sampler.sample returned shape {tuple(images.shape)}; expected {(count, *shape)}"
@@ -613,7 +648,7 @@ def statistics_from_sampler(
     Args:
         sampler: any object with ``sample(model, shape, generator=, model_kwargs=)`` returning
             images in ``[-1, 1]`` (the ddpm_lib samplers).
-        model: the denoiser passed to the sampler.
+        model: the denoiser passed to the sampler (run in eval mode, then restored).
         extractor: the feature network (see :func:`compute_statistics`).
         num_samples: how many images to generate; never held all at once.
         shape: the shape of one image, ``(C, H, W)``.
@@ -628,15 +663,16 @@ def statistics_from_sampler(
     )
     if quantize_samples:
         batches = (quantize(images) for images in batches)
-    return compute_statistics(
-        batches,
-        extractor,
-        batch_size=batch_size,
-        num_samples=num_samples,
-        keep_features=keep_features,
-        progress=progress,
-        device=device,
-    )
+    with eval_mode(model):  # the batches are generated lazily, inside this block
+        return compute_statistics(
+            batches,
+            extractor,
+            batch_size=batch_size,
+            num_samples=num_samples,
+            keep_features=keep_features,
+            progress=progress,
+            device=device,
+        )
 
 
 # ============================================================================ KID

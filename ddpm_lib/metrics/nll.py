@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fid import _check_positive_int, _model_device, _to_unit_range
+from .fid import _check_positive_int, _model_device, _to_unit_range, eval_mode
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,10 @@ class BitsPerDim:
         num_samples: ``N``, the number of images evaluated.
         prior: mean of the prior term ``L_T``.
         decoder: mean of the decoder term ``L_0``.
-        terms: ``(T,)`` mean of the per-timestep terms as returned by
-            ``VLBLoss.bits_per_dim(..., return_terms=True)["terms"]`` (index ``t``).
+        terms: ``(T,)`` mean of the per-timestep terms of
+            ``VLBLoss.bits_per_dim(..., return_terms=True)["terms"]``: ``terms[0]`` is the
+            decoder ``L_0``, ``terms[t]`` the KL at timestep ``t``; ``mean = prior +
+            terms.sum()``.
         per_sample: ``(N,)`` bound of every sample (for pooling runs or a histogram).
     """
 
@@ -125,6 +127,7 @@ def nll_bits_per_dim(
     model_kwargs: dict | None = None,
     labels_as: str | None = None,
     progress: bool = False,
+    generator: torch.Generator | None = None,
     loss: Any = None,
 ) -> BitsPerDim:
     """Negative log-likelihood bound of ``model`` on ``dataset`` in bits per dimension.
@@ -144,11 +147,14 @@ def nll_bits_per_dim(
         labels_as: the model keyword that receives the dataset's labels (``"y"`` for a
             class-conditional UNet); ``None`` ignores labels.
         progress: show a progress bar with the running mean.
+        generator: source of the noise of every term (on ``device``); a seed reproduces the
+            figure exactly.
         loss: a ``VLBLoss`` (or compatible object with ``bits_per_dim``) to use instead of
             ``VLBLoss(schedule, variance=variance, prediction=prediction)``.
 
     Each batch costs ``T`` model evaluations (all timesteps), so this is ``T`` times the price
-    of one training step per image. The noise for each term is drawn by ``VLBLoss``.
+    of one training step per image. The model runs in eval mode (its training flag is restored
+    afterwards), without gradients.
 
     Returns:
         :class:`BitsPerDim` with the mean, its standard error and the per-term breakdown.
@@ -196,8 +202,10 @@ def nll_bits_per_dim(
             kwargs = dict(model_kwargs)
             if labels_as is not None:
                 kwargs[labels_as] = torch.as_tensor(labels).to(device)
-            with torch.no_grad():
-                result = loss.bits_per_dim(model, x0, progress=False, return_terms=True, **kwargs)
+            with torch.no_grad(), eval_mode(model):
+                result = loss.bits_per_dim(
+                    model, x0, progress=False, return_terms=True, generator=generator, **kwargs
+                )
             total = result["total"].detach().double().cpu()  # (B,)
             if total.shape != (x0.shape[0],) or not bool(torch.isfinite(total).all()):
                 raise ValueError(
