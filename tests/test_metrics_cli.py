@@ -6,6 +6,8 @@ function (the network itself is tested in test_metrics_inception.py).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,32 @@ def test_fid_from_a_checkpoint_samples_the_requested_number(folders, tiny_extrac
     first = float(out.split("FID: ")[1].split()[0])
     assert cli.main(argv) == 0  # the same seed gives the same figure
     assert float(capsys.readouterr().out.split("FID: ")[1].split()[0]) == first
+
+
+def test_bpd_prints_the_figure_count_breakdown_and_warning(tmp_path, monkeypatch, capsys,
+                                                           small_schedule) -> None:
+    pytest.importorskip("ddpm_lib.losses")  # VLBLoss; lands with the losses issue
+    from ddpm_lib import GaussianOracle
+
+    oracle = GaussianOracle(small_schedule, mean=0.0, std=0.4)
+    oracle.in_channels = 3
+    monkeypatch.setattr(cli, "load_checkpoint_for_eval",
+                        lambda path, device, args: (oracle, small_schedule))
+    rng = np.random.default_rng(1)
+    pixels = np.clip(rng.normal(127.5, 51, (6, 4, 4, 3)), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "data.npy", pixels)
+    argv = ["bpd", "ckpt", str(tmp_path / "data.npy"), "--batch-size", "4", "--device", "cpu",
+            "--no-progress", "--groups", "2"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert lines["samples"] == "6"
+    figure = float(lines["bits/dim"].split()[0])
+    assert math.isfinite(figure) and figure > 0
+    assert "terms t=0..24" in out and "terms t=25..49" in out
+    assert "warning: only 6 samples" in err
+    assert cli.main(argv) == 0  # --seed fixes the noise: the same figure again
+    assert capsys.readouterr().out == out
+
+    assert cli.main(["bpd", "ckpt", str(tmp_path / "nothing")]) == 2
+    assert "data not found" in capsys.readouterr().err

@@ -318,7 +318,8 @@ def test_quantize_rounds_to_256_levels() -> None:
     levels = (quantize(x) + 1) * 127.5
     assert torch.allclose(levels, levels.round(), atol=1e-4)
     assert float(quantize(x).min()) == -1.0 and float(quantize(x).max()) == 1.0
-    assert torch.allclose(quantize(x)[3], torch.tensor(128 / 127.5 - 1), atol=1e-6)  # 127.5 rounds to 128
+    # 127.5 rounds (half to even) to 128.
+    assert torch.allclose(quantize(x)[3], torch.tensor(128 / 127.5 - 1), atol=1e-6)
     assert torch.allclose(quantize(x)[4], torch.tensor(191 / 127.5 - 1), atol=1e-6)
 
 

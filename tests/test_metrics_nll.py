@@ -110,3 +110,45 @@ def test_model_runs_in_eval_mode_and_generator_reaches_the_bound(generator) -> N
     images = torch.rand(3, 1, 4, 4, generator=generator) * 2 - 1
     nll_bits_per_dim(model, None, images, loss=bound, generator=generator)
     assert bound.modes == [(False, generator)] and model.training
+
+
+def discretized_gaussian_entropy_bits(mean: float, std: float) -> float:
+    """Entropy (bits) of N(mean, std^2) rounded to the 256 levels of [-1, 1], ends clipped."""
+    from scipy.stats import norm
+
+    edges = (np.arange(1, 256) - 0.5) / 127.5 - 1.0
+    cdf = norm.cdf(edges, mean, std)
+    p = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def test_gaussian_data_bound_is_finite_above_the_entropy_and_lower_for_the_oracle(
+    small_schedule,
+) -> None:
+    from ddpm_lib import GaussianOracle
+
+    pytest.importorskip("ddpm_lib.losses")  # VLBLoss; lands with the losses issue
+    from ddpm_lib.metrics import quantize
+
+    mean, std = 0.1, 0.3
+    x0 = quantize(mean + std * torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0),
+                                           dtype=torch.float64)).double()
+    entropy = discretized_gaussian_entropy_bits(mean, std)
+
+    def bound(oracle_mean: float, oracle_std: float) -> BitsPerDim:
+        oracle = GaussianOracle(small_schedule, mean=oracle_mean, std=oracle_std)
+        return nll_bits_per_dim(oracle, small_schedule, x0, batch_size=32,
+                                generator=torch.Generator().manual_seed(1))
+
+    exact = bound(mean, std)
+    assert math.isfinite(exact.mean) and math.isfinite(exact.stderr) and exact.num_samples == 32
+    assert np.isfinite(exact.terms).all() and exact.terms.shape == (small_schedule.num_timesteps,)
+    # Any model's expected -log p(x0) is at least the data's entropy; the bound is above it.
+    assert exact.mean > entropy
+    assert exact.mean == pytest.approx(exact.prior + exact.terms.sum(), rel=1e-9)
+    assert exact.decoder == pytest.approx(exact.terms[0], rel=1e-9)
+    # A predictor for the wrong Gaussian pays more bits (the same noise for both: paired).
+    for wrong in (bound(mean, 0.45), bound(0.3, std)):
+        paired_stderr = np.std(wrong.per_sample - exact.per_sample, ddof=1) / math.sqrt(32)
+        assert wrong.mean > exact.mean + 5 * paired_stderr
