@@ -180,21 +180,27 @@ def _statistics_of(
     raise CLIError(f"{path!r} is neither an image folder nor a .npz / .npy file")
 
 
-def _build_sampler(args: argparse.Namespace, schedule: Any, variance: str) -> Any:
+def _build_sampler(args: argparse.Namespace, schedule: Any, model: Any) -> Any:
     """The sampler named by ``--sampler`` with ``--steps`` steps (default per sampler)."""
     from . import samplers
 
+    learn_sigma = bool(_model_setting(model, "learn_sigma", False))
     if args.sampler == "ddpm":
         return samplers.DDPMSampler(
-            schedule, variance=variance, prediction=args.prediction, num_steps=args.steps
+            schedule,
+            variance=_variance_of(model, args),
+            prediction=args.prediction,
+            num_steps=args.steps,
         )
     if args.sampler == "ddim":
         return samplers.DDIMSampler(
-            schedule, num_steps=args.steps or 50, prediction=args.prediction
+            schedule, num_steps=args.steps or 50, prediction=args.prediction,
+            learn_sigma=learn_sigma,
         )
     if args.sampler == "dpm_solver":
         return samplers.DPMSolverSampler(
-            schedule, num_steps=args.steps or 20, prediction=args.prediction
+            schedule, num_steps=args.steps or 20, prediction=args.prediction,
+            learn_sigma=learn_sigma,
         )
     raise CLIError(f"--sampler must be ddpm, ddim or dpm_solver; got {args.sampler!r}")
 
@@ -209,7 +215,7 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
         raise CLIError("--checkpoint needs --num-samples (50000 is the standard for FID)")
     device = _device(args.device)
     model, schedule = load_checkpoint_for_eval(args.checkpoint, device, args)
-    sampler = _build_sampler(args, schedule, _variance_of(model, args))
+    sampler = _build_sampler(args, schedule, model)
     image_size = args.image_size or _model_setting(model, "image_size")
     channels = _model_setting(model, "in_channels", 3)
     if image_size is None:
@@ -217,8 +223,8 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
     num_classes = _model_setting(model, "num_classes")
 
     def class_labels(count: int, generator: Any) -> dict:
-        labels = torch.randint(num_classes, (count,), generator=generator)
-        return {"y": labels.to(device)}
+        labels = torch.randint(num_classes, (count,), generator=generator, device=device)
+        return {"y": labels}
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
     return statistics_from_sampler(

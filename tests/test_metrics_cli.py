@@ -136,7 +136,7 @@ def test_fid_from_a_checkpoint_samples_the_requested_number(folders, tiny_extrac
         return model, None
 
     monkeypatch.setattr(cli, "load_checkpoint_for_eval", load)
-    monkeypatch.setattr(cli, "_build_sampler", lambda args, schedule, variance: StandInSampler())
+    monkeypatch.setattr(cli, "_build_sampler", lambda args, schedule, model: StandInSampler())
     argv = ["fid", str(real_dir), "--checkpoint", "ckpt", "--num-samples", "9", "--batch-size",
             "4", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
