@@ -320,6 +320,22 @@ def _run_fid(args: argparse.Namespace) -> None:
     )
 
 
+def _with_class_label(model: Any, label: int) -> Any:
+    """``model`` called with ``y = label`` for every image (a module, so eval mode reaches it)."""
+    import torch
+
+    class WithClassLabel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> Any:
+            y = torch.full((x_t.shape[0],), label, dtype=torch.long, device=x_t.device)
+            return self.model(x_t, t, y=y, **model_kwargs)
+
+    return WithClassLabel()
+
+
 def _run_bpd(args: argparse.Namespace) -> None:
     import os
 
@@ -340,11 +356,26 @@ def _run_bpd(args: argparse.Namespace) -> None:
         data = _read_image_array(args.data)
     else:
         raise CLIError(f"{args.data!r} is neither an image folder nor a .npy / .npz image batch")
+    variance = _variance_of(model, args)
+    num_classes = _model_setting(model, "num_classes")
+    if num_classes and args.class_label is None:
+        raise CLIError(
+            f"the model is class-conditional ({num_classes} classes): give the class of the "
+            "images with --class-label (-1: the null class, if it was trained with label dropout)"
+        )
+    if args.class_label is not None:
+        if not num_classes:
+            raise CLIError("--class-label needs a class-conditional model")
+        if not -1 <= args.class_label < num_classes:
+            raise CLIError(
+                f"--class-label must be in [-1, {num_classes - 1}]; got {args.class_label}"
+            )
+        model = _with_class_label(model, args.class_label)
     result = nll_bits_per_dim(
         model,
         schedule,
         data,
-        variance=_variance_of(model, args),
+        variance=variance,
         prediction=args.prediction,
         batch_size=args.batch_size,
         num_samples=args.num_samples,
@@ -434,6 +465,8 @@ def _add_bpd_parser(subparsers: Any) -> None:
     parser.add_argument("--num-samples", type=int, default=None,
                         help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--class-label", type=int, default=None,
+                        help="class of every image, for a class-conditional model")
     parser.add_argument("--groups", type=int, default=4,
                         help="timestep ranges in the printed breakdown (default: 4)")
     _add_model_options(parser)
