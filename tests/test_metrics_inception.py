@@ -13,7 +13,7 @@ from ddpm_lib.metrics import WEIGHTS_ENV, WEIGHTS_FILENAME, WEIGHTS_URL, FIDInce
 from ddpm_lib.metrics.inception import find_fid_weights
 
 
-def _random_pytorch_fid_network(seed: int):
+def _random_pytorch_fid_network(seed: int, calibrate: bool = True):
     """pytorch-fid's ``fid_inception_v3()`` structure with random weights and BN statistics."""
     import torchvision
     from pytorch_fid import inception as pfi
@@ -30,6 +30,8 @@ def _random_pytorch_fid_network(seed: int):
     net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
     net.Mixed_7b = pfi.FIDInceptionE_1(1280)
     net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    if not calibrate:
+        return net.eval()
     # Random weights alone make the features nearly independent of the input (the signal
     # fades layer after layer), which would make any comparison vacuous. Calibrate the batch
     # norms on random images instead, so that every layer sees normalised activations.
@@ -41,7 +43,7 @@ def _random_pytorch_fid_network(seed: int):
                 module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
         net.train()
-        net(torch.rand(1, 3, 299, 299, generator=generator) * 2 - 1)
+        net(torch.rand(2, 3, 128, 128, generator=generator) * 2 - 1)
     net.eval()
     return net
 
@@ -69,17 +71,31 @@ def test_features_equal_pytorch_fid_inception(no_download, monkeypatch) -> None:
 
     images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(2))  # [0, 1]
     with torch.no_grad():
-        expected = theirs(images)[0].flatten(1)  # (2, 2048)
-        got_unit = ours(images[:1])
-        # ddpm_lib's [-1, 1] convention gives the same features for the same pictures.
-        ours.input_range = (-1.0, 1.0)
-        got_signed = ours(images[1:] * 2 - 1)
-    assert got_unit.shape == (1, 2048)
-    assert expected.abs().max() > 1e-3 and expected.std() > 1e-3  # the comparison is not vacuous
-    assert (expected[0] - expected[1]).abs().max() > 1e-3
+        expected = theirs(images)[0].flatten(1)  # (2, 2048), resized to 299x299 inside
+        got = ours(images[:1])
+    assert got.shape == (1, 2048)
+    # The comparison is not vacuous: the features are not tiny and depend on the image.
+    assert expected.std() > 1e-3 and (expected[0] - expected[1]).abs().max() > 1e-3
     scale = float(expected.abs().max())  # float32 rounding grows with the activations' size
-    torch.testing.assert_close(got_unit, expected[:1], rtol=1e-5, atol=1e-6 * scale)
-    torch.testing.assert_close(got_signed, expected[1:], rtol=1e-5, atol=1e-6 * scale)
+    torch.testing.assert_close(got, expected[:1], rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_resize_and_input_range_match_pytorch_fid(no_download, monkeypatch) -> None:
+    # pytorch-fid's forward with its blocks replaced by the identity returns what the network
+    # would see: the resized image in [-1, 1].
+    pfi = no_download
+    monkeypatch.setattr(pfi, "fid_inception_v3", lambda: _random_pytorch_fid_network(0, False))
+    theirs = pfi.InceptionV3([0])
+    theirs.blocks = torch.nn.ModuleList([torch.nn.Identity()])
+    images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))  # [0, 1]
+    expected = theirs(images)[0]
+    assert expected.shape == (2, 3, 299, 299)
+    ours = FIDInceptionV3(input_range=(0, 1))
+    torch.testing.assert_close(ours._prepare(images), expected, rtol=0, atol=0)
+    ours.input_range = (-1.0, 1.0)  # ddpm_lib's convention: the same pictures, the same input
+    torch.testing.assert_close(ours._prepare(images * 2 - 1), expected, rtol=0, atol=1e-6)
+    ours.input_range = (0.0, 255.0)
+    torch.testing.assert_close(ours._prepare(images * 255), expected, rtol=0, atol=1e-5)
 
 
 def test_from_pretrained_loads_a_local_file_from_argument_or_environment(
