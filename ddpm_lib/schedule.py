@@ -311,11 +311,16 @@ class NoiseSchedule:
     def predict_x0_from_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
     ) -> torch.Tensor:
-        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4)."""
+        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4).
+
+        Evaluated in this form, not as ``x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps``: where
+        ``abar_t`` is tiny (the last steps of the cosine schedule, ``1 / sqrt(abar) ~ 2e4``)
+        the two large products overflow in fp16 and cancel catastrophically in bf16, while
+        ``x_t - sqrt(1 - abar_t) eps`` is a benign difference.
+        """
         t = self._check_pair(x_t, t, "eps", eps)
-        return (
-            gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return (x_t - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / gather(
+            self.sqrt_alphas_cumprod, t, x_t
         )
 
     def predict_eps_from_x0(
