@@ -33,12 +33,12 @@ from ._checks import check_choice, check_floating, check_same_shape, check_tenso
 from .schedule import PREDICTION_TYPES, VARIANCE_TYPES, NoiseSchedule, gather
 
 __all__ = [
+    "REDUCTIONS",
+    "HybridLoss",
     "SimpleLoss",
     "VLBLoss",
-    "HybridLoss",
-    "normal_kl",
     "discretized_gaussian_log_likelihood",
-    "REDUCTIONS",
+    "normal_kl",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -93,12 +93,16 @@ def _as_tensors(name_values: dict[str, Any]) -> list[torch.Tensor]:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a tensor or a float; got {type(value).__name__}")
     dtype = _compute_dtype(*(v.dtype for v in name_values.values() if isinstance(v, torch.Tensor)))
-    tensors = [torch.as_tensor(v, dtype=dtype, device=reference.device) for v in name_values.values()]
+    tensors = [
+        torch.as_tensor(v, dtype=dtype, device=reference.device) for v in name_values.values()
+    ]
     try:
         torch.broadcast_shapes(*(x.shape for x in tensors))
     except RuntimeError as error:
         shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in zip(name_values, tensors))
-        raise ValueError(f"the arguments must broadcast against each other; got {shapes}") from error
+        raise ValueError(
+            f"the arguments must broadcast against each other; got {shapes}"
+        ) from error
     return tensors
 
 
@@ -145,7 +149,7 @@ def discretized_gaussian_log_likelihood(
 ) -> torch.Tensor:
     """Log-probability (nats) of 8-bit data under a Gaussian discretized to 256 bins on [-1, 1].
 
-    DDPM eq. 13: ``p(x0 | x_1) = prod_i int_{delta_-(x0_i)}^{delta_+(x0_i)} N(x; mean_i, scale^2) dx``
+    DDPM eq. 13: ``p(x0 | x_1) = prod_i int_{delta_-(x0_i)}^{delta_+(x0_i)} N(x; mean_i, scale^2)``
     with bins of width ``2/255`` centred on ``x0 = k / 127.5 - 1``; the first bin extends to
     ``-inf`` and the last to ``+inf`` (edge bins open), so the 256 probabilities sum to one.
 
@@ -246,13 +250,19 @@ class _DiffusionLoss:
         raise NotImplementedError
 
 
-def _call_model(model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
+def _call_model(
+    model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict
+) -> torch.Tensor:
     if not callable(model):
-        raise TypeError(f"model must be callable as model(x_t, t, **kwargs); got {type(model).__name__}")
+        raise TypeError(
+            f"model must be callable as model(x_t, t, **kwargs); got {type(model).__name__}"
+        )
     return check_tensor("model output", model(x_t, t, **model_kwargs))
 
 
-def _check_output_channels(model_output: torch.Tensor, x0: torch.Tensor, learned: bool, owner: str) -> None:
+def _check_output_channels(
+    model_output: torch.Tensor, x0: torch.Tensor, learned: bool, owner: str
+) -> None:
     """Raise a ValueError that says what the model should return, and which loss fits it."""
     if x0.ndim < 2 and learned:
         raise ValueError(
@@ -329,7 +339,9 @@ class SimpleLoss(_DiffusionLoss):
                     f"{type(min_snr_gamma).__name__}"
                 )
             if not (math.isfinite(min_snr_gamma) and min_snr_gamma > 0):
-                raise ValueError(f"min_snr_gamma must be a positive finite float; got {min_snr_gamma!r}")
+                raise ValueError(
+                    f"min_snr_gamma must be a positive finite float; got {min_snr_gamma!r}"
+                )
             min_snr_gamma = float(min_snr_gamma)
         self.min_snr_gamma = min_snr_gamma
 

@@ -24,7 +24,9 @@ GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0  # the 256 pixel val
 
 def gaussian_data(oracle: GaussianOracle, shape, generator, dtype=torch.float64) -> torch.Tensor:
     """Continuous samples of the oracle's data distribution N(mean, std^2)."""
-    return (oracle.mean + oracle.std * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
+    return (
+        oracle.mean + oracle.std * torch.randn(shape, generator=generator, dtype=torch.float64)
+    ).to(dtype)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +38,11 @@ def assert_close_mc(samples: torch.Tensor, expected: float, n_se: float = 5.0) -
     """The mean of i.i.d. ``samples`` equals ``expected`` within ``n_se`` standard errors."""
     mean = samples.double().mean()
     se = samples.double().std() / math.sqrt(samples.numel())
-    assert abs(float(mean) - expected) < n_se * float(se) + 1e-12, (float(mean), expected, float(se))
+    assert abs(float(mean) - expected) < n_se * float(se) + 1e-12, (
+        float(mean),
+        expected,
+        float(se),
+    )
 
 
 class Scaled(nn.Module):
@@ -81,8 +87,12 @@ class TinyNet(nn.Module):
 def test_normal_kl_matches_torch_distributions(generator):
     mean1, mean2 = torch.randn(2, 1000, generator=generator, dtype=torch.float64)
     logvar1, logvar2 = 3 * torch.randn(2, 1000, generator=generator, dtype=torch.float64)
-    expected = kl_divergence(Normal(mean1, (0.5 * logvar1).exp()), Normal(mean2, (0.5 * logvar2).exp()))
-    torch.testing.assert_close(normal_kl(mean1, logvar1, mean2, logvar2), expected, rtol=1e-10, atol=1e-12)
+    expected = kl_divergence(
+        Normal(mean1, (0.5 * logvar1).exp()), Normal(mean2, (0.5 * logvar2).exp())
+    )
+    torch.testing.assert_close(
+        normal_kl(mean1, logvar1, mean2, logvar2), expected, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_normal_kl_zero_for_equal_gaussians_and_positive_otherwise(generator):
@@ -109,7 +119,9 @@ def test_decoder_probabilities_sum_to_one(mean, scale):
     means = torch.full((256,), mean, dtype=torch.float64)
     log_p = discretized_gaussian_log_likelihood(GRID, means, math.log(scale))
     assert torch.isfinite(log_p).all()
-    torch.testing.assert_close(log_p.exp().sum(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        log_p.exp().sum(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-9
+    )
     # the same in float32
     log_p32 = discretized_gaussian_log_likelihood(GRID.float(), means.float(), math.log(scale))
     assert abs(float(log_p32.double().exp().sum()) - 1.0) < 1e-4
@@ -138,7 +150,7 @@ def test_decoder_accurate_in_the_tails_in_float32(side):
     lower = (x0.double() - 1 / 255 - mean.double()) / scale
     # float64 reference: a plain CDF difference taken in the lower tail with scipy's ndtr
     # (accurate there; torch's float64 ndtr underflows below -8), reflected above the mean
-    ndtr = lambda z: torch.from_numpy(scipy.special.ndtr(z.numpy()))  # noqa: E731
+    ndtr = lambda z: torch.from_numpy(scipy.special.ndtr(z.numpy()))
     if side > 0:
         expected = (ndtr(-lower) - ndtr(-upper)).log()
     else:
@@ -168,8 +180,11 @@ def test_oracle_attains_the_minimum_simple_loss(small_schedule, oracle, generato
 
 
 @pytest.mark.parametrize("t", [3, 25])
-def test_a_perturbed_predictor_does_worse_by_the_predicted_amount(small_schedule, oracle, generator, t):
-    # E||eps - (1 + d) eps*||^2 = min + d^2 E[eps*^2], E[eps*^2] = (1 - abar) / (abar s^2 + 1 - abar)
+def test_a_perturbed_predictor_does_worse_by_the_predicted_amount(
+    small_schedule, oracle, generator, t
+):
+    # E||eps - (1 + d) eps*||^2 = min + d^2 E[eps*^2],
+    # E[eps*^2] = (1 - abar) / (abar s^2 + 1 - abar)
     x0 = gaussian_data(oracle, (4096, 4), generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     loss_fn = SimpleLoss(small_schedule)
@@ -208,7 +223,9 @@ def test_objectives_relate_through_the_snr(small_schedule, generator):
     v_hat = small_schedule.get_v(x0_hat, eps_hat, t)
     outputs = {"eps": eps_hat, "x0": x0_hat, "v": v_hat}
     losses = {
-        p: SimpleLoss(small_schedule, prediction=p)(lambda x, s, p=p: outputs[p], x0, t, noise, "none")
+        p: SimpleLoss(small_schedule, prediction=p)(
+            lambda x, s, p=p: outputs[p], x0, t, noise, "none"
+        )
         for p in outputs
     }
     snr = small_schedule.snr(t)
@@ -231,7 +248,9 @@ def test_min_snr_weights(small_schedule):
     snr = small_schedule.snr(t)
     assert (snr > 5).any() and (snr < 5).any()  # both regimes are exercised
     clipped = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
-    weights = {p: SimpleLoss(small_schedule, p, min_snr_gamma=5).snr_weight(t) for p in ("eps", "x0", "v")}
+    weights = {
+        p: SimpleLoss(small_schedule, p, min_snr_gamma=5).snr_weight(t) for p in ("eps", "x0", "v")
+    }
     torch.testing.assert_close(weights["eps"], clipped / snr)
     torch.testing.assert_close(weights["x0"], clipped)
     torch.testing.assert_close(weights["v"], clipped / (snr + 1))
@@ -246,7 +265,7 @@ def test_min_snr_weights(small_schedule):
 def test_reduction_modes_and_reproducible_draws(small_schedule, oracle):
     x0 = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     for loss_fn in (SimpleLoss(small_schedule), VLBLoss(small_schedule)):
-        draw = lambda reduction: loss_fn(  # noqa: E731
+        draw = lambda reduction, loss_fn=loss_fn: loss_fn(
             oracle, x0, reduction=reduction, generator=torch.Generator().manual_seed(3)
         )
         none = draw("none")
@@ -275,12 +294,14 @@ def test_model_kwargs_reach_the_model(small_schedule, generator):
 
 # ---------------------------------------------------------------------------- VLB terms
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_kl_is_zero_when_the_model_mean_is_the_posterior_mean(small_schedule, generator, prediction):
+def test_kl_is_zero_when_the_model_mean_is_the_posterior_mean(
+    small_schedule, generator, prediction
+):
     x0 = torch.rand(6, 3, 4, 4, generator=generator, dtype=torch.float64) * 2 - 1
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     t = torch.tensor([1, 2, 10, 25, 40, 49])
     target = {"eps": noise, "x0": x0, "v": small_schedule.get_v(x0, noise, t)}[prediction]
-    exact = lambda x_t, s: target  # noqa: E731  (knows the answer)
+    exact = lambda x_t, s: target
     vlb = VLBLoss(small_schedule, prediction=prediction)(exact, x0, t, noise, "none")
     assert vlb.abs().max() < 1e-10
     # learned_range at v = -1 is beta-tilde, so the KL is zero as well
@@ -299,12 +320,14 @@ def test_learned_variance_outputs_log_variance(small_schedule, generator):
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     t = torch.tensor([3, 20, 49])
     log_var = small_schedule.posterior_log_variance_clipped[t].reshape(3, 1, 1, 1).expand_as(x0)
-    model = lambda x_t, s: torch.cat([noise, log_var], dim=1)  # noqa: E731
+    model = lambda x_t, s: torch.cat([noise, log_var], dim=1)
     vlb = VLBLoss(small_schedule, "learned")(model, x0, t, noise, "none")
     assert vlb.abs().max() < 1e-10
-    model = lambda x_t, s: torch.cat([noise, log_var + 1.0], dim=1)  # noqa: E731
+    model = lambda x_t, s: torch.cat([noise, log_var + 1.0], dim=1)
     vlb = VLBLoss(small_schedule, "learned")(model, x0, t, noise, "none")
-    torch.testing.assert_close(vlb, torch.full((3,), 0.5 * (1 + math.exp(-1) - 1) / LN2, dtype=torch.float64))
+    torch.testing.assert_close(
+        vlb, torch.full((3,), 0.5 * (1 + math.exp(-1) - 1) / LN2, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -320,7 +343,12 @@ def test_oracle_kl_matches_the_gaussian_closed_form(small_schedule, oracle, gene
     beta_tilde = float(small_schedule.posterior_variance[t])
     sigma2 = beta_tilde if variance == "fixed_small" else float(small_schedule.betas[t])
     coef1 = float(small_schedule.posterior_mean_coef1[t])
-    kl = 0.5 * (math.log(sigma2 / beta_tilde) - 1 + beta_tilde / sigma2 + coef1**2 * posterior_x0_var / sigma2)
+    kl = 0.5 * (
+        math.log(sigma2 / beta_tilde)
+        - 1
+        + beta_tilde / sigma2
+        + coef1**2 * posterior_x0_var / sigma2
+    )
     assert_close_mc(vlb, kl / LN2)
 
 
@@ -362,11 +390,17 @@ def test_bits_per_dim_equals_the_closed_form_bound(small_schedule, generator, va
     torch.testing.assert_close(result["prior"], prior, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(result["decoder"], terms[:, 0])
     torch.testing.assert_close(result["total"], prior + terms.sum(1), rtol=1e-12, atol=0)
-    torch.testing.assert_close(result["total"], result["prior"] + result["terms"].sum(1), rtol=0, atol=0)
+    torch.testing.assert_close(
+        result["total"], result["prior"] + result["terms"].sum(1), rtol=0, atol=0
+    )
     # the training loss at one t is the same term; T * its mean over t is the bound minus prior
     for t in (0, 1, 17, 49):
-        torch.testing.assert_close(loss_fn(offset_model(x0, c), x0, t=t, reduction="none"), terms[:, t])
-    every_t = torch.stack([loss_fn(offset_model(x0, c), x0, t=t, reduction="none") for t in range(50)])
+        torch.testing.assert_close(
+            loss_fn(offset_model(x0, c), x0, t=t, reduction="none"), terms[:, t]
+        )
+    every_t = torch.stack(
+        [loss_fn(offset_model(x0, c), x0, t=t, reduction="none") for t in range(50)]
+    )
     torch.testing.assert_close(50 * every_t.mean(0), result["total"] - result["prior"])
     # float32 input: same values to float32 accuracy
     total32 = loss_fn.bits_per_dim(offset_model(x0.float(), c), x0.float(), generator=generator)
@@ -374,25 +408,35 @@ def test_bits_per_dim_equals_the_closed_form_bound(small_schedule, generator, va
     torch.testing.assert_close(total32.double(), prior + terms.sum(1), rtol=1e-4, atol=0)
 
 
-def test_bits_per_dim_better_predictor_lower_bound_above_entropy(small_schedule, oracle, generator, capsys):
+def test_bits_per_dim_better_predictor_lower_bound_above_entropy(
+    small_schedule, oracle, generator, capsys
+):
     x0 = quantize(gaussian_data(oracle, (256, 4), generator, torch.float32))
     loss_fn = VLBLoss(small_schedule)
-    best = loss_fn.bits_per_dim(oracle, x0, generator=torch.Generator().manual_seed(5), progress=True)
+    best = loss_fn.bits_per_dim(
+        oracle, x0, generator=torch.Generator().manual_seed(5), progress=True
+    )
     assert "bits/dim" in capsys.readouterr().err  # the tqdm bar
-    worse = loss_fn.bits_per_dim(Scaled(oracle, 1.2), x0, generator=torch.Generator().manual_seed(5))
+    worse = loss_fn.bits_per_dim(
+        Scaled(oracle, 1.2), x0, generator=torch.Generator().manual_seed(5)
+    )
     assert best.shape == (256,) and torch.isfinite(best).all()
     assert worse.mean() > best.mean() + 0.1
     # E[bound] >= E[-log p_model] >= H(data); the data is a discretized Gaussian (open edge bins)
-    log_p = discretized_gaussian_log_likelihood(GRID, torch.full((256,), float(oracle.mean), dtype=torch.float64), float(oracle.std.log()))
+    log_p = discretized_gaussian_log_likelihood(
+        GRID, torch.full((256,), float(oracle.mean), dtype=torch.float64), float(oracle.std.log())
+    )
     entropy = float(-(log_p.exp() * log_p).sum() / LN2)
     assert best.mean() > entropy
 
 
 def test_clip_denoised_only_helps_in_range_data(small_schedule, generator):
     x0 = quantize(torch.rand(4, 1, 4, 4, generator=generator) * 2 - 1)
-    far = lambda x_t, t: torch.full_like(x_t, 3.0)  # noqa: E731  (x0 estimate far outside)
+    far = lambda x_t, t: torch.full_like(x_t, 3.0)
     plain = VLBLoss(small_schedule, prediction="x0").bits_per_dim(far, x0, generator=generator)
-    clipped = VLBLoss(small_schedule, prediction="x0", clip_denoised=True).bits_per_dim(far, x0, generator=generator)
+    clipped = VLBLoss(small_schedule, prediction="x0", clip_denoised=True).bits_per_dim(
+        far, x0, generator=generator
+    )
     assert (clipped < plain).all()
 
 
@@ -423,7 +467,7 @@ def test_hybrid_vlb_term_does_not_train_the_mean(small_schedule, generator):
     noise = torch.randn(x0.shape, generator=generator)
     t = torch.tensor([0, 1, 4, 15, 30, 49])
     output = nn.Parameter(0.3 * torch.randn(6, 4, 4, 4, generator=generator))
-    model = lambda x_t, s: output  # noqa: E731
+    model = lambda x_t, s: output
 
     def grad_of(loss_fn):
         output.grad = None
@@ -434,7 +478,9 @@ def test_hybrid_vlb_term_does_not_train_the_mean(small_schedule, generator):
     simple_grad = grad_of(lambda m, *a: SimpleLoss(small_schedule)(lambda x, s: m(x, s)[:, :2], *a))
     vlb_grad = grad_of(VLBLoss(small_schedule, "learned_range"))
     assert vlb_grad[:, :2].abs().sum() > 0  # the VLB alone would train the mean...
-    torch.testing.assert_close(hybrid_grad[:, :2], simple_grad[:, :2], rtol=0, atol=0)  # ...not here
+    torch.testing.assert_close(
+        hybrid_grad[:, :2], simple_grad[:, :2], rtol=0, atol=0
+    )  # ...not here
     torch.testing.assert_close(hybrid_grad[:, 2:], 0.01 * 50 * vlb_grad[:, 2:])
 
 
@@ -472,7 +518,9 @@ def test_half_precision_inputs_give_finite_float32_losses(small_schedule, genera
         loss = loss_fn(model, x0, t=t, reduction="none", generator=generator)
         assert loss.dtype == torch.float32, loss_fn
         assert torch.isfinite(loss).all(), loss_fn
-        reference = loss_fn(model, x0.float(), t=t, reduction="none", generator=torch.Generator().manual_seed(9))
+        reference = loss_fn(
+            model, x0.float(), t=t, reduction="none", generator=torch.Generator().manual_seed(9)
+        )
         assert torch.isfinite(reference).all()
     bpd = VLBLoss(small_schedule).bits_per_dim(oracle, x0, generator=generator)
     assert bpd.dtype == torch.float32 and torch.isfinite(bpd).all()
@@ -501,7 +549,9 @@ def test_bad_constructor_arguments(small_schedule):
         SimpleLoss(small_schedule, min_snr_gamma="5")
     with pytest.raises(ValueError, match="vlb_weight must be a finite float >= 0; got -0.1"):
         HybridLoss(small_schedule, vlb_weight=-0.1)
-    with pytest.raises(ValueError, match=r"variance must be one of 'learned', 'learned_range'; got 'fixed_small'"):
+    with pytest.raises(
+        ValueError, match=r"variance must be one of 'learned', 'learned_range'; got 'fixed_small'"
+    ):
         HybridLoss(small_schedule, variance="fixed_small")
     with pytest.raises(TypeError, match="clip_denoised must be a bool; got str"):
         VLBLoss(small_schedule, clip_denoised="yes")
@@ -510,15 +560,21 @@ def test_bad_constructor_arguments(small_schedule):
 def test_bad_call_arguments(small_schedule, oracle, generator):
     x0 = torch.rand(4, 2, 4, 4, generator=generator) * 2 - 1
     loss_fn = SimpleLoss(small_schedule)
-    with pytest.raises(TypeError, match="x0 must be a floating-point tensor; got dtype torch.int64"):
+    with pytest.raises(
+        TypeError, match="x0 must be a floating-point tensor; got dtype torch.int64"
+    ):
         loss_fn(oracle, x0.long())
     with pytest.raises(TypeError, match="x0 must be a torch.Tensor; got list"):
         loss_fn(oracle, [0.0, 1.0])
-    with pytest.raises(ValueError, match=r"noise must have the shape of x0 \(4, 2, 4, 4\); got \(4, 2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"noise must have the shape of x0 \(4, 2, 4, 4\); got \(4, 2, 4\)"
+    ):
         loss_fn(oracle, x0, noise=torch.randn(4, 2, 4))
     with pytest.raises(ValueError, match=r"t must be in \[0, 49\]; got values in \[0, 50\]"):
         loss_fn(oracle, x0, t=torch.tensor([0, 1, 2, 50]))
-    with pytest.raises(TypeError, match="t must be an integer tensor of timestep indices; got dtype torch.float32"):
+    with pytest.raises(
+        TypeError, match="t must be an integer tensor of timestep indices; got dtype torch.float32"
+    ):
         loss_fn(oracle, x0, t=torch.tensor([0.0, 1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
         loss_fn(oracle, x0, t=torch.tensor([0, 1]))
@@ -526,18 +582,29 @@ def test_bad_call_arguments(small_schedule, oracle, generator):
         loss_fn("unet", x0)
     with pytest.raises(TypeError, match="model output must be a torch.Tensor; got tuple"):
         loss_fn(lambda x, t: (x,), x0)
-    with pytest.raises(ValueError, match=r"model output must have shape \(4, 2, 4, 4\).*got \(4, 4, 4, 4\).*HybridLoss"):
+    with pytest.raises(
+        ValueError,
+        match=r"model output must have shape \(4, 2, 4, 4\).*got \(4, 4, 4, 4\).*HybridLoss",
+    ):
         loss_fn(WithVariance(oracle, 0.0), x0)
-    with pytest.raises(ValueError, match=r"model output must have shape \(4, 4, 4, 4\) \(twice the channels.*got \(4, 2, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model output must have shape \(4, 4, 4, 4\) \(twice the channels.*"
+        r"got \(4, 2, 4, 4\)",
+    ):
         HybridLoss(small_schedule)(oracle, x0)
-    with pytest.raises(ValueError, match=r"model output must have shape \(4, 4, 4, 4\).*learned_range"):
+    with pytest.raises(
+        ValueError, match=r"model output must have shape \(4, 4, 4, 4\).*learned_range"
+    ):
         VLBLoss(small_schedule, "learned_range")(oracle, x0)
     with pytest.raises(ValueError, match=r"x0 must lie in \[-1, 1\].*got values in \[-0.*, 3\]"):
         VLBLoss(small_schedule).bits_per_dim(oracle, torch.cat([x0, torch.full_like(x0[:1], 3.0)]))
 
 
 def test_bad_helper_arguments():
-    with pytest.raises(TypeError, match="at least one of mean1, logvar1, mean2, logvar2 must be a torch.Tensor"):
+    with pytest.raises(
+        TypeError, match="at least one of mean1, logvar1, mean2, logvar2 must be a torch.Tensor"
+    ):
         normal_kl(0.0, 0.0, 1.0, 0.0)
     with pytest.raises(ValueError, match=r"must broadcast.*mean1 \(3,\).*mean2 \(4,\)"):
         normal_kl(torch.zeros(3), 0.0, torch.zeros(4), 0.0)

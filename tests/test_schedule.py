@@ -1,4 +1,4 @@
-"""NoiseSchedule against diffusers' DDPMScheduler (an independent implementation) and closed forms."""
+"""NoiseSchedule against diffusers' DDPMScheduler (independent implementation), closed forms."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from ddpm_lib import NoiseSchedule
 from ddpm_lib.schedule import PREDICTION_TYPES, VARIANCE_TYPES, gather
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import DDPMScheduler  # noqa: E402
-from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr  # noqa: E402
+from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
 
 # our constructor, diffusers' beta_schedule name, shared keyword arguments
 SCHEDULES = {
     "linear": (NoiseSchedule.linear, "linear", {"beta_start": 1e-4, "beta_end": 0.02}),
     "cosine": (NoiseSchedule.cosine, "squaredcos_cap_v2", {}),
-    "scaled_linear": (NoiseSchedule.scaled_linear, "scaled_linear", {"beta_start": 0.00085, "beta_end": 0.012}),
+    "scaled_linear": (
+        NoiseSchedule.scaled_linear,
+        "scaled_linear",
+        {"beta_start": 0.00085, "beta_end": 0.012},
+    ),
     "sigmoid": (NoiseSchedule.sigmoid, "sigmoid", {"beta_start": 1e-4, "beta_end": 0.02}),
 }
 PREDICTION_NAMES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -30,7 +34,11 @@ def make_pair(name: str, **config):
     build, diffusers_name, kwargs = SCHEDULES[name]
     ours = build(1000, **kwargs)
     theirs = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule=diffusers_name, clip_sample=False, **kwargs, **config
+        num_train_timesteps=1000,
+        beta_schedule=diffusers_name,
+        clip_sample=False,
+        **kwargs,
+        **config,
     )
     return ours, theirs
 
@@ -67,7 +75,7 @@ def test_tables_match_diffusers(name):
 @pytest.mark.parametrize("name", list(SCHEDULES))
 @pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 def test_reverse_step_matches_diffusers(name, prediction):
-    """Posterior mean (both coefficients), variance and the x0 estimate, through DDPMScheduler.step."""
+    """Posterior mean (both coefficients), variance and x0 estimate, via DDPMScheduler.step."""
     ours, theirs = make_float64_pair(
         name, prediction_type=PREDICTION_NAMES[prediction], variance_type="fixed_small"
     )
@@ -91,7 +99,9 @@ def test_other_variance_types_match_diffusers_for_t_positive(variance):
     generator = torch.Generator().manual_seed(0)
     x_t = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
     channels = 6 if variance == "learned_range" else 3
-    model_output = torch.randn(2, channels, 4, 4, generator=generator, dtype=torch.float64).clamp(-1, 1)
+    model_output = torch.randn(2, channels, 4, 4, generator=generator, dtype=torch.float64).clamp(
+        -1, 1
+    )
     for t in (1, 2, 100, 999):
         out = theirs.step(model_output, t, x_t, generator=torch.Generator().manual_seed(t))
         noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t), dtype=x_t.dtype)
@@ -106,15 +116,21 @@ def test_q_sample_and_velocity_match_diffusers(name):
     x0 = torch.randn(5, 3, 4, 4, generator=generator, dtype=torch.float64)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     t = torch.tensor([0, 1, 400, 998, 999])
-    torch.testing.assert_close(ours.q_sample(x0, t, noise), theirs.add_noise(x0, noise, t), **FLOAT64)
-    torch.testing.assert_close(ours.get_v(x0, noise, t), theirs.get_velocity(x0, noise, t), **FLOAT64)
+    torch.testing.assert_close(
+        ours.q_sample(x0, t, noise), theirs.add_noise(x0, noise, t), **FLOAT64
+    )
+    torch.testing.assert_close(
+        ours.get_v(x0, noise, t), theirs.get_velocity(x0, noise, t), **FLOAT64
+    )
 
 
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
 def test_rescale_zero_terminal_snr_matches_diffusers(name):
     ours, theirs = make_pair(name, rescale_betas_zero_snr=True)
     rescaled = ours.rescale_zero_terminal_snr()
-    torch.testing.assert_close(rescaled.betas, rescale_zero_terminal_snr(ours.betas))  # float64 both
+    torch.testing.assert_close(
+        rescaled.betas, rescale_zero_terminal_snr(ours.betas)
+    )  # float64 both
     torch.testing.assert_close(rescaled.betas.float(), theirs.betas, rtol=1e-4, atol=1e-6)
 
 
@@ -128,18 +144,22 @@ def test_derived_arrays_follow_their_definitions(name):
     for beta in betas.tolist():
         variance = (1 - beta) * variance + beta
         expected.append(variance)
-    torch.testing.assert_close(1 - schedule.alphas_cumprod, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(
+        1 - schedule.alphas_cumprod, torch.tensor(expected, dtype=torch.float64)
+    )
     torch.testing.assert_close(schedule.alphas_cumprod_prev[1:], schedule.alphas_cumprod[:-1])
     assert schedule.alphas_cumprod_prev[0] == 1
     assert schedule.posterior_variance[0] == 0
-    torch.testing.assert_close(schedule.posterior_log_variance_clipped[1:], schedule.posterior_variance[1:].log())
+    torch.testing.assert_close(
+        schedule.posterior_log_variance_clipped[1:], schedule.posterior_variance[1:].log()
+    )
     assert schedule.posterior_log_variance_clipped[0] == schedule.posterior_log_variance_clipped[1]
     assert (schedule.posterior_variance[1:] < betas[1:]).all()  # beta-tilde <= beta
 
 
 def test_cosine_follows_nichol_dhariwal_eq_17():
     schedule = NoiseSchedule.cosine(100, s=0.008, max_beta=0.999)
-    f = lambda t: math.cos((t / 100 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    f = lambda t: math.cos((t / 100 + 0.008) / 1.008 * math.pi / 2) ** 2
     expected = torch.tensor([f(t + 1) / f(0) for t in range(99)], dtype=torch.float64)
     torch.testing.assert_close(schedule.alphas_cumprod[:99], expected)  # unclipped betas
     assert schedule.betas[-1] == 0.999  # the last beta is clipped
@@ -160,7 +180,8 @@ def test_q_sample_moments_by_monte_carlo(schedule, generator):
 
 
 def test_q_posterior_is_bayes_rule(small_schedule, generator):
-    # q(x_{t-1} | x0) = N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}); q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t)
+    # q(x_{t-1} | x0) = N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}),
+    # q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t)
     # => precision = 1 / (1 - abar_{t-1}) + alpha_t / beta_t,
     #    mean = variance (sqrt(abar_{t-1}) x0 / (1 - abar_{t-1}) + sqrt(alpha_t) x_t / beta_t)
     s = small_schedule
@@ -204,7 +225,9 @@ def test_snr(schedule):
     torch.testing.assert_close(schedule.snr(t), abar / (1 - abar))
     assert schedule.snr(t).dtype == torch.float64 and schedule.snr(t).shape == (3,)
     assert (schedule.snr(torch.arange(1000)).diff() < 0).all()  # strictly decreasing
-    torch.testing.assert_close(schedule.snr(7), abar[:0].new_tensor(float(schedule.snr(t=torch.tensor(7)))))
+    torch.testing.assert_close(
+        schedule.snr(7), abar[:0].new_tensor(float(schedule.snr(t=torch.tensor(7))))
+    )
 
 
 def test_rescale_zero_terminal_snr_properties(schedule, generator):
@@ -249,22 +272,32 @@ def test_p_mean_variance_every_variance_type(small_schedule, generator, variance
     # the variance is exp(log variance), except fixed_small at t = 0: 0, with its log clipped
     exact = slice(1, None) if variance == "fixed_small" else slice(None)
     torch.testing.assert_close(pm.variance[exact], pm.log_variance.exp()[exact])
-    column = lambda a: a[t].reshape(-1, 1, 1, 1)  # noqa: E731
+    column = lambda a: a[t].reshape(-1, 1, 1, 1)
     if variance == "fixed_small":
         torch.testing.assert_close(pm.log_variance, column(s.posterior_log_variance_clipped))
         torch.testing.assert_close(pm.variance[1:], column(s.posterior_variance)[1:])
     elif variance == "fixed_large":
         torch.testing.assert_close(pm.variance[1:], column(s.betas)[1:])
-        torch.testing.assert_close(pm.variance[0].flatten(), s.posterior_variance[1:2])  # DDPM's t = 0 choice
+        torch.testing.assert_close(
+            pm.variance[0].flatten(), s.posterior_variance[1:2]
+        )  # DDPM's t = 0 choice
     elif variance == "learned":
         torch.testing.assert_close(pm.log_variance, values)
     else:
         fraction = (values + 1) / 2
-        expected = fraction * column(s.betas).log() + (1 - fraction) * column(s.posterior_log_variance_clipped)
+        expected = fraction * column(s.betas).log() + (1 - fraction) * column(
+            s.posterior_log_variance_clipped
+        )
         torch.testing.assert_close(pm.log_variance, expected)
-        low = s.p_mean_variance(torch.cat([prediction_out, -torch.ones_like(values)], 1), x_t, t, variance=variance)
-        high = s.p_mean_variance(torch.cat([prediction_out, torch.ones_like(values)], 1), x_t, t, variance=variance)
-        torch.testing.assert_close(low.log_variance, column(s.posterior_log_variance_clipped).expand_as(x_t))
+        low = s.p_mean_variance(
+            torch.cat([prediction_out, -torch.ones_like(values)], 1), x_t, t, variance=variance
+        )
+        high = s.p_mean_variance(
+            torch.cat([prediction_out, torch.ones_like(values)], 1), x_t, t, variance=variance
+        )
+        torch.testing.assert_close(
+            low.log_variance, column(s.posterior_log_variance_clipped).expand_as(x_t)
+        )
         torch.testing.assert_close(high.log_variance, column(s.betas).log().expand_as(x_t))
 
 
@@ -297,14 +330,19 @@ def test_low_precision_stays_finite_and_in_its_dtype(name, dtype, generator):
     }
     for variance in VARIANCE_TYPES:
         output = torch.cat([eps_hat, eps_hat.clamp(-1, 1)], 1) if "learned" in variance else eps_hat
-        for field, value in zip(("mean", "variance", "log_variance"), schedule.p_mean_variance(output, x_t, t, variance=variance)):
+        for field, value in zip(
+            ("mean", "variance", "log_variance"),
+            schedule.p_mean_variance(output, x_t, t, variance=variance),
+        ):
             results[f"p_mean_variance {variance} {field}"] = value
     for key, value in results.items():
         assert value.dtype == dtype, key  # no float64 leaks out of the tables
         assert torch.isfinite(value).all(), key
     # and the low-precision x0 estimate is close to the float64 one from the same inputs
     reference = schedule.predict_x0_from_eps(x_t.double(), t, eps_hat.double())
-    error = (results["predict_x0_from_eps"].double() - reference).abs().max() / reference.abs().max()
+    error = (
+        results["predict_x0_from_eps"].double() - reference
+    ).abs().max() / reference.abs().max()
     assert error < {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5}[dtype]
 
 
@@ -369,25 +407,36 @@ def test_bad_call_arguments(small_schedule):
         s.q_sample(x0, 50)
     with pytest.raises(ValueError, match=r"t must be in \[0, 49\]; got values in \[-1, 3\]"):
         s.q_sample(x0, torch.tensor([-1, 0, 1, 3]))
-    with pytest.raises(TypeError, match="t must be an integer tensor of timestep indices; got dtype torch.float32"):
+    with pytest.raises(
+        TypeError, match="t must be an integer tensor of timestep indices; got dtype torch.float32"
+    ):
         s.q_sample(x0, torch.tensor([1.0, 2.0, 3.0, 4.0]))
     with pytest.raises(TypeError, match="t must be an int or an integer torch.Tensor; got float"):
         s.q_sample(x0, 1.0)
-    with pytest.raises(ValueError, match=r"t must have shape \(4,\) to match the batch; got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"t must have shape \(4,\) to match the batch; got \(3,\)"
+    ):
         s.q_sample(x0, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"noise must have the shape of x0 \(4, 3\); got \(4, 2\)"):
         s.q_sample(x0, 1, noise=torch.zeros(4, 2))
-    with pytest.raises(TypeError, match="x0 must be a floating-point tensor; got dtype torch.int64"):
+    with pytest.raises(
+        TypeError, match="x0 must be a floating-point tensor; got dtype torch.int64"
+    ):
         s.q_sample(x0.long(), 1)
     with pytest.raises(ValueError, match=r"x0 must have the shape of x_t|x_t must have the shape"):
         s.q_posterior(x0, torch.zeros(4, 2), 1)
     with pytest.raises(ValueError, match=r"eps must have the shape of x_t \(4, 3\); got \(4, 2\)"):
         s.predict_x0_from_eps(x0, 1, torch.zeros(4, 2))
-    with pytest.raises(ValueError, match=r"prediction must be one of 'eps', 'x0', 'v'; got 'epsilon'"):
+    with pytest.raises(
+        ValueError, match=r"prediction must be one of 'eps', 'x0', 'v'; got 'epsilon'"
+    ):
         s.split_prediction(x0, x0, 1, "epsilon")
     with pytest.raises(ValueError, match=r"prediction must be one of .*; got 'sample'"):
         s.p_mean_variance(x0, x0, 1, prediction="sample")
     with pytest.raises(ValueError, match=r"variance must be one of .*; got 'fixed'"):
         s.p_mean_variance(x0, x0, 1, variance="fixed")
-    with pytest.raises(ValueError, match=r"model_output must have shape \(4, 6\) \(twice the channels.*got \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model_output must have shape \(4, 6\) \(twice the channels.*got \(4, 3\)",
+    ):
         s.p_mean_variance(x0, x0, 1, variance="learned_range")
