@@ -173,13 +173,12 @@ def discretized_gaussian_log_likelihood(
     min_in = inv_scale * (centered - _HALF_BIN)  # lower bin edge, standardised
     # Phi(plus) - Phi(min) cancels when both are near 1; reflect those bins into the lower tail,
     # where log Phi is accurate: Phi(plus) - Phi(min) = Phi(-min) - Phi(-plus).
-    upper = centered > 0
-    high = torch.where(upper, -min_in, plus_in)
-    low = torch.where(upper, -plus_in, min_in)
-    log_cdf_high = torch.special.log_ndtr(high)
-    log_bin = log_cdf_high + _log1mexp(torch.special.log_ndtr(low) - log_cdf_high)
     log_cdf_plus = torch.special.log_ndtr(plus_in)  # first bin: (-inf, -1 + 1/255]
     log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)  # last bin: [1 - 1/255, inf)
+    upper = centered > 0
+    log_cdf_high = torch.where(upper, log_one_minus_cdf_min, log_cdf_plus)  # log Phi(high)
+    log_cdf_low = torch.special.log_ndtr(torch.where(upper, -plus_in, min_in))
+    log_bin = log_cdf_high + _log1mexp(log_cdf_low - log_cdf_high)
     return torch.where(
         x0 < -_EDGE, log_cdf_plus, torch.where(x0 > _EDGE, log_one_minus_cdf_min, log_bin)
     )
@@ -446,6 +445,21 @@ class VLBLoss(_DiffusionLoss):
 
         ``noise`` is not needed (the true posterior depends on ``x0`` and ``x_t`` only).
         """
+        return self._term(model_output, x0, x_t, t, "per_sample")
+
+    def _term(
+        self,
+        model_output: torch.Tensor,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        which: str,
+    ) -> torch.Tensor:
+        """``which``: "kl", "decoder", or "per_sample" (chosen by ``t`` with a ``where``).
+
+        :meth:`bits_per_dim` knows its one timestep in Python and asks for that term alone;
+        training batches mix timesteps and compute both, selected without host sync.
+        """
         check_floating("model_output", model_output)
         check_floating("x0", x0)
         check_same_shape("x_t", x_t, "x0", x0)
@@ -462,14 +476,21 @@ class VLBLoss(_DiffusionLoss):
             variance=self.variance,
             clip_denoised=self.clip_denoised,
         )
-        true_mean, _, true_log_variance = self.schedule.q_posterior(x0, x_t, t)
-        kl = _mean_flat(normal_kl(true_mean, true_log_variance, model.mean, model.log_variance))
-        decoder_nll = -_mean_flat(
-            discretized_gaussian_log_likelihood(x0, model.mean, 0.5 * model.log_variance)
+        if which in ("kl", "per_sample"):
+            true_mean, _, true_log_variance = self.schedule.q_posterior(x0, x_t, t)
+            kl = normal_kl(true_mean, true_log_variance, model.mean, model.log_variance)
+            kl = _mean_flat(kl) / _LN2  # (B,) bits/dim
+            if which == "kl":
+                return kl
+        log_likelihood = discretized_gaussian_log_likelihood(
+            x0, model.mean, 0.5 * model.log_variance
         )
+        decoder_nll = -_mean_flat(log_likelihood) / _LN2  # (B,) bits/dim
+        if which == "decoder":
+            return decoder_nll
         # Both branches are finite everywhere (the t = 0 log variance is clipped), so the
         # unselected one never sends NaN gradients through the where.
-        return torch.where(t == 0, decoder_nll, kl) / _LN2  # (B,) bits/dim
+        return torch.where(t == 0, decoder_nll, kl)
 
     def prior_bits_per_dim(self, x0: torch.Tensor) -> torch.Tensor:
         """The prior term ``L_T = KL(q(x_T | x0) || N(0, I))`` in bits/dim, ``(B,)``.
@@ -538,7 +559,8 @@ class VLBLoss(_DiffusionLoss):
             noise = _randn_like(x0, generator)
             x_t = self.schedule.q_sample(x0, t, noise=noise)
             model_output = _call_model(model, x_t, t, model_kwargs)
-            terms[:, step] = self.from_model_output(model_output, x0, x_t, t)
+            which = "decoder" if step == 0 else "kl"
+            terms[:, step] = self._term(model_output, x0, x_t, t, which)
         prior = self.prior_bits_per_dim(x0)
         total = prior + terms.sum(dim=1)
         if return_terms:
