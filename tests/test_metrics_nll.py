@@ -135,9 +135,10 @@ def test_gaussian_data_bound_is_finite_above_the_entropy_and_lower_for_the_oracl
                                            dtype=torch.float64)).double()
     entropy = discretized_gaussian_entropy_bits(mean, std)
 
-    def bound(oracle_mean: float, oracle_std: float) -> BitsPerDim:
-        oracle = GaussianOracle(small_schedule, mean=oracle_mean, std=oracle_std)
-        return nll_bits_per_dim(oracle, small_schedule, x0, batch_size=32,
+    def bound(oracle_mean: float, oracle_std: float, prediction: str = "eps") -> BitsPerDim:
+        oracle = GaussianOracle(small_schedule, mean=oracle_mean, std=oracle_std,
+                                prediction=prediction)
+        return nll_bits_per_dim(oracle, small_schedule, x0, batch_size=32, prediction=prediction,
                                 generator=torch.Generator().manual_seed(1))
 
     exact = bound(mean, std)
@@ -151,3 +152,6 @@ def test_gaussian_data_bound_is_finite_above_the_entropy_and_lower_for_the_oracl
     for wrong in (bound(mean, 0.45), bound(0.3, std)):
         paired_stderr = np.std(wrong.per_sample - exact.per_sample, ddof=1) / math.sqrt(32)
         assert wrong.mean > exact.mean + 5 * paired_stderr
+    # The same predictor parameterised by v: the same bound (the same noise), so the
+    # prediction type reaches the bound.
+    np.testing.assert_allclose(bound(mean, std, "v").per_sample, exact.per_sample, rtol=1e-6)
