@@ -75,7 +75,8 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.
         spacing: ``"linspace"`` (``round(linspace(0, T - 1, N))``: both ends), ``"leading"``
             (``k * (T // N)``: starts below ``T - 1``) or ``"trailing"``
             (``round(T - k T / N) - 1``: starts at ``T - 1``); Lin et al. (2024), Table 2, and
-            diffusers' ``timestep_spacing`` with ``steps_offset=0``.
+            diffusers' ``timestep_spacing`` with ``steps_offset=0`` (where diffusers' trailing
+            list has a stray ``-1`` at the end, for a few N, it is left out).
 
     Returns:
         ``(N,)`` long tensor of distinct timesteps in ``[0, T - 1]``, descending.
@@ -89,6 +90,9 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.
         steps = (np.arange(0, num_steps) * (num_timesteps // num_steps)).round()[::-1]
     elif spacing == "trailing":
         steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
+        # for some N (61 of T = 1000) float rounding gives arange one more point, near 0, and
+        # diffusers a timestep -1; the first N points are the intended ones
+        steps = steps[:num_steps]
     else:  # pragma: no cover - check_choice above
         raise ValueError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
     timesteps = torch.from_numpy(steps.astype(np.int64).copy())
