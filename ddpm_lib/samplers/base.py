@@ -122,6 +122,23 @@ def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps")
     return int(num_steps)
 
 
+def linear_combination(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y`` with coefficients that are python floats or tensors broadcasting against ``x``.
+
+    With python floats it takes two passes over memory instead of three (``torch.add``'s
+    ``alpha``); eager steps read python floats, compiled ones fuse the tensor form anyway.
+    """
+    if isinstance(a, float) and isinstance(b, float):
+        return torch.add(x if a == 1.0 else x * a, y, alpha=b)
+    return a * x + b * y
+
+
+def _ratio(numerator: Any, denominator: Any) -> Any:
+    if isinstance(denominator, float) and denominator == 0.0:  # zero terminal SNR: as tensors do
+        return math.copysign(math.inf, numerator) if numerator else math.nan
+    return numerator / denominator
+
+
 def split_prediction(
     prediction: str,
     model_output: torch.Tensor,
@@ -141,11 +158,14 @@ def split_prediction(
     * v:   ``x0 = a x_t - s v``, ``eps = s x_t + a v`` (Salimans & Ho 2022)
     """
     if prediction == "eps":
-        return (x_t - sigma * model_output) / alpha, model_output
+        x0 = linear_combination(_ratio(1.0, alpha), x_t, _ratio(-sigma, alpha), model_output)
+        return x0, model_output
     if prediction == "x0":
-        return model_output, (x_t - alpha * model_output) / sigma
+        eps = linear_combination(_ratio(1.0, sigma), x_t, _ratio(-alpha, sigma), model_output)
+        return model_output, eps
     if prediction == "v":
-        return alpha * x_t - sigma * model_output, sigma * x_t + alpha * model_output
+        x0 = linear_combination(alpha, x_t, -sigma, model_output)
+        return x0, linear_combination(sigma, x_t, alpha, model_output)
     raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
 
 
@@ -486,10 +506,16 @@ class Sampler:
 
             positions = tqdm(positions, desc=type(self).__name__, leave=False)
         for i in positions:
-            index = torch.full((batch,), i, dtype=torch.long, device=device)
+            t = torch.full((batch,), self._timestep_list[i], dtype=torch.long, device=device)
+            # compiled: the position as a tensor, so that one graph serves every step; eager:
+            # a python int, so that the step reads python floats (fewer kernels)
+            index = torch.full((batch,), i, dtype=torch.long, device=device) if use_compile else i
             noise = randn(x.shape, generator, device, x.dtype) if self._uses_noise else None
-            continuing = first if i == start else later
-            arguments = (model, x, index, noise, state, continuing, nonfinite, tables, kwargs,
+            if use_compile:
+                continuing = first if i == start else later
+            else:
+                continuing = 0.0 if i == start else 1.0
+            arguments = (model, x, t, index, noise, state, continuing, nonfinite, tables, kwargs,
                          guidance_scale)
             if use_compile and i == start:
                 x, x0, state, nonfinite = self._first_compiled_call(step, arguments)
@@ -512,7 +538,8 @@ class Sampler:
         self,
         model: Callable[..., torch.Tensor],
         x: torch.Tensor,
-        index: torch.Tensor,
+        t: torch.Tensor,
+        index: int | torch.Tensor,
         noise: torch.Tensor | None,
         state: tuple[torch.Tensor, ...],
         continuing: torch.Tensor,
@@ -521,15 +548,20 @@ class Sampler:
         kwargs: dict[str, Any],
         guidance_scale: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-        """The loop body, compiled as one graph: model call, guidance, update, finiteness flag."""
-        t = tables.timesteps[index]  # (B,)
+        """The loop body, compiled as one graph: model call, guidance, update, finiteness flag.
+
+        ``t`` is the ``(B,)`` model timestep; ``index`` the position, an int or a ``(B,)`` tensor.
+        """
         model_output = self._call_model(model, x, t, kwargs, guidance_scale)
         coefficients = self._coefficients(index, tables, x)
         x_next, x0, state = self._update(
             coefficients, index, tables, model_output, x, noise, state, continuing
         )
-        bad = torch.stack([~torch.isfinite(model_output).all(), ~torch.isfinite(x_next).all()])
-        nonfinite = torch.where((nonfinite < 0) & bad, index[0], nonfinite)
+        # one float32 sum per tensor: NaN or inf anywhere makes it non-finite (a cheap check)
+        sums = torch.stack([model_output.sum(dtype=torch.float32), x_next.sum(dtype=torch.float32)])
+        bad = ~torch.isfinite(sums)
+        position = index if isinstance(index, int) else index[0]
+        nonfinite = torch.where((nonfinite < 0) & bad, position, nonfinite)
         return x_next, x0, state, nonfinite
 
     def _first_compiled_call(self, step: Callable, arguments: tuple) -> tuple:

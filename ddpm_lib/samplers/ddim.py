@@ -25,6 +25,7 @@ from .base import (
     SampleTrajectory,
     Sampler,
     _DeviceTables,
+    linear_combination,
     spaced_timesteps,
     split_prediction,
 )
@@ -44,9 +45,9 @@ def ddim_update(
     ``noise_std = sigma`` (floats or tensors broadcasting against ``x0``); no noise term when
     ``noise`` is ``None``.
     """
-    x_next = alpha_next * x0 + direction * eps
+    x_next = linear_combination(alpha_next, x0, direction, eps)
     if noise is not None:
-        x_next = x_next + noise_std * noise
+        x_next = linear_combination(1.0, x_next, noise_std, noise)
     return x_next
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .._checks import check_choice
 from ..schedule import NoiseSchedule
-from .base import SPACINGS, Sampler, _DeviceTables, spaced_timesteps
+from .base import SPACINGS, Sampler, _DeviceTables, linear_combination, spaced_timesteps
 
 
 def dpm_solver_pp_2m_update(
@@ -38,8 +38,8 @@ def dpm_solver_pp_2m_update(
     ``sigma_ratio = sigma_{i+1} / sigma_i``, ``x0_weight = alpha_{i+1} (1 - exp(-h_i))`` and
     ``history_weight = 1 / (2 r_i)`` (0 for a first-order step); floats or broadcastable tensors.
     """
-    derivative = x0 + history_weight * (x0 - x0_prev)
-    return sigma_ratio * x_t + x0_weight * derivative
+    derivative = linear_combination(1.0 + history_weight, x0, -history_weight, x0_prev)
+    return linear_combination(sigma_ratio, x_t, x0_weight, derivative)
 
 
 def dpm_solver_pp_2m_coefficients(alphas_cumprod: torch.Tensor) -> torch.Tensor:
