@@ -186,7 +186,8 @@ def part_b(reps: int, inner: int) -> None:
         }
         times = interleaved(contenders, reps)
         us = {k: statistics.median(v) / inner * 1e6 for k, v in times.items()}
-        print(f"  {str(shape):16s} DDIM {us['ddim']:7.1f} us vs diffusers {us['ddim_ref']:7.1f} us: "
+        print(f"  {str(shape):16s} DDIM {us['ddim']:7.1f} us vs diffusers "
+              f"{us['ddim_ref']:7.1f} us: "
               f"{paired_ratio(times, 'ddim', 'ddim_ref'):.2f}x | "
               f"DPM++2M {paired_ratio(times, 'dpm', 'dpm_ref'):.2f}x | "
               f"DDPM {paired_ratio(times, 'ddpm', 'ddpm_ref'):.2f}x")

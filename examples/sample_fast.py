@@ -26,7 +26,9 @@ from ddpm_lib import GaussianOracle, NoiseSchedule
 from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 
 
-def gaussian_images(schedule: NoiseSchedule, size: int) -> tuple[GaussianOracle, torch.Tensor, float]:
+def gaussian_images(
+    schedule: NoiseSchedule, size: int
+) -> tuple[GaussianOracle, torch.Tensor, float]:
     """The exact eps-model for data N(mean_image, 0.3^2): a smooth colour pattern."""
     y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     mean = torch.stack([0.5 * torch.sin(3 * x), 0.5 * torch.cos(2 * y), 0.4 * x * y])  # (3, H, W)
@@ -74,7 +76,8 @@ def main() -> None:
         ("DPM-Solver++ 2M", DPMSolverSampler(schedule, 20, clip_denoised=clip)),
         ("DPM-Solver++ 2M", DPMSolverSampler(schedule, 10, clip_denoised=clip)),
     ]
-    print(f"{'sampler':18s} {'model calls':>11s} {'seconds':>8s}" + ("" if mean is None else f" {'W2 to data':>11s}"))
+    header = f"{'sampler':18s} {'model calls':>11s} {'seconds':>8s}"
+    print(header + ("" if mean is None else f" {'W2 to data':>11s}"))
     grids = []
     for name, sampler in runs:
         generator = torch.Generator().manual_seed(args.seed)

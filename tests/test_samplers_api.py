@@ -276,7 +276,8 @@ def test_ddim_invert_is_exact_when_eps_ignores_x(small_schedule):
 def test_ddim_invert_reconstructs_with_the_oracle(schedule):
     """Inversion then sampling returns x0 up to a first-order error (halves as steps double)."""
     oracle = GaussianOracle(schedule, mean=0.3, std=0.5)
-    x0 = 0.3 + 0.5 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    x0 = 0.3 + 0.5 * torch.randn(64, 4, generator=generator, dtype=torch.float64)
     errors = {}
     for num_steps in (50, 100):
         sampler = DDIMSampler(schedule, num_steps, clip_denoised=False)
@@ -303,7 +304,8 @@ def test_bad_construction(small_schedule):
     for eta in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"eta must be in \[0, 1\]; got {eta}"):
             DDIMSampler(small_schedule, 10, eta=eta)
-    with pytest.raises(ValueError, match="spacing must be one of 'leading', 'trailing', 'linspace'; got 'uniform'"):
+    spacing_message = "spacing must be one of 'leading', 'trailing', 'linspace'; got 'uniform'"
+    with pytest.raises(ValueError, match=spacing_message):
         DDIMSampler(small_schedule, 10, spacing="uniform")
     with pytest.raises(ValueError, match="prediction must be one of .*got 'noise'"):
         DPMSolverSampler(small_schedule, 10, prediction="noise")
@@ -337,8 +339,10 @@ def test_bad_sample_arguments(small_schedule, oracle):
     with pytest.raises(ValueError, match="guidance_scale needs a condition to drop"):
         sampler.sample(oracle, None, x_T=x_T, guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance_scale must be finite"):
-        sampler.sample(LabelModel(), None, x_T=x_T, model_kwargs={"y": torch.ones(3, dtype=torch.long)},
-                       guidance_scale=float("nan"))
+        labels = torch.ones(3, dtype=torch.long)
+        sampler.sample(
+            LabelModel(), None, x_T=x_T, model_kwargs={"y": labels}, guidance_scale=float("nan")
+        )
     with pytest.raises(ValueError, match="strength must be in \\(0, 1\\]; got 1.5"):
         sampler.img2img(oracle, x_T, 1.5)
     with pytest.raises(ValueError, match="strength \\* num_steps must be >= 1"):
@@ -350,10 +354,12 @@ def test_model_returning_the_wrong_shape(small_schedule):
         return x[:, :1]
 
     for sampler in (DDIMSampler(small_schedule, 4), DDPMSampler(small_schedule, num_steps=4)):
-        with pytest.raises(ValueError, match=r"model returned shape \(2, 1, 5\); expected \(2, 3, 5\)"):
+        message = r"model returned shape \(2, 1, 5\); expected \(2, 3, 5\)"
+        with pytest.raises(ValueError, match=message):
             sampler.sample(bad, (2, 3, 5))
     learned = DDPMSampler(small_schedule, "learned", num_steps=4)
-    with pytest.raises(ValueError, match=r"returned shape \(2, 3, 5\); expected \(2, 6, 5\) \(twice the channels"):
+    message = r"returned shape \(2, 3, 5\); expected \(2, 6, 5\) \(twice the channels"
+    with pytest.raises(ValueError, match=message):
         learned.sample(lambda x, t: x, (2, 3, 5))
     with pytest.raises(TypeError, match="model must return a torch.Tensor; got tuple"):
         DDIMSampler(small_schedule, 4).sample(lambda x, t: (x,), (2, 3))
@@ -368,14 +374,16 @@ def test_nan_in_the_model_output_names_the_step(sampler):
         eps = torch.zeros_like(x)
         return torch.where((t == bad_t).reshape(-1, 1), torch.nan, eps)
 
-    with pytest.raises(FloatingPointError, match=rf"model output contains NaN or inf at step 3 of {sampler.num_steps} \(t = {bad_t}\)"):
+    message = rf"model output contains NaN or inf at step 3 of {sampler.num_steps} \(t = {bad_t}\)"
+    with pytest.raises(FloatingPointError, match=message):
         sampler.sample(model, (2, 3))
 
 
 def test_step_rejects_unknown_timesteps(small_schedule):
     sampler = DDIMSampler(small_schedule, 5)
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"t must be one of this sampler's timesteps \[49, 39, 29, 19, 9\]; got t=48"):
+    message = r"t must be one of this sampler's timesteps \[49, 39, 29, 19, 9\]; got t=48"
+    with pytest.raises(ValueError, match=message):
         sampler.step(x, 48, x)
     with pytest.raises(ValueError, match="got t=\\[49, 48\\]"):
         sampler.step(x, torch.tensor([49, 48]), x)

@@ -114,7 +114,10 @@ def test_ddim_plain_diffusers_loop_where_it_steps_to_the_next_timestep():
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("prediction, diffusers_prediction", [("eps", "epsilon"), ("v", "v_prediction"), ("x0", "sample")])
+@pytest.mark.parametrize(
+    "prediction, diffusers_prediction",
+    [("eps", "epsilon"), ("v", "v_prediction"), ("x0", "sample")],
+)
 def test_ddim_stochastic_step_equals_diffusers(prediction, diffusers_prediction):
     """One eta = 0.7 step with the same injected noise, for each prediction type."""
     schedule = NoiseSchedule.linear(1000)
@@ -131,7 +134,9 @@ def test_ddim_stochastic_step_equals_diffusers(prediction, diffusers_prediction)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("prediction, diffusers_prediction", [("eps", "epsilon"), ("v", "v_prediction")])
+@pytest.mark.parametrize(
+    "prediction, diffusers_prediction", [("eps", "epsilon"), ("v", "v_prediction")]
+)
 def test_dpm_solver_equals_diffusers(prediction, diffusers_prediction):
     schedule = NoiseSchedule.linear(1000)
     oracle = GaussianOracle(schedule, mean=0.3, std=0.5, prediction=prediction)

@@ -69,7 +69,8 @@ def ddim_law(abars: list[float], eta: float) -> tuple[float, float]:
         sigma2 = eta**2 * (1 - abar_next) / (1 - abar) * (1 - abar / abar_next)
         c, d = oracle_eps_coefficients(abar)
         # x0 = (x - sqrt(1 - abar) eps) / sqrt(abar), eps = c x + d
-        x0_a, x0_b = (1 - math.sqrt(1 - abar) * c) / math.sqrt(abar), -math.sqrt(1 - abar) * d / math.sqrt(abar)
+        x0_a = (1 - math.sqrt(1 - abar) * c) / math.sqrt(abar)
+        x0_b = -math.sqrt(1 - abar) * d / math.sqrt(abar)
         direction = math.sqrt(1 - abar_next - sigma2)
         a = math.sqrt(abar_next) * x0_a + direction * c
         b = math.sqrt(abar_next) * x0_b + direction * d
@@ -78,7 +79,7 @@ def ddim_law(abars: list[float], eta: float) -> tuple[float, float]:
 
 
 def dpm_solver_map(abars: list[float]) -> tuple[float, float]:
-    """DPM-Solver++ 2M (Lu et al. 2022, Alg. 2) from x_T: the output is a x_T + b; returns (a, b)."""
+    """DPM-Solver++ 2M (Lu et al. 2022, Alg. 2): the output is a x_T + b; returns (a, b)."""
     x = (1.0, 0.0)  # x = x[0] * x_T + x[1]
     x0_prev, h_prev = None, None
     lam = [0.5 * math.log(abar / (1 - abar)) for abar in abars]
@@ -142,9 +143,13 @@ def levels(schedule: NoiseSchedule, timesteps: torch.Tensor) -> list[float]:
 
 # ----------------------------------------------------------------------------- DDPM
 @pytest.mark.parametrize("num_steps", [None, 12])
-@pytest.mark.parametrize("variance, wrong", [("fixed_small", "fixed_large"), ("fixed_large", "fixed_small")])
+@pytest.mark.parametrize(
+    "variance, wrong", [("fixed_small", "fixed_large"), ("fixed_large", "fixed_small")]
+)
 def test_ddpm_law(small_schedule, oracle64, variance, wrong, num_steps):
-    sampler = DDPMSampler(small_schedule, variance=variance, clip_denoised=False, num_steps=num_steps)
+    sampler = DDPMSampler(
+        small_schedule, variance=variance, clip_denoised=False, num_steps=num_steps
+    )
     abars = levels(small_schedule, sampler.timesteps)
     samples = draw(sampler, oracle64)
     assert_law(samples, *ddpm_law(abars, variance), wrong=ddpm_law(abars, wrong))
@@ -169,7 +174,9 @@ class LearnedVarianceOracle(torch.nn.Module):
 @pytest.mark.parametrize("num_steps", [None, 12])
 @pytest.mark.parametrize("variance", ["learned", "learned_range"])
 def test_ddpm_law_learned_variance(small_schedule, oracle64, variance, num_steps):
-    sampler = DDPMSampler(small_schedule, variance=variance, clip_denoised=False, num_steps=num_steps)
+    sampler = DDPMSampler(
+        small_schedule, variance=variance, clip_denoised=False, num_steps=num_steps
+    )
     model = LearnedVarianceOracle(oracle64)
     timesteps = sampler.timesteps
     abars = levels(small_schedule, timesteps)
@@ -205,10 +212,16 @@ def test_ddim_eta_one_is_respaced_ddpm(small_schedule, oracle64):
     """Eta = 1 is the DDPM posterior on the same sub-chain: same noise, same samples."""
     for spacing in ("trailing", "linspace", "leading"):
         ddim = DDIMSampler(small_schedule, 10, eta=1.0, clip_denoised=False, spacing=spacing)
-        ddpm = DDPMSampler(small_schedule, "fixed_small", clip_denoised=False, num_steps=10, spacing=spacing)
+        ddpm = DDPMSampler(
+            small_schedule, "fixed_small", clip_denoised=False, num_steps=10, spacing=spacing
+        )
         assert torch.equal(ddim.timesteps, ddpm.timesteps)
-        a = ddim.sample(oracle64, (64, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-        b = ddpm.sample(oracle64, (64, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        a, b = (
+            sampler.sample(
+                oracle64, (64, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64
+            )
+            for sampler in (ddim, ddpm)
+        )
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     # and the exact laws agree too (two independent recursions)
     abars = levels(small_schedule, ddim.timesteps)

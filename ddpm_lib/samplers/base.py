@@ -67,7 +67,7 @@ class _DeviceTables(NamedTuple):
 
 
 def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.Tensor:
-    """``num_steps`` of the ``num_timesteps`` training timesteps, descending, as diffusers spaces them.
+    """``num_steps`` of the ``T`` training timesteps, descending, spaced as diffusers spaces them.
 
     Args:
         num_timesteps: ``T``, the length of the training schedule.
@@ -146,7 +146,7 @@ def split_prediction(
     alpha: torch.Tensor | float,
     sigma: torch.Tensor | float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair ``(x0, eps)`` from an ``eps``, ``x0`` or ``v`` prediction, given ``x_t = a x0 + s eps``.
+    """``(x0, eps)`` from an ``eps``, ``x0`` or ``v`` prediction, where ``x_t = a x0 + s eps``.
 
     The samplers' form of :meth:`NoiseSchedule.split_prediction`: it takes the scales
     ``alpha = sqrt(abar)`` and ``sigma = sqrt(1 - abar)`` (python floats or tensors that
@@ -200,7 +200,9 @@ def randn(
 
 def _check_generator(generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None; got {type(generator).__name__}"
+        )
     return generator
 
 
@@ -646,7 +648,7 @@ class Sampler:
     def _split(
         self, model_output: torch.Tensor, x_t: torch.Tensor, alpha: Any, sigma: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0, eps)`` from the prediction half of the model output at scales ``(alpha, sigma)``."""
+        """``(x0, eps)`` from the prediction half of the model output at ``(alpha, sigma)``."""
         if self.learn_sigma:
             model_output = model_output[:, : x_t.shape[1]]
         return split_prediction(self.prediction, model_output, x_t, alpha, sigma)
@@ -802,7 +804,9 @@ class Sampler:
         if "y" in cond:
             y = cond["y"]
             if not isinstance(y, torch.Tensor):
-                raise TypeError(f"model_kwargs['y'] must be a tensor of labels; got {type(y).__name__}")
+                raise TypeError(
+                    f"model_kwargs['y'] must be a tensor of labels; got {type(y).__name__}"
+                )
             uncond["y"] = torch.full_like(y, NULL_CLASS)
         uncond.update(unconditional_kwargs or {})
         if not uncond.keys() - cond.keys() and all(uncond[k] is cond[k] for k in cond):
@@ -831,8 +835,8 @@ class Sampler:
                 batched[key] = c
             else:
                 raise ValueError(
-                    f"model_kwargs[{key!r}] is not batched (no batch dimension), so it cannot differ "
-                    f"between the conditional and unconditional halves"
+                    f"model_kwargs[{key!r}] is not batched (no batch dimension), so it cannot "
+                    f"differ between the conditional and unconditional halves"
                 )
         return batched
 
@@ -861,7 +865,9 @@ def _check_guidance_scale(guidance_scale: Any) -> float | None:
     if guidance_scale is None:
         return None
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(f"guidance_scale must be a float or None; got {type(guidance_scale).__name__}")
+        raise TypeError(
+            f"guidance_scale must be a float or None; got {type(guidance_scale).__name__}"
+        )
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite; got {guidance_scale!r}")
     return float(guidance_scale)

@@ -1,4 +1,4 @@
-"""Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), optionally respaced (Nichol & Dhariwal 2021).
+"""Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2), optionally respaced (Improved DDPM).
 
 Each step draws ``x_{t-1} ~ p(x_{t-1} | x_t) = N(mu-tilde(x_t, x0_hat), sigma_t^2 I)``, the
 model's reverse Gaussian of :meth:`NoiseSchedule.p_mean_variance` (eqs. 1, 7, 11), with no
