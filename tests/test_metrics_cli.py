@@ -178,8 +178,6 @@ def test_bpd_prints_the_figure_count_breakdown_and_warning(tmp_path, monkeypatch
 
 def test_fid_and_bpd_from_a_pretrained_unet_directory(folders, tiny_extractor, tmp_path,
                                                       capsys) -> None:
-    pytest.importorskip("ddpm_lib.models.unet")  # lands with the UNet issue
-    pytest.importorskip("ddpm_lib.samplers")
     import json
 
     from ddpm_lib import NoiseSchedule, UNet
