@@ -96,7 +96,7 @@ def _unet_kwargs(config: Any) -> dict[str, Any]:
     time_dim = get("time_embedding_dim", None)
     return dict(
         in_channels=get("in_channels"),
-        out_channels=get("out_channels"),
+        out_channels=None if get("out_channels") == get("in_channels") else get("out_channels"),
         base_channels=base,
         channel_mults=[c // base for c in block_out],
         num_res_blocks=get("layers_per_block"),

@@ -398,3 +398,25 @@ def test_progress_bar_and_repr(small_schedule, oracle, capsys):
     sampler.sample(oracle, (2, 2), progress=True)
     assert "DPMSolverSampler" in capsys.readouterr().err
     assert "num_steps=3" in repr(sampler) and "spacing='linspace'" in repr(sampler)
+
+
+# ----------------------------------------------------------------------------- with the UNet
+def test_with_a_tiny_unet_guidance_and_learned_variance(small_schedule):
+    """The library's UNet as the model: class labels, null class -1, 2C output channels."""
+    unet_module = pytest.importorskip("ddpm_lib.models.unet")
+    unet = unet_module.UNet(
+        in_channels=2, base_channels=8, channel_mults=(1,), num_res_blocks=1,
+        attention_resolutions=(), image_size=8, dropout=0.0, num_classes=3, learn_sigma=True,
+        norm_groups=4,
+    ).eval()
+    y = torch.tensor([0, 2])
+    for sampler in (
+        DDPMSampler(small_schedule, "learned_range", num_steps=4),
+        DDIMSampler(small_schedule, 4, learn_sigma=True),
+        DPMSolverSampler(small_schedule, 4, learn_sigma=True),
+    ):
+        out = sampler.sample(
+            unet, (2, 2, 8, 8), model_kwargs={"y": y}, guidance_scale=2.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()

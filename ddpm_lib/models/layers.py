@@ -226,8 +226,9 @@ class GroupNormAct(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
-        weight, bias = self.weight.float(), self.bias.float()
+        # half-precision inputs are normalised in float32; float32/float64 stay as they are
+        x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        weight, bias = self.weight.to(x32.dtype), self.bias.to(x32.dtype)
         p = self.dropout if self.training else 0.0
         if (
             self.activation

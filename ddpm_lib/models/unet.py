@@ -207,14 +207,13 @@ class UNet(nn.Module):
                     f"the resolutions are {resolutions}"
                 )
         channels = [base_channels * mult for mult in channel_mults]
-        for name, value in [("base_channels", base_channels)] + [
-            (f"base_channels * channel_mults[{i}]", c) for i, c in enumerate(channels)
-        ]:
-            if value % norm_groups:
-                raise ValueError(
-                    f"norm_groups={norm_groups} must divide every channel count, but {name} = "
-                    f"{value} is not divisible by it; change norm_groups or the channels"
-                )
+        # every channel count (levels, concatenations) is a multiple of base_channels
+        if base_channels % norm_groups:
+            raise ValueError(
+                f"norm_groups={norm_groups} must divide every channel count, but "
+                f"base_channels={base_channels} is not divisible by it; change norm_groups "
+                "or base_channels"
+            )
         attention_levels = tuple(
             level for level, res in enumerate(resolutions) if res in attention_resolutions
         )
