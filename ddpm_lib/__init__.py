@@ -21,6 +21,8 @@ _EXPORTS = {
     "HybridLoss": "ddpm_lib.losses",
 
     "UNet": "ddpm_lib.models.unet",
+    "unet_from_diffusers": "ddpm_lib.interop",
+    "DiffusersAdapter": "ddpm_lib.interop",
 
     "DDPMSampler": "ddpm_lib.samplers",
     "DDIMSampler": "ddpm_lib.samplers",
