@@ -139,8 +139,9 @@ def main() -> None:
         with torch.no_grad():
             same = torch.equal(bright(x_t, t, brightness=brightness),
                                reloaded(x_t, t, brightness=brightness))
-        print(f"  reloaded from {Path(directory).name}/: config {reloaded.config['brightness_features']}"
-              f" brightness features, identical outputs: {same}")
+        features = reloaded.config["brightness_features"]
+        print(f"  reloaded: {features} brightness features from config.json, identical "
+              f"outputs: {same}")
         assert same
 
 

@@ -461,7 +461,8 @@ def test_bad_forward_input_raises_with_what_to_change(generator):
         model(torch.randn(3, 16, 16, generator=generator), t)
     with pytest.raises(TypeError, match="floating-point"):
         model(torch.zeros(2, 3, 16, 16, dtype=torch.long), t)
-    with pytest.raises(ValueError, match=r"t must have shape \(2,\) to match x's batch; got \(3,\)"):
+    with pytest.raises(ValueError, match=r"t must have shape \(2,\) to match x's batch; got "
+                                         r"\(3,\)"):
         model(x, torch.tensor([1, 2, 3]))
     with pytest.raises(TypeError, match="t must hold integer or real timesteps"):
         model(x, torch.tensor([True, False]))
