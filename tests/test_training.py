@@ -437,3 +437,12 @@ def test_bad_datasets_are_refused_at_construction(tmp_path) -> None:
         warnings.simplefilter("always")
         Trainer(TinyNet(), loss, [torch.rand(3, 4, 4)] * 8, batch_size=4, out_dir=tmp_path)
     assert any("not [0, 1]" in str(w.message) for w in caught)
+
+
+def test_max_seconds_stops_early_with_a_checkpoint(tmp_path) -> None:
+    trainer = make_trainer(tmp_path, checkpoint_every=100)
+    assert trainer.train(50, max_seconds=1e-6) == 1  # the budget is spent after the first step
+    assert trainer.latest_checkpoint().name == "step_000000001"
+    assert trainer.train(3) == 3
+    with pytest.raises(ValueError, match="max_seconds"):
+        trainer.train(5, max_seconds=0)

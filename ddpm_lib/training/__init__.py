@@ -6,7 +6,9 @@ from ddpm_lib.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
+    load_trained_model,
     save_checkpoint,
+    TrainedModel,
 )
 from ddpm_lib.training.distributed import GlobalBatchSampler, setup_distributed
 from ddpm_lib.training.ema import EMA, unwrap_model
@@ -22,6 +24,8 @@ __all__ = [
     "load_checkpoint",
     "load_latest_checkpoint",
     "list_checkpoints",
+    "load_trained_model",
+    "TrainedModel",
     "GlobalBatchSampler",
     "setup_distributed",
     "unwrap_model",

@@ -44,6 +44,8 @@ __all__ = [
     "load_latest_checkpoint",
     "prune_checkpoints",
     "remove_stale_temporaries",
+    "TrainedModel",
+    "load_trained_model",
 ]
 
 _NAME = re.compile(r"^step_(\d{9,})$")
@@ -294,3 +296,133 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@dataclass
+class TrainedModel:
+    """A model ready to sample from, with what the samplers need to know about it.
+
+    ``model`` (eval mode), ``schedule`` (a :class:`ddpm_lib.NoiseSchedule`), ``prediction``
+    (``"eps"``, ``"x0"`` or ``"v"``), ``learn_sigma`` (the model also outputs the variance),
+    ``variance`` (the reverse variance type for :class:`ddpm_lib.DDPMSampler`), ``num_classes``
+    and ``source`` (the folder read).
+    """
+
+    model: torch.nn.Module
+    schedule: Any
+    prediction: str
+    learn_sigma: bool
+    variance: str
+    num_classes: int | None
+    source: Path
+
+
+def _model_from_config(model_class: str | None, config: Any, where: Path) -> torch.nn.Module:
+    from ddpm_lib.models.unet import UNet
+
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{where} holds no model configuration (a model of class {model_class}); "
+            "only ddpm_lib UNet checkpoints can be loaded by name, load others in Python"
+        )
+    if model_class is not None and not model_class.endswith(".UNet"):
+        raise CheckpointError(
+            f"{where} holds a {model_class}; only ddpm_lib UNet checkpoints can be loaded by "
+            "name, load others in Python"
+        )
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    try:
+        return UNet(**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: the saved model configuration is not valid: {error}") from None
+
+
+def load_trained_model(
+    source: str | os.PathLike,
+    *,
+    use_ema: bool = True,
+    device: str | torch.device | None = None,
+    default_schedule: Any = None,
+) -> TrainedModel:
+    """Load a model to sample from out of a training run, a checkpoint, or a pretrained folder.
+
+    ``source`` is one of:
+
+    - a Trainer ``out_dir`` (it has ``checkpoints/``): its newest good checkpoint,
+    - one checkpoint folder (``step_*`` with ``manifest.json``),
+    - a pretrained folder (``config.json`` + ``model.safetensors`` from ``save_pretrained``),
+      with ``diffusion.json`` / ``schedule.json`` beside it when the Trainer exported it;
+      otherwise ``default_schedule`` (or the DDPM linear schedule, T = 1000) and eps-prediction.
+
+    ``use_ema`` picks the averaged weights of a checkpoint (what DDPM samples from). Raises
+    ``FileNotFoundError`` for a missing path and :class:`CheckpointError` for anything that
+    cannot be loaded, each with a one-line message.
+    """
+    from ddpm_lib.schedule import NoiseSchedule
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{str(source)!r} does not exist")
+    diffusion: dict[str, Any] = {}
+    if (source / "checkpoints").is_dir() or _NAME.match(source.name) or (source / MANIFEST_FILE).is_file():
+        if (source / "checkpoints").is_dir():
+            checkpoint = load_latest_checkpoint(source / "checkpoints")
+            if checkpoint is None:
+                raise CheckpointError(f"{source} holds no usable checkpoint")
+        else:
+            checkpoint = load_checkpoint(source)
+        meta = checkpoint.meta
+        model = _model_from_config(meta.get("model_class"), meta.get("model_config"), checkpoint.path)
+        name = "ema" if use_ema else "model"
+        try:
+            model.load_state_dict(checkpoint.weights[name])
+        except (RuntimeError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{checkpoint.path}: the {name} weights do not fit: {first}") from None
+        diffusion = dict(meta.get("diffusion") or {})
+        where = checkpoint.path
+    elif (source / "config.json").is_file():
+        from ddpm_lib.models.unet import UNet
+
+        try:
+            model = UNet.from_pretrained(source)
+        except (ValueError, TypeError, OSError) as error:
+            raise CheckpointError(f"{source}: cannot load the pretrained model: {error}") from None
+        for name in ("diffusion.json", "schedule.json"):
+            if (source / name).is_file():
+                try:
+                    data = json.loads((source / name).read_text())
+                except ValueError as error:
+                    raise CheckpointError(f"{source / name} is not valid JSON: {error}") from None
+                diffusion = data if name == "diffusion.json" else {"schedule": data}
+                break
+        where = source
+    else:
+        raise CheckpointError(
+            f"{str(source)!r} is neither a training folder (with checkpoints/), a checkpoint "
+            "folder (with manifest.json) nor a pretrained model folder (with config.json)"
+        )
+    if "schedule" in diffusion:
+        try:
+            schedule = NoiseSchedule.from_dict(diffusion["schedule"])
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{where}: the saved noise schedule is not valid: {error}") from None
+    else:
+        schedule = default_schedule if default_schedule is not None else NoiseSchedule.linear(1000)
+    config = getattr(model, "config", {}) or {}
+    learn_sigma = bool(config.get("learn_sigma", False))
+    variance = diffusion.get("variance") or ("learned_range" if learn_sigma else "fixed_small")
+    if device is not None:
+        model.to(device)
+    return TrainedModel(
+        model=model.eval(),
+        schedule=schedule,
+        prediction=diffusion.get("prediction", "eps"),
+        learn_sigma=learn_sigma,
+        variance=variance,
+        num_classes=getattr(model, "num_classes", None),
+        source=Path(where),
+    )

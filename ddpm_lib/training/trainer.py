@@ -131,7 +131,7 @@ class Trainer:
         log_every: write a line to ``log.jsonl`` (and TensorBoard) every this many steps.
         checkpoint_every: save a checkpoint every this many steps (and at the end of ``train``).
         sample_every: save a PNG grid of EMA samples every this many steps (``None``: never).
-        sampler: the sampler for those grids; default ``DDIMSampler(schedule, num_steps=50)``.
+        sampler: the sampler for those grids; default ``DDPMSampler`` respaced to 100 steps.
         seed: seeds the data order, timesteps, noise, flips and label dropout.
         num_workers: DataLoader workers; ``None``: 0 on a CPU, up to 8 per GPU.
         random_flip: flip images left-right with probability 1/2 (DDPM's CIFAR-10 recipe).
@@ -264,8 +264,6 @@ class Trainer:
         self.num_timesteps = getattr(loss_fn, "num_timesteps", None) or getattr(
             schedule, "num_timesteps", None
         )
-        if sampler is None and self.sample_every is not None:
-            sampler = self._default_sampler(schedule)
         self.sampler = sampler
 
         # ---------------------------------------------------------------- placement, DDP
@@ -331,6 +329,8 @@ class Trainer:
         self._writer: Any = None
         self._use_tensorboard = tensorboard
         self.resumed_from: Path | None = None
+        if self.sampler is None and self.sample_every is not None:
+            self.sampler = self._default_sampler()
         if self.dist.is_main:
             remove_stale_temporaries(self.checkpoint_dir)
         if resume:
@@ -349,17 +349,27 @@ class Trainer:
         return self.lr * min(1.0, (step + 1) / self.warmup_steps)
 
     # ------------------------------------------------------------------ training
-    def train(self, num_steps: int) -> None:
+    def train(self, num_steps: int, *, max_seconds: float | None = None) -> int:
         """Train until :attr:`step` reaches ``num_steps`` (a resumed run stops at the same total).
 
         Saves a checkpoint every ``checkpoint_every`` steps and at the end, a log line every
         ``log_every`` steps (only then, so that a resumed run's log is the uninterrupted one's),
         a sample grid every ``sample_every`` steps and at the end.
+
+        ``max_seconds`` stops earlier, after the first step that ends past this wall-clock
+        budget (measured from the call; all processes stop at the same step), with the same
+        checkpoint at the end: for time-limited jobs and demos. Returns :attr:`step`.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative int; got {num_steps!r}")
+        if max_seconds is not None and (
+            isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+            or not max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds must be a positive number or None; got {max_seconds!r}")
         if self.step >= num_steps:
-            return
+            return self.step
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
         progress = self._progress_bar(num_steps)
         self.model.train()
         self._interval_start = time.perf_counter()
@@ -382,6 +392,8 @@ class Trainer:
                 if self.sample_every is not None and self.step % self.sample_every == 0:
                     self._timed(self.save_samples)
                     last_sample = self.step
+                if deadline is not None and self._past(deadline):
+                    break
             if last_checkpoint != self.step:
                 self.save_checkpoint()
             if self.sample_every is not None and last_sample != self.step:
@@ -392,6 +404,16 @@ class Trainer:
                 progress.close()
             if self._writer is not None:
                 self._writer.flush()
+        return self.step
+
+    def _past(self, deadline: float) -> bool:
+        """Whether the time budget is spent, agreed by all processes (rank 0 decides)."""
+        past = time.monotonic() >= deadline
+        if not self.dist.enabled:
+            return past
+        flag = torch.tensor([1 if past else 0], device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def _timed(self, function: Callable[[], Any]) -> None:
         start = time.perf_counter()
@@ -535,15 +557,29 @@ class Trainer:
         return self._writer
 
     # ------------------------------------------------------------------ sampling
-    @staticmethod
-    def _default_sampler(schedule: Any) -> Any:
+    def _default_sampler(self) -> Any:
+        """DDPM respaced to 100 steps on the loss's schedule, with its prediction and variance.
+
+        Ancestral sampling is the forgiving choice while the model is still being trained:
+        deterministic samplers turn its early errors into washed-out images.
+        """
+        schedule = getattr(self.loss_fn, "schedule", None)
         if schedule is None:
             raise ValueError(
                 "sample_every needs a sampler: pass sampler=..., or a loss_fn with a .schedule"
             )
-        from ddpm_lib.samplers import DDIMSampler
+        from ddpm_lib.samplers import DDPMSampler
 
-        return DDIMSampler(schedule, num_steps=50)
+        prediction = getattr(self.loss_fn, "prediction", "eps")
+        variance = getattr(self.loss_fn, "variance", None)
+        config = getattr(unwrap_model(self.model), "config", None)
+        if not (isinstance(variance, str) and variance.startswith("learned")):
+            learned = isinstance(config, dict) and config.get("learn_sigma")
+            variance = "learned_range" if learned else "fixed_small"
+        return DDPMSampler(
+            schedule, variance=variance, prediction=prediction,
+            num_steps=min(100, schedule.num_timesteps),
+        )
 
     @torch.no_grad()
     def sample(
@@ -562,7 +598,7 @@ class Trainer:
         ``0, 1, ..., K-1, 0, 1, ...`` and ``guidance_scale`` to the Trainer's.
         """
         if self.sampler is None:
-            self.sampler = self._default_sampler(getattr(self.loss_fn, "schedule", None))
+            self.sampler = self._default_sampler()
         num_samples = _positive_int("num_samples", num_samples or self.num_samples)
         model = self.ema_model if use_ema else self.model
         was_training = model.training
@@ -771,14 +807,17 @@ class Trainer:
         """Write the EMA model with ``save_pretrained`` to ``out_dir/ema_model`` (rank 0).
 
         Only for models that have ``save_pretrained`` (such as :class:`ddpm_lib.UNet`); the
-        schedule and prediction type go to ``diffusion.json`` beside it.
+        schedule, prediction and variance type go to ``diffusion.json`` beside it, the schedule
+        alone also to ``schedule.json``. ``ddpm-lib sample`` / ``fid`` / ``bpd`` read the folder.
         """
         if not self.dist.is_main or not hasattr(self.ema_model, "save_pretrained"):
             return None
         target = self.out_dir / EXPORT_DIR
         self.ema_model.save_pretrained(target)
-        meta = self._meta()
-        (target / "diffusion.json").write_text(json.dumps(meta["diffusion"], indent=2))
+        diffusion = self._meta()["diffusion"]
+        (target / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
+        if "schedule" in diffusion:
+            (target / "schedule.json").write_text(json.dumps(diffusion["schedule"]))
         return target
 
     def latest_checkpoint(self) -> Path | None:
