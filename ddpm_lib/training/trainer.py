@@ -119,7 +119,8 @@ class Trainer:
             :class:`ddpm_lib.SimpleLoss`. When it has a ``schedule`` (or ``num_timesteps``) the
             Trainer draws ``t`` and ``noise`` itself (needed for world-size-invariant runs);
             otherwise it passes ``generator=`` and lets the loss draw them.
-        dataset: items are images ``(C, H, W)`` in ``[-1, 1]`` or ``(image, label)`` pairs.
+        dataset: items are images ``(C, H, W)`` in ``[-1, 1]``, ``(image, label)`` pairs (as
+            torchvision datasets give; more fields are ignored) or ``(image,)`` (TensorDataset).
         batch_size: the global batch (all processes together); split evenly over processes.
         lr: Adam's learning rate after warm-up (2e-4 in DDPM).
         warmup_steps: the learning rate ramps linearly to ``lr`` over this many steps.
@@ -226,10 +227,11 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         first = dataset[0]
+        self._wrapped = isinstance(first, (tuple, list))  # (image,) or (image, label, ...)
         if isinstance(first, torch.Tensor):
             self._labelled, image = False, first
-        elif isinstance(first, (tuple, list)) and len(first) >= 2 and isinstance(first[0], torch.Tensor):
-            self._labelled, image = True, first[0]
+        elif self._wrapped and len(first) >= 1 and isinstance(first[0], torch.Tensor):
+            self._labelled, image = len(first) >= 2, first[0]
         else:
             raise TypeError(
                 "dataset items must be image tensors (C, H, W) or (image, label) pairs; "
@@ -441,7 +443,7 @@ class Trainer:
         if self._labelled:
             x0, y = batch[0], batch[1]
         else:
-            x0, y = batch, None
+            x0, y = (batch[0] if self._wrapped else batch), None
         x0 = x0.to(device, non_blocking=True).float()  # (b, C, H, W), b = local batch
         global_b, local_b = self.batch_size, self.local_batch_size
         mine = slice(self.dist.rank * local_b, (self.dist.rank + 1) * local_b)
