@@ -25,6 +25,8 @@ _EXPORTS = {
     "DDPMSampler": "ddpm_lib.samplers",
     "DDIMSampler": "ddpm_lib.samplers",
     "DPMSolverSampler": "ddpm_lib.samplers",
+    "Sampler": "ddpm_lib.samplers",
+    "SampleTrajectory": "ddpm_lib.samplers",
 
     "Trainer": "ddpm_lib.training",
 

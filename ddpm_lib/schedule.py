@@ -203,12 +203,18 @@ class NoiseSchedule:
         is unchanged. The last beta becomes 1: pair it with v- or x0-prediction, since an eps
         model cannot recover x0 from pure noise.
         """
+        if self.num_timesteps < 2:
+            raise ValueError(
+                "rescale_zero_terminal_snr needs num_timesteps >= 2 (the first and last steps "
+                f"must differ); got num_timesteps = {self.num_timesteps}"
+            )
         sqrt_abar = self.sqrt_alphas_cumprod.clone()
         first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
         sqrt_abar = (sqrt_abar - last) * first / (first - last)
         alphas_cumprod = sqrt_abar**2
         alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
-        return type(self)((1.0 - alphas).to(self.device))
+        # The constructor builds its tables on the CPU; keep the new schedule on our device.
+        return type(self)(1.0 - alphas).to(self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -305,20 +311,30 @@ class NoiseSchedule:
     def predict_x0_from_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
     ) -> torch.Tensor:
-        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4)."""
+        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4).
+
+        Evaluated in this form, not as ``x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps``: where
+        ``abar_t`` is tiny (the last steps of the cosine schedule, ``1 / sqrt(abar) ~ 2e4``)
+        the two large products overflow in fp16 and cancel catastrophically in bf16, while
+        ``x_t - sqrt(1 - abar_t) eps`` is a benign difference.
+        """
         t = self._check_pair(x_t, t, "eps", eps)
-        return (
-            gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return (x_t - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / gather(
+            self.sqrt_alphas_cumprod, t, x_t
         )
 
     def predict_eps_from_x0(
         self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor
     ) -> torch.Tensor:
-        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
+        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``.
+
+        Written in this direct form (not through ``1 / sqrt(abar_t)``) so that it stays finite
+        where ``abar_t = 0`` (the last step of a zero terminal SNR schedule), where it is
+        ``eps = x_t``.
+        """
         t = self._check_pair(x_t, t, "x0", x0)
-        return (gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / gather(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        return (x_t - gather(self.sqrt_alphas_cumprod, t, x_t) * x0) / gather(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t
         )
 
     def get_v(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""Benchmark: ddpm_lib.UNet.ddpm_cifar10() against diffusers' UNet2DModel of the same architecture.
+
+Both networks are built in one process with identical weights (ours is converted from the
+diffusers model with ``unet_from_diffusers``, and the outputs are checked to agree). For each
+side the script measures
+
+* forward: ``model(x, t)`` under ``torch.no_grad()`` in eval mode;
+* forward+backward: ``model(x, t).square().mean().backward()`` in train mode (dropout 0.1);
+* peak memory of one forward+backward step: the peak, over the step, of the bytes held by
+  tensors from PyTorch's CPU allocator above what was held before the step (activations kept
+  for backward, gradients, temporaries), read from the allocation and free events that
+  ``torch.profiler`` records with ``profile_memory=True``. This is the CPU counterpart of
+  ``torch.cuda.max_memory_allocated``; it does not count allocator caching or the process's
+  other memory;
+
+and prints medians and ratios ours / diffusers (below 1 means ours is faster / smaller). The
+repetitions of the two sides are interleaved (alternating which goes first), so that load from
+other processes hits both alike. ``--compile`` adds ``torch.compile`` of both models (slow to
+build: minutes on a few CPU cores).
+
+Usage::
+
+    python benchmarks/bench_unet.py --threads 2 --batch 4 --repeats 15
+    python benchmarks/bench_unet.py --compile --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_lib.interop import DiffusersAdapter, unet_from_diffusers  # noqa: E402
+
+
+def diffusers_ddpm_cifar10(dropout: float = 0.1) -> torch.nn.Module:
+    """diffusers' UNet2DModel with the google/ddpm-cifar10-32 configuration (random weights)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2, attention_head_dim=None, norm_eps=1e-6, downsample_padding=0,
+        flip_sin_to_cos=False, freq_shift=1, dropout=dropout,
+    )
+
+
+def peak_step_memory(step: Callable[[], None]) -> int:
+    """Peak bytes allocated by the CPU allocator during ``step()``, above the level before it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    level = peak = 0
+    for event in events:
+        level += event.nbytes()
+        peak = max(peak, level)
+    return peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=15, help="timed repetitions per side")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run both models and inputs in channels_last memory format")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    theirs = diffusers_ddpm_cifar10()
+    ours = unet_from_diffusers(theirs)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_theirs = sum(p.numel() for p in theirs.parameters())
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=generator)
+    t = torch.randint(0, 1000, (args.batch,), generator=generator)
+    if args.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        ours.to(memory_format=torch.channels_last)
+        theirs.to(memory_format=torch.channels_last)
+
+    models: dict[str, torch.nn.Module] = {"ours": ours, "diffusers": DiffusersAdapter(theirs)}
+    with torch.no_grad():
+        ours.eval(), theirs.eval()
+        diff = (models["ours"](x, t) - models["diffusers"](x, t)).abs().max().item()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"memory format {'channels_last' if args.channels_last else 'contiguous'}")
+    print(f"parameters: ours {n_ours:,}, diffusers {n_theirs:,}; max |output difference| "
+          f"{diff:.2e}")
+
+    if args.compile:
+        print("compiling both models (forward and forward+backward graphs) ...", flush=True)
+        for name in list(models):
+            models[f"{name}+compile"] = torch.compile(models[name])
+
+    def forward(model: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            model.eval()
+            with torch.no_grad():
+                model(x, t)
+        return run
+
+    def forward_backward(model: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            model.train()
+            model(x, t).square().mean().backward()
+            model.zero_grad(set_to_none=True)
+        return run
+
+    tasks = {
+        (name, kind): (forward if kind == "forward" else forward_backward)(model)
+        for name, model in models.items()
+        for kind in ("forward", "forward+backward")
+    }
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
+    order = list(tasks)
+    for rep in range(args.warmup + args.repeats):
+        sequence = order if rep % 2 == 0 else order[::-1]
+        for key in sequence:
+            start = time.perf_counter()
+            tasks[key]()
+            elapsed = time.perf_counter() - start
+            if rep >= args.warmup:
+                times[key].append(elapsed)
+
+    memory = {}
+    for name, model in models.items():
+        step = tasks[(name, "forward+backward")]
+        memory[name] = statistics.median(peak_step_memory(step) for _ in range(3))
+
+    def median_ms(key: tuple[str, str]) -> float:
+        return 1e3 * statistics.median(times[key])
+
+    print(f"\nmedian of {args.repeats} interleaved repetitions (ms); ratio = ours / diffusers")
+    print(f"{'':22s}{'forward':>12s}{'fwd+bwd':>12s}{'peak MiB':>12s}")
+    for name in models:
+        print(f"{name:22s}{median_ms((name, 'forward')):12.1f}"
+              f"{median_ms((name, 'forward+backward')):12.1f}{memory[name] / 2**20:12.1f}")
+    pairs = [("ours", "diffusers")]
+    if args.compile:
+        pairs += [("ours+compile", "diffusers+compile"), ("ours+compile", "ours")]
+    for a, b in pairs:
+        ratios = [median_ms((a, k)) / median_ms((b, k)) for k in ("forward", "forward+backward")]
+        print(f"{a + ' / ' + b:34s} forward {ratios[0]:.3f}x   forward+backward "
+              f"{ratios[1]:.3f}x   peak memory {memory[a] / memory[b]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,754 @@
+"""Fréchet distance (FID) and kernel distance (KID) between two sets of image features.
+
+FID (Heusel et al. 2017) fits a Gaussian to the features of each set and measures
+
+    d^2 = ||mu_1 - mu_2||^2 + Tr(Sigma_1 + Sigma_2 - 2 (Sigma_1 Sigma_2)^{1/2}),
+
+computed here in float64 with ``scipy.linalg.sqrtm`` exactly as pytorch-fid does, so numbers
+are comparable with published ones when the features come from
+:class:`~ddpm_lib.metrics.inception.FIDInceptionV3` with the published weights. FID is biased
+upward at small sample counts (the bias decays like ``1/N``); KID (Bińkowski et al. 2018) is an
+unbiased estimate of a squared MMD and is the better choice below ~10,000 samples.
+
+Features are accumulated by :class:`FeatureStatistics`, a running float64 mean and covariance
+that never holds the images (nor, unless asked, the features). It is fed from a DataLoader or
+tensor (:func:`compute_statistics`), a folder of images (:func:`statistics_from_folder`), or a
+sampler generating on the fly (:func:`statistics_from_sampler`). Every feature extractor is a
+``torch.nn.Module`` (or callable) mapping ``(B, C, H, W)`` images in ``[-1, 1]`` to ``(B, D)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+#: Below this many samples, FID figures are not comparable with published ones.
+RECOMMENDED_MIN_SAMPLES = 10_000
+
+
+# ============================================================================ Fréchet distance
+def _as_float64(name: str, value: Any, ndim: int) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{name} must be a numeric array or tensor; got {type(value).__name__}"
+        ) from error
+    array = np.atleast_1d(array) if ndim == 1 else np.atleast_2d(array)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def frechet_distance(
+    mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6
+) -> float:
+    """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
+
+    ``d^2 = ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^{1/2})``
+    (Dowson & Landau 1982; the FID of Heusel et al. 2017 when the statistics are Inception
+    pool_3 features).
+
+    Args:
+        mu1, mu2: means ``(D,)`` (numpy arrays, tensors or sequences).
+        sigma1, sigma2: covariances ``(D, D)``.
+        eps: when ``sigma1 sigma2`` is singular and its square root is not finite, ``eps I`` is
+            added to both covariances and the root recomputed (with a warning).
+
+    Returns:
+        The squared distance as a Python float, computed in float64 with
+        ``scipy.linalg.sqrtm``. A negligible imaginary part of the matrix root (from rounding)
+        is discarded; a non-negligible one (diagonal above 1e-3) raises ``ValueError``. These
+        are pytorch-fid's ``calculate_frechet_distance`` rules, so results agree with it.
+    """
+    from scipy import linalg
+
+    mu1 = _as_float64("mu1", mu1, 1)
+    mu2 = _as_float64("mu2", mu2, 1)
+    sigma1 = _as_float64("sigma1", sigma1, 2)
+    sigma2 = _as_float64("sigma2", sigma2, 2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(
+            f"mu1 and mu2 must have the same dimension; got {mu1.shape[0]} and {mu2.shape[0]}"
+        )
+    dim = mu1.shape[0]
+    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
+        if sigma.shape != (dim, dim):
+            raise ValueError(
+                f"{name} must have shape ({dim}, {dim}) to match the means; got {sigma.shape}"
+            )
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0; got {eps!r}")
+
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        warnings.warn(
+            f"the product of the covariances is singular; adding {eps} to their diagonals",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        offset = np.eye(dim) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            largest = np.max(np.abs(covmean.imag))
+            raise ValueError(
+                f"the square root of sigma1 @ sigma2 has an imaginary component of {largest:.3g}; "
+                "the covariances are not valid (positive semi-definite) covariance matrices"
+            )
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+# ============================================================================ running statistics
+def _as_features(features: Any) -> torch.Tensor:
+    """Validate a ``(B, D)`` batch of features (tensor or array) and return a float64 tensor."""
+    if isinstance(features, (list, tuple)) and len(features) == 1:
+        features = features[0]  # pytorch-fid's InceptionV3 returns a list of one tensor
+    if isinstance(features, np.ndarray):
+        features = torch.from_numpy(features)
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(
+            f"features must be a (B, D) tensor or array; got {type(features).__name__}"
+        )
+    if features.ndim == 4 and features.shape[2:] == (1, 1):
+        features = features.flatten(1)  # (B, D, 1, 1) pooled maps -> (B, D)
+    if features.ndim != 2:
+        raise ValueError(
+            f"features must have shape (B, D) (a batch of feature vectors); got "
+            f"{tuple(features.shape)}"
+        )
+    if features.dtype.is_complex or features.dtype == torch.bool:
+        raise TypeError(f"features must be real numbers; got dtype {features.dtype}")
+    features = features.detach().double()
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or infinite values")
+    return features
+
+
+class FeatureStatistics:
+    """Running mean and covariance of feature vectors, accumulated in float64.
+
+    Batches are merged with the pairwise update of Chan et al. (1979): for a batch with
+    ``n_b`` rows, mean ``m_b`` and centred scatter ``M_b``,
+
+        delta = m_b - mean;   n = n_a + n_b;   mean += delta n_b / n
+        M += M_b + delta delta^T n_a n_b / n
+
+    and ``covariance = M / (n - 1)`` (the unbiased estimate, as ``np.cov``). The result equals
+    ``np.mean``/``np.cov`` of all features stacked, without keeping them (unless
+    ``keep_features``, which :func:`kernel_inception_distance` needs).
+
+    Args:
+        keep_features: also keep every feature row (on the CPU, float32) in :attr:`features`.
+
+    Statistics are saved in pytorch-fid's ``.npz`` format (``mu``, ``sigma``, plus
+    ``num_samples``), so published reference statistics load with :meth:`load`.
+    """
+
+    def __init__(self, keep_features: bool = False) -> None:
+        self.keep_features = bool(keep_features)
+        self._count = 0
+        self._mean: torch.Tensor | None = None  # (D,) float64
+        self._scatter: torch.Tensor | None = None  # (D, D) float64, sum of centred outer products
+        self._covariance: np.ndarray | None = None  # set by load() when the count is unknown
+        self._features: list[torch.Tensor] = []
+        self._source = "these statistics"
+
+    # ------------------------------------------------------------------ accumulation
+    def update(self, features: Any) -> FeatureStatistics:
+        """Add a ``(B, D)`` batch of features (tensor or array); returns ``self``.
+
+        Raises ``ValueError`` on NaN / infinite values or a dimension that differs from the
+        earlier batches.
+        """
+        if self._count == 0 and self._covariance is not None:
+            raise ValueError(
+                f"{self._source} were loaded without a sample count (num_samples); they cannot "
+                "be updated, only compared"
+            )
+        features = _as_features(features)
+        if features.shape[0] == 0:
+            return self
+        if self._mean is not None and features.shape[1] != self._mean.shape[0]:
+            raise ValueError(
+                f"features must have dimension {self._mean.shape[0]} like the earlier batches; "
+                f"got {features.shape[1]}"
+            )
+        count_b = features.shape[0]
+        mean_b = features.mean(dim=0)  # (D,)
+        centred = features - mean_b  # (B, D)
+        scatter_b = centred.T @ centred  # (D, D)
+        if self._mean is None:
+            self._mean, self._scatter = mean_b, scatter_b
+        else:
+            mean_b, scatter_b = mean_b.to(self._mean.device), scatter_b.to(self._mean.device)
+            count = self._count + count_b
+            delta = mean_b - self._mean
+            self._mean = self._mean + delta * (count_b / count)
+            correction = torch.outer(delta, delta) * (self._count * count_b / count)  # (D, D)
+            self._scatter = self._scatter + scatter_b + correction
+        self._count += count_b
+        if self.keep_features:
+            self._features.append(features.float().cpu())
+        return self
+
+    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
+        """Fold another accumulator (e.g. from another process) into this one; returns ``self``."""
+        if not isinstance(other, FeatureStatistics):
+            raise TypeError(f"other must be a FeatureStatistics; got {type(other).__name__}")
+        if other._count == 0:
+            if other._covariance is not None:
+                raise ValueError("other was loaded without a sample count; it cannot be merged")
+            return self
+        if self._count == 0 and self._covariance is not None:
+            raise ValueError(f"{self._source} were loaded without a sample count; cannot merge")
+        if self._mean is None:
+            self._count, self._mean, self._scatter = other._count, other._mean, other._scatter
+        else:
+            if other._mean.shape != self._mean.shape:
+                raise ValueError(
+                    f"other must have dimension {self._mean.shape[0]}; got {other._mean.shape[0]}"
+                )
+            count = self._count + other._count
+            delta = other._mean.to(self._mean.device) - self._mean
+            self._scatter = (
+                self._scatter
+                + other._scatter.to(self._mean.device)
+                + torch.outer(delta, delta) * (self._count * other._count / count)
+            )
+            self._mean = self._mean + delta * (other._count / count)
+            self._count = count
+        if self.keep_features:
+            if not other.keep_features:
+                raise ValueError("other must keep its features too (keep_features=True)")
+            self._features.extend(other._features)
+        return self
+
+    # ------------------------------------------------------------------ results
+    @property
+    def num_samples(self) -> int | None:
+        """Number of feature vectors seen; ``None`` for loaded statistics without a count."""
+        if self._count == 0 and self._covariance is not None:
+            return None
+        return self._count
+
+    @property
+    def dim(self) -> int | None:
+        """Feature dimension ``D`` (``None`` before the first batch)."""
+        if self._mean is None:
+            return None
+        return int(self._mean.shape[0])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``(D,)`` float64 mean of the features."""
+        if self._mean is None:
+            raise ValueError(f"{self._source} are empty: add features with update() first")
+        return self._mean.cpu().numpy().copy()
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """``(D, D)`` float64 unbiased covariance (``np.cov(features, rowvar=False)``)."""
+        if self._covariance is not None:
+            return self._covariance.copy()
+        if self._count < 2:
+            raise ValueError(
+                f"the covariance needs at least 2 samples; {self._source} hold {self._count}"
+            )
+        return (self._scatter / (self._count - 1)).cpu().numpy()
+
+    @property
+    def features(self) -> np.ndarray:
+        """``(N, D)`` float32 array of every feature row (only with ``keep_features=True``)."""
+        if not self.keep_features:
+            raise ValueError("features are kept only with FeatureStatistics(keep_features=True)")
+        if not self._features:
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        return torch.cat(self._features).numpy()
+
+    def frechet_distance(self, other: FeatureStatistics) -> float:
+        """:func:`frechet_distance` between these statistics and ``other``."""
+        if not isinstance(other, FeatureStatistics):
+            raise TypeError(f"other must be a FeatureStatistics; got {type(other).__name__}")
+        return frechet_distance(self.mean, self.covariance, other.mean, other.covariance)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``."""
+        arrays = {"mu": self.mean, "sigma": self.covariance}
+        if self.num_samples is not None:
+            arrays["num_samples"] = np.asarray(self.num_samples, dtype=np.int64)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureStatistics:
+        """Read a pytorch-fid / clean-fid ``.npz`` with ``mu`` and ``sigma``.
+
+        When the file also records ``num_samples`` (files written by :meth:`save`), the result
+        can be updated further; otherwise it can only be compared.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"statistics file not found: {str(path)!r}")
+        with np.load(path) as data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise ValueError(
+                    f"{str(path)!r} must hold the arrays 'mu' and 'sigma' (pytorch-fid format); "
+                    f"it has {sorted(data.files)}"
+                )
+            mu = _as_float64("mu", data["mu"], 1)
+            sigma = _as_float64("sigma", data["sigma"], 2)
+            count = int(data["num_samples"]) if "num_samples" in data.files else None
+        if sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(
+                f"{str(path)!r}: sigma must have shape ({mu.shape[0]}, {mu.shape[0]}); got "
+                f"{sigma.shape}"
+            )
+        stats = cls()
+        stats._source = f"the statistics in {str(path)!r}"
+        stats._mean = torch.from_numpy(mu)
+        if count is not None and count >= 2:
+            stats._count = count
+            stats._scatter = torch.from_numpy(sigma) * (count - 1)
+        else:
+            stats._covariance = sigma
+        return stats
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={self.num_samples}, dim={self.dim})"
+
+
+# ============================================================================ feature sources
+def _model_device(module: Any) -> torch.device:
+    """The device of a module's first parameter or buffer; the CPU for anything else."""
+    if isinstance(module, torch.nn.Module):
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: Any) -> Iterator[None]:
+    """Put every ``torch.nn.Module`` among ``modules`` in eval mode, restoring it afterwards.
+
+    Metrics must not run with dropout or batch statistics; the caller's training state is
+    left as it was.
+    """
+    saved = [
+        (module, module.training) for module in modules if isinstance(module, torch.nn.Module)
+    ]
+    for module, _ in saved:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.train(training)
+
+
+def _images_of(batch: Any) -> torch.Tensor:
+    """The images of a batch: a tensor, the first element of a tuple/list, or ``batch["image"]``."""
+    if isinstance(batch, dict):
+        for key in ("image", "images", "pixel_values", "x"):
+            if key in batch:
+                return batch[key]
+        raise ValueError(f"a dict batch must hold 'image' or 'images'; got keys {sorted(batch)}")
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("got an empty batch")
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"batches must be image tensors (B, C, H, W); got {type(batch).__name__}")
+    return batch
+
+
+def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[0, 255]`` -> float ``[-1, 1]``; floating images pass through."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point; got dtype {images.dtype}")
+    return images
+
+
+def _progress_bar(enabled: bool, total: int | None, desc: str) -> Any:
+    """A tqdm bar counting images, or ``None`` when disabled (tqdm is imported only then)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")
+
+
+def compute_statistics(
+    images: Iterable | torch.Tensor,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 50,
+    num_samples: int | None = None,
+    keep_features: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> FeatureStatistics:
+    """Stream images through ``extractor`` and return their :class:`FeatureStatistics`.
+
+    Args:
+        images: a ``(N, C, H, W)`` tensor (split into ``batch_size`` chunks) or any iterable of
+            batches, e.g. a ``DataLoader``; a batch is an image tensor, a tuple/list whose first
+            element is one (``(images, labels)``), or a dict with an ``"image"`` entry. Images
+            are ``uint8`` in ``[0, 255]`` or floating point in ``[-1, 1]``.
+        extractor: maps ``(B, C, H, W)`` float images in ``[-1, 1]`` to ``(B, D)`` features;
+            e.g. :class:`~ddpm_lib.metrics.inception.FIDInceptionV3`. Run in eval mode under
+            ``torch.inference_mode`` (its training flag is restored afterwards).
+        num_samples: stop after this many images (all of them when ``None``).
+        keep_features: keep the features too (for :func:`kernel_inception_distance`).
+        progress: show a tqdm bar.
+        device: where the extractor runs; by default the device of its parameters.
+
+    Returns:
+        The float64 statistics; only the running mean and covariance are held in memory.
+    """
+    if not callable(extractor):
+        raise TypeError(
+            f"extractor must be callable (a torch.nn.Module); got {type(extractor).__name__}"
+        )
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if num_samples is not None:
+        num_samples = _check_positive_int("num_samples", num_samples)
+    device = torch.device(device) if device is not None else _model_device(extractor)
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W); got {tuple(images.shape)}")
+        images = images.split(batch_size)
+    elif not isinstance(images, Iterable):
+        raise TypeError(
+            f"images must be a tensor or an iterable of batches; got {type(images).__name__}"
+        )
+    stats = FeatureStatistics(keep_features=keep_features)
+    bar = _progress_bar(progress, num_samples or _length_in_samples(images), "features")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(eval_mode(extractor))
+        if bar is not None:
+            stack.callback(bar.close)
+        _accumulate(images, extractor, stats, num_samples, device, bar)
+    if stats.num_samples == 0:
+        raise ValueError("no images were read: the source is empty")
+    return stats
+
+
+def _accumulate(
+    images: Iterable,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    stats: FeatureStatistics,
+    num_samples: int | None,
+    device: torch.device,
+    bar: Any,
+) -> None:
+    """Feed every batch of ``images`` through ``extractor`` into ``stats``."""
+    for batch in images:
+        batch = _to_unit_range(_images_of(batch))
+        if batch.ndim != 4:
+            raise ValueError(f"image batches must be (B, C, H, W); got {tuple(batch.shape)}")
+        if num_samples is not None:
+            batch = batch[: num_samples - stats.num_samples]
+        with torch.inference_mode():
+            features = extractor(batch.to(device))
+        features = _as_features(features)
+        if features.shape[0] != batch.shape[0]:
+            raise ValueError(
+                f"extractor returned {features.shape[0]} feature rows for "
+                f"{batch.shape[0]} images; expected one (B, D) row per image"
+            )
+        stats.update(features)
+        if bar is not None:
+            bar.update(batch.shape[0])
+        if num_samples is not None and stats.num_samples >= num_samples:
+            break
+
+
+def _length_in_samples(images: Iterable) -> int | None:
+    dataset = getattr(images, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------- image folders
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {str(folder)!r}")
+    return sorted(
+        path for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images of a folder (recursively) as ``uint8`` tensors ``(C, H, W)``, RGB by default.
+
+    ``mode`` is a PIL mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel).
+    """
+
+    def __init__(self, folder: str | os.PathLike, mode: str = "RGB") -> None:
+        if mode not in ("RGB", "L"):
+            raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
+        self.folder = Path(folder)
+        self.mode = mode
+        self.files = list_images(folder)
+        if not self.files:
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {str(self.folder)!r}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            array = np.asarray(image.convert(self.mode), dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (C, H, W) uint8
+
+
+def _collate_same_size(items: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(item.shape) for item in items}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images in one batch must have the same size; got {sorted(shapes)}. Resize them "
+            "first, or use batch_size=1"
+        )
+    return torch.stack(items)
+
+
+def statistics_from_folder(
+    folder: str | os.PathLike,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    num_samples: int | None = None,
+    keep_features: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> FeatureStatistics:
+    """:func:`compute_statistics` of the images in ``folder`` (recursively, sorted by path).
+
+    Images are read with PIL, converted to RGB and passed to ``extractor`` in ``[-1, 1]`` at
+    their stored size (the FID Inception network resizes them to 299x299 itself).
+    """
+    dataset = ImageFolder(folder)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=_check_positive_int("batch_size", batch_size),
+        num_workers=num_workers,
+        collate_fn=_collate_same_size,
+    )
+    return compute_statistics(
+        loader,
+        extractor,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        keep_features=keep_features,
+        progress=progress,
+        device=device,
+    )
+
+
+# ---------------------------------------------------------------------------- samplers
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round ``[-1, 1]`` images to the 256 levels of a saved 8-bit image (still in ``[-1, 1]``)."""
+    levels = ((images.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return levels / 127.5 - 1.0
+
+
+def generate_samples(
+    sampler: Any,
+    model: Callable,
+    num_samples: int,
+    shape: tuple[int, ...],
+    *,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    model_kwargs: dict | Callable[[int, torch.Generator | None], dict] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield batches ``(b, *shape)`` of ``sampler.sample(model, ...)`` until ``num_samples``.
+
+    ``model_kwargs`` is passed to every call, or, when it is a function
+    ``model_kwargs(b, generator) -> dict``, called for each batch (e.g. to draw class labels).
+    """
+    num_samples = _check_positive_int("num_samples", num_samples)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if not callable(getattr(sampler, "sample", None)):
+        raise TypeError(f"sampler must have a sample() method; got {type(sampler).__name__}")
+    shape = tuple(int(s) for s in shape)
+    done = 0
+    while done < num_samples:
+        count = min(batch_size, num_samples - done)
+        kwargs = model_kwargs(count, generator) if callable(model_kwargs) else model_kwargs
+        with torch.no_grad():
+            images = sampler.sample(
+                model, (count, *shape), generator=generator, model_kwargs=kwargs
+            )
+        if tuple(images.shape) != (count, *shape):
+            raise ValueError(
+                f"sampler.sample returned shape {tuple(images.shape)}; expected {(count, *shape)}"
+            )
+        done += count
+        yield images
+
+
+def statistics_from_sampler(
+    sampler: Any,
+    model: Callable,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    num_samples: int,
+    shape: tuple[int, ...],
+    *,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    model_kwargs: dict | Callable[[int, torch.Generator | None], dict] | None = None,
+    quantize_samples: bool = True,
+    keep_features: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> FeatureStatistics:
+    """Generate ``num_samples`` images with ``sampler`` and ``model`` and return their statistics.
+
+    Args:
+        sampler: any object with ``sample(model, shape, generator=, model_kwargs=)`` returning
+            images in ``[-1, 1]`` (the ddpm_lib samplers).
+        model: the denoiser passed to the sampler (run in eval mode, then restored).
+        extractor: the feature network (see :func:`compute_statistics`).
+        num_samples: how many images to generate; never held all at once.
+        shape: the shape of one image, ``(C, H, W)``.
+        generator: seeds the whole run (reproducible on one device).
+        model_kwargs: fixed kwargs, or ``f(b, generator) -> dict`` per batch (class labels).
+        quantize_samples: round samples to 8 bits first, so that the figure equals the one
+            computed from the same samples saved as PNG files (the usual protocol).
+    """
+    batches = generate_samples(
+        sampler, model, num_samples, shape,
+        batch_size=batch_size, generator=generator, model_kwargs=model_kwargs,
+    )
+    if quantize_samples:
+        batches = (quantize(images) for images in batches)
+    with eval_mode(model):  # the batches are generated lazily, inside this block
+        return compute_statistics(
+            batches,
+            extractor,
+            batch_size=batch_size,
+            num_samples=num_samples,
+            keep_features=keep_features,
+            progress=progress,
+            device=device,
+        )
+
+
+# ============================================================================ KID
+class KernelDistance(NamedTuple):
+    """KID estimate: ``mean`` over subsets of the unbiased MMD^2, and its ``std``."""
+
+    mean: float
+    std: float
+    num_subsets: int
+    subset_size: int
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float):
+    """Unbiased MMD^2 between rows of ``x`` and ``y`` (both ``(m, D)``, float64).
+
+    ``k(a, b) = (gamma a.b + coef0)^degree``;
+    ``MMD^2 = sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1))
+    - 2 sum_{i,j} k(x_i, y_j) / m^2``.
+    """
+    m = x.shape[0]
+    k_xx = (x @ x.T * gamma + coef0) ** degree  # (m, m)
+    k_yy = (y @ y.T * gamma + coef0) ** degree  # (m, m)
+    k_xy = (x @ y.T * gamma + coef0) ** degree  # (m, m)
+    off_diagonal = k_xx.sum() - k_xx.trace() + k_yy.sum() - k_yy.trace()
+    return off_diagonal / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m)
+
+
+def kernel_inception_distance(
+    features1: Any,
+    features2: Any,
+    *,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> KernelDistance:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD^2 with a cubic kernel.
+
+    ``k(a, b) = (gamma a.b + coef0)^degree`` with ``gamma = 1 / D`` by default. The MMD^2 is
+    estimated on ``num_subsets`` random subsets of ``subset_size`` rows drawn without
+    replacement from each set (``subset_size`` is reduced to the smaller set's size), and the
+    mean and standard deviation over subsets are returned, as torch-fidelity and clean-fid do.
+
+    Args:
+        features1, features2: ``(N1, D)`` and ``(N2, D)`` arrays or tensors; ``N >= 2``.
+        generator: draws the subsets (a seed reproduces the figure).
+
+    Returns:
+        :class:`KernelDistance` (KID is often reported x 1000).
+    """
+    x_all = _as_features(features1)
+    y_all = _as_features(features2)
+    if x_all.shape[1] != y_all.shape[1]:
+        raise ValueError(
+            f"features1 and features2 must have the same dimension; got {x_all.shape[1]} and "
+            f"{y_all.shape[1]}"
+        )
+    for name, feats in (("features1", x_all), ("features2", y_all)):
+        if feats.shape[0] < 2:
+            raise ValueError(f"{name} must have at least 2 rows; got {feats.shape[0]}")
+    num_subsets = _check_positive_int("num_subsets", num_subsets)
+    subset_size = _check_positive_int("subset_size", subset_size)
+    subset_size = min(subset_size, x_all.shape[0], y_all.shape[0])
+    if subset_size < 2:
+        raise ValueError(f"subset_size must be >= 2; got {subset_size}")
+    degree = _check_positive_int("degree", degree)
+    gamma = 1.0 / x_all.shape[1] if gamma is None else float(gamma)
+    y_all = y_all.to(x_all.device)
+    values = torch.empty(num_subsets, dtype=torch.float64)
+    for index in range(num_subsets):
+        rows_x = torch.randperm(x_all.shape[0], generator=generator)[:subset_size]
+        rows_y = torch.randperm(y_all.shape[0], generator=generator)[:subset_size]
+        values[index] = _mmd2_unbiased(
+            x_all[rows_x.to(x_all.device)], y_all[rows_y.to(y_all.device)], degree, gamma, coef0
+        )
+    std = float(values.std(unbiased=False)) if num_subsets > 1 else math.nan
+    return KernelDistance(float(values.mean()), std, num_subsets, subset_size)

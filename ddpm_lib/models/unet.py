@@ -1,0 +1,656 @@
+"""The DDPM noise-prediction UNet (Ho et al. 2020, appendix B), built from overridable pieces.
+
+Layout (``L = len(channel_mults)`` levels, ``C_i = base_channels * channel_mults[i]``)::
+
+    t, y ──embed──> emb (B, E)
+    x (B, in, H, W) ─conv_in─> (B, C, H, W)
+      down level i (i = 0..L-1): num_res_blocks x [ResBlock (+ attention)], then a strided conv
+                                 (except the last level); every output is kept as a skip
+      middle:                    ResBlock, attention, ResBlock at (H / 2^(L-1))
+      up level i (i = L-1..0):   (num_res_blocks + 1) x [concat skip, ResBlock (+ attention)],
+                                 then nearest 2x upsampling + conv (except level 0)
+    ─GroupNorm, SiLU, conv─> (B, out, H, W)     (out doubled when learn_sigma)
+
+Attention is used at level ``i`` when its resolution ``image_size / 2^i`` is listed in
+``attention_resolutions``. The UNet depends on nothing else in ddpm_lib.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import (
+    AttentionBlock,
+    ClassEmbedding,
+    Downsample,
+    OutputHead,
+    ResAttnBlock,
+    ResBlock,
+    TimestepEmbedding,
+    Upsample,
+)
+
+__all__ = ["UNet", "UNetLevel"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class UNetLevel(nn.Module):
+    """One resolution level: a list of ``ResAttnBlock`` and an optional resampling layer.
+
+    ``blocks[j]`` is called as ``block(h, emb)``; ``resample`` (a ``Downsample`` on the way
+    down, an ``Upsample`` on the way up, ``None`` at the ends) as ``resample(h)``.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_int_tuple(name: str, value: Any, minimum: int, allow_empty: bool) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints; got {value!r}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    for item in value:
+        _check_int(f"each entry of {name}", item, minimum)
+    return tuple(value)
+
+
+class UNet(nn.Module):
+    """DDPM UNet predicting ``eps`` (or ``x0`` / ``v``) from ``x_t`` and the timestep.
+
+    Args:
+        in_channels: channels of ``x_t`` (3 for RGB).
+        out_channels: channels of the prediction; ``None`` means ``in_channels``.
+        base_channels: width ``C`` of the first level (DDPM CIFAR-10: 128).
+        channel_mults: level ``i`` has ``C * channel_mults[i]`` channels; ``len`` = levels.
+        num_res_blocks: residual blocks per level on the way down (``+1`` on the way up).
+        attention_resolutions: resolutions (side lengths, relative to ``image_size``) at which
+            every residual block is followed by self-attention. Each must be
+            ``image_size / 2^i`` for some level ``i``.
+        image_size: side length the network is designed for. It must be divisible by
+            ``2^(levels - 1)`` and maps ``attention_resolutions`` to levels; inputs of other
+            sizes are accepted when divisible by ``2^(levels - 1)``.
+        dropout: dropout probability inside each residual block.
+        num_classes: number ``N`` of class labels for class conditioning, or ``None``. Labels
+            ``y`` are ``0 .. N-1``, or ``-1`` for "no label" (the null class of
+            classifier-free guidance).
+        learn_sigma: also output the values ``v`` of the learned-range variance (Nichol &
+            Dhariwal 2021), doubling the output channels: prediction first, ``v`` second.
+        num_heads: attention heads (ignored when ``head_channels`` is given).
+        norm_groups: GroupNorm groups; must divide every channel count.
+        gradient_checkpointing: recompute block activations in backward to save memory.
+        head_channels: channels per attention head; overrides ``num_heads`` (diffusers'
+            ``attention_head_dim``).
+        emb_channels: width ``E`` of the time embedding; ``None`` means ``4 * base_channels``.
+        norm_eps: GroupNorm epsilon (DDPM / TensorFlow: 1e-6).
+        downsample_padding: 0 pads the strided convolutions at the bottom/right only (DDPM,
+            TensorFlow "SAME"); 1 pads all sides (diffusers' default).
+        flip_sin_to_cos, freq_shift: sinusoidal embedding variant (DDPM: ``False``, ``1``;
+            diffusers' default: ``True``, ``0``).
+
+    Call ``model(x_t, t, y=None)``:
+        ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
+        tensor is broadcast); ``y``: ``(B,)`` long labels for a class-conditional model.
+        Returns ``(B, out_channels, H, W)`` (``2 * out_channels`` with ``learn_sigma``).
+
+    Subclassing: the network is assembled from factory methods, each of which can be
+    overridden without touching ``forward``: :meth:`make_time_embedding`,
+    :meth:`make_class_embedding`, :meth:`embed` (how ``t``, ``y`` and any extra keyword
+    arguments become the embedding), :meth:`make_input`, :meth:`make_res_block`,
+    :meth:`make_attention`, :meth:`make_downsample`, :meth:`make_upsample` and
+    :meth:`make_output_head`. Attributes a factory needs can be set before calling
+    ``super().__init__``; constructor arguments a subclass adds should be passed to
+    :meth:`register_config` so that :meth:`save_pretrained` / :meth:`from_pretrained` keep them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        base_channels: int = 128,
+        channel_mults: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        image_size: int = 32,
+        dropout: float = 0.1,
+        num_classes: int | None = None,
+        learn_sigma: bool = False,
+        num_heads: int = 1,
+        norm_groups: int = 32,
+        gradient_checkpointing: bool = False,
+        *,
+        head_channels: int | None = None,
+        emb_channels: int | None = None,
+        norm_eps: float = 1e-6,
+        downsample_padding: int = 0,
+        flip_sin_to_cos: bool = False,
+        freq_shift: float = 1.0,
+    ) -> None:
+        super().__init__()
+        # ---- validation: every error names the argument and what to change ----------------
+        _check_int("in_channels", in_channels, 1)
+        if out_channels is not None:
+            _check_int("out_channels", out_channels, 1)
+        _check_int("base_channels", base_channels, 1)
+        channel_mults = _check_int_tuple("channel_mults", channel_mults, 1, allow_empty=False)
+        _check_int("num_res_blocks", num_res_blocks, 1)
+        attention_resolutions = _check_int_tuple(
+            "attention_resolutions", attention_resolutions, 1, allow_empty=True
+        )
+        _check_int("image_size", image_size, 1)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+            0.0 <= dropout < 1.0
+        ):
+            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+        if num_classes is not None:
+            _check_int("num_classes", num_classes, 1)
+        _check_bool("learn_sigma", learn_sigma)
+        _check_int("num_heads", num_heads, 1)
+        _check_int("norm_groups", norm_groups, 1)
+        _check_bool("gradient_checkpointing", gradient_checkpointing)
+        if head_channels is not None:
+            _check_int("head_channels", head_channels, 1)
+        if emb_channels is not None:
+            _check_int("emb_channels", emb_channels, 1)
+        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or norm_eps <= 0:
+            raise ValueError(f"norm_eps must be a positive float; got {norm_eps!r}")
+        if downsample_padding not in (0, 1) or isinstance(downsample_padding, bool):
+            raise ValueError(f"downsample_padding must be 0 or 1; got {downsample_padding!r}")
+        _check_bool("flip_sin_to_cos", flip_sin_to_cos)
+        if isinstance(freq_shift, bool) or not isinstance(freq_shift, (int, float)):
+            raise TypeError(f"freq_shift must be a number; got {freq_shift!r}")
+        if base_channels // 2 - freq_shift == 0:
+            raise ValueError(
+                f"freq_shift={freq_shift} equals base_channels // 2; the sinusoidal "
+                "frequencies would divide by zero"
+            )
+
+        num_levels = len(channel_mults)
+        factor = 2 ** (num_levels - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"image_size={image_size} must be divisible by 2^(levels - 1) = {factor} for "
+                f"{num_levels} levels (channel_mults={channel_mults}); change image_size or "
+                "use fewer levels"
+            )
+        resolutions = [image_size // 2**level for level in range(num_levels)]
+        for resolution in attention_resolutions:
+            if resolution not in resolutions:
+                raise ValueError(
+                    f"attention_resolutions contains {resolution}, which is not a resolution "
+                    f"of this network; with image_size={image_size} and {num_levels} levels "
+                    f"the resolutions are {resolutions}"
+                )
+        channels = [base_channels * mult for mult in channel_mults]
+        # every channel count (levels, concatenations) is a multiple of base_channels
+        if base_channels % norm_groups:
+            raise ValueError(
+                f"norm_groups={norm_groups} must divide every channel count, but "
+                f"base_channels={base_channels} is not divisible by it; change norm_groups "
+                "or base_channels"
+            )
+        attention_levels = tuple(
+            level for level, res in enumerate(resolutions) if res in attention_resolutions
+        )
+        for level in sorted(set(attention_levels) | {num_levels - 1}):
+            c = channels[level]
+            if head_channels is not None and c % head_channels:
+                raise ValueError(
+                    f"head_channels={head_channels} must divide the attention channels; level "
+                    f"{level} has {c} channels"
+                )
+            if head_channels is None and c % num_heads:
+                raise ValueError(
+                    f"num_heads={num_heads} must divide the attention channels; level {level} "
+                    f"has {c} channels"
+                )
+
+        # ---- configuration ---------------------------------------------------------------
+        self._config: dict[str, Any] = dict(
+            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
+            attention_resolutions=list(attention_resolutions), image_size=image_size,
+            dropout=float(dropout), num_classes=num_classes, learn_sigma=learn_sigma,
+            num_heads=num_heads, norm_groups=norm_groups,
+            gradient_checkpointing=gradient_checkpointing, head_channels=head_channels,
+            emb_channels=emb_channels, norm_eps=float(norm_eps),
+            downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift,
+        )
+        self._extra_config: dict[str, Any] = {}
+        self.in_channels = in_channels
+        self.out_channels = out_channels if out_channels is not None else in_channels
+        self.learn_sigma = learn_sigma
+        self.base_channels = base_channels
+        self.channel_mults = channel_mults
+        self.level_channels = tuple(channels)
+        self.num_levels = num_levels
+        self.num_res_blocks = num_res_blocks
+        self.attention_levels = attention_levels
+        self.image_size = image_size
+        self.dropout = float(dropout)
+        self.num_classes = num_classes
+        self.num_heads = num_heads
+        self.head_channels = head_channels
+        self.norm_groups = norm_groups
+        self.norm_eps = float(norm_eps)
+        self.emb_channels = emb_channels if emb_channels is not None else 4 * base_channels
+        self.downsample_padding = downsample_padding
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.freq_shift = freq_shift
+        self.gradient_checkpointing = gradient_checkpointing
+
+        # ---- modules, each from an overridable factory -----------------------------------
+        self.time_embed = self.make_time_embedding()
+        self.class_embed = self.make_class_embedding()
+        self.conv_in = self.make_input()
+
+        skip_channels = [base_channels]
+        ch = base_channels
+        self.down = nn.ModuleList()
+        for level, out_ch in enumerate(channels):
+            blocks = []
+            for _ in range(num_res_blocks):
+                blocks.append(self._res_attn(ch, out_ch, level))
+                ch = out_ch
+                skip_channels.append(ch)
+            resample = None
+            if level < num_levels - 1:
+                resample = self.make_downsample(ch, level)
+                skip_channels.append(ch)
+            self.down.append(UNetLevel(blocks, resample))
+
+        last = num_levels - 1
+        self.mid = nn.ModuleList(
+            [
+                ResAttnBlock(self.make_res_block(ch, ch, last), self.make_attention(ch, last)),
+                ResAttnBlock(self.make_res_block(ch, ch, last)),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(num_levels)):
+            out_ch = channels[level]
+            blocks = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(self._res_attn(ch + skip_channels.pop(), out_ch, level))
+                ch = out_ch
+            resample = self.make_upsample(ch, level) if level > 0 else None
+            self.up.append(UNetLevel(blocks, resample))
+
+        self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+
+    # ------------------------------------------------------------------------------------
+    # Presets
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def ddpm_cifar10(cls, **overrides: Any) -> UNet:
+        """The DDPM paper's CIFAR-10 network: 35,746,307 parameters.
+
+        ``base_channels=128``, ``channel_mults=(1, 2, 2, 2)``, two residual blocks per level,
+        one-head attention at 16x16, dropout 0.1, GroupNorm eps 1e-6, bottom/right padding of
+        the strided convolutions and DDPM's sinusoidal embedding: the layout of the released
+        ``google/ddpm-cifar10-32`` weights (load them with
+        :func:`ddpm_lib.interop.unet_from_diffusers`). Keyword arguments override any setting
+        (e.g. ``num_classes=10``, ``learn_sigma=True``).
+        """
+        config: dict[str, Any] = dict(
+            in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+            attention_resolutions=(16,), image_size=32, dropout=0.1, num_heads=1,
+            norm_groups=32, norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False,
+            freq_shift=1.0,
+        )
+        config.update(overrides)
+        return cls(**config)
+
+    # ------------------------------------------------------------------------------------
+    # Overridable pieces
+    # ------------------------------------------------------------------------------------
+    def make_time_embedding(self) -> nn.Module:
+        """Module mapping timesteps ``(B,)`` to ``(B, emb_channels)``."""
+        return TimestepEmbedding(
+            self.base_channels, self.emb_channels, flip_sin_to_cos=self.flip_sin_to_cos,
+            freq_shift=self.freq_shift,
+        )
+
+    def make_class_embedding(self) -> nn.Module | None:
+        """Module mapping labels ``(B,)`` (``-1`` = no label) to ``(B, emb_channels)``, or
+        ``None`` for an unconditional model."""
+        if self.num_classes is None:
+            return None
+        return ClassEmbedding(self.num_classes, self.emb_channels)
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """The conditioning embedding ``(B, emb_channels)`` given to every residual block.
+
+        Default: ``time_embed(t) + class_embed(y)``. Override it (together with
+        :meth:`make_class_embedding`) to condition on something else; extra keyword arguments
+        of ``forward`` arrive here.
+        """
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}; "
+                "override embed() in a subclass to condition on them"
+            )
+        emb = self.time_embed(t)  # (B, E)
+        if self.class_embed is None:
+            if y is not None:
+                raise ValueError(
+                    "y was given, but this UNet is unconditional (num_classes=None); build it "
+                    "with num_classes=N to condition on labels, or pass y=None"
+                )
+            return emb
+        if y is None:
+            raise ValueError(
+                f"this UNet is class-conditional (num_classes={self.num_classes}): pass y, a "
+                f"LongTensor of shape (B,) with labels in [0, {self.num_classes - 1}], or -1 "
+                "for no label"
+            )
+        y = self._check_labels(y, t.shape[0])
+        return emb + self.class_embed(y).to(emb.dtype)
+
+    def make_input(self) -> nn.Module:
+        """First convolution ``(B, in_channels, H, W) -> (B, base_channels, H, W)``."""
+        return nn.Conv2d(self.in_channels, self.base_channels, 3, padding=1)
+
+    def make_res_block(self, in_channels: int, out_channels: int, level: int) -> nn.Module:
+        """Residual block at ``level``, called as ``block(x, emb)``
+        ``(B, in_channels, H, W) -> (B, out_channels, H, W)``."""
+        return ResBlock(
+            in_channels, out_channels, self.emb_channels, dropout=self.dropout,
+            norm_groups=self.norm_groups, norm_eps=self.norm_eps,
+        )
+
+    def make_attention(self, channels: int, level: int) -> nn.Module:
+        """Self-attention at ``level`` (the middle block uses the last level), ``(B, C, H, W)
+        -> (B, C, H, W)``."""
+        heads = channels // self.head_channels if self.head_channels else self.num_heads
+        return AttentionBlock(
+            channels, num_heads=heads, norm_groups=self.norm_groups, norm_eps=self.norm_eps
+        )
+
+    def make_downsample(self, channels: int, level: int) -> nn.Module:
+        """Halves the resolution after ``level``: ``(B, C, H, W) -> (B, C, H/2, W/2)``."""
+        return Downsample(channels, padding=self.downsample_padding)
+
+    def make_upsample(self, channels: int, level: int) -> nn.Module:
+        """Doubles the resolution after up ``level``: ``(B, C, H, W) -> (B, C, 2H, 2W)``."""
+        return Upsample(channels)
+
+    def make_output_head(self, channels: int, out_channels: int) -> nn.Module:
+        """Output head ``(B, channels, H, W) -> (B, out_channels, H, W)``."""
+        return OutputHead(
+            channels, out_channels, norm_groups=self.norm_groups, norm_eps=self.norm_eps
+        )
+
+    def _res_attn(self, in_channels: int, out_channels: int, level: int) -> ResAttnBlock:
+        attn = self.make_attention(out_channels, level) if level in self.attention_levels else None
+        return ResAttnBlock(self.make_res_block(in_channels, out_channels, level), attn)
+
+    # ------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Predict from ``x_t`` ``(B, in_channels, H, W)`` at timesteps ``t`` ``(B,)``.
+
+        Returns ``(B, out_channels, H, W)``, or ``(B, 2 * out_channels, H, W)`` with
+        ``learn_sigma`` (prediction first, variance values second along dim 1).
+        """
+        t = self._check_inputs(x, t)
+        emb = self.embed(t, y, **kwargs)  # (B, E)
+
+        h = self.conv_in(x)  # (B, C, H, W)
+        skips = [h]
+        for level in self.down:
+            for block in level.blocks:
+                h = self._run(block, h, emb)
+                skips.append(h)
+            if level.resample is not None:
+                h = level.resample(h)  # (B, C_i, H/2, W/2)
+                skips.append(h)
+        for block in self.mid:
+            h = self._run(block, h, emb)
+        for level in self.up:
+            for block in level.blocks:
+                h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H_i, W_i)
+                h = self._run(block, h, emb)
+            if level.resample is not None:
+                h = level.resample(h)  # (B, C_i, 2 H_i, 2 W_i)
+        return self.out(h)
+
+    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Validate ``x`` and return ``t`` as a ``(B,)`` tensor (shape/dtype checks only)."""
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+            if x.ndim != 4:
+                raise ValueError(
+                    f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}"
+                )
+            if x.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"x has {x.shape[1]} channels but this UNet was built with "
+                    f"in_channels={self.in_channels}; got x of shape {tuple(x.shape)}"
+                )
+            factor = 2 ** (self.num_levels - 1)
+            if x.shape[2] % factor or x.shape[3] % factor:
+                raise ValueError(
+                    f"x's height and width must be divisible by 2^(levels - 1) = {factor} for "
+                    f"this {self.num_levels}-level UNet; got {tuple(x.shape[2:])}: resize or "
+                    "pad the images"
+                )
+        batch = x.shape[0]
+        if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+            raise TypeError(f"t must be a (B,) tensor of timesteps; got {type(t).__name__}")
+        if not isinstance(t, torch.Tensor):
+            return torch.full((batch,), t, device=x.device)
+        if not compiling:
+            if t.dtype == torch.bool or t.is_complex():
+                raise TypeError(f"t must hold integer or real timesteps; got dtype {t.dtype}")
+            if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
+                raise ValueError(
+                    f"t must have shape ({batch},) to match x's batch; got {tuple(t.shape)}"
+                )
+        if t.ndim == 0:
+            t = t.expand(batch)
+        return t.to(x.device)
+
+    def _check_labels(self, y: Any, batch: int) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return y
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a LongTensor of class labels; got {type(y).__name__}")
+        if y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"y must be an integer tensor of class labels; got dtype {y.dtype}")
+        if y.shape != (batch,):
+            raise ValueError(f"y must have shape ({batch},) to match the batch; got "
+                             f"{tuple(y.shape)}")
+        n = self.num_classes
+        if y.device.type == "cpu":
+            if y.numel() and (int(y.min()) < -1 or int(y.max()) >= n):
+                raise ValueError(
+                    f"y must hold labels in [0, {n - 1}] or -1 for no label; got values in "
+                    f"[{int(y.min())}, {int(y.max())}]"
+                )
+        else:
+            torch._assert_async(((y >= -1) & (y < n)).all())
+        return y
+
+    # ------------------------------------------------------------------------------------
+    # Configuration, saving and loading
+    # ------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor keyword arguments: ``type(self)(**model.config)`` rebuilds it."""
+        config = dict(self._config)
+        config["gradient_checkpointing"] = bool(self.gradient_checkpointing)
+        config.update(self._extra_config)
+        return config
+
+    def register_config(self, **kwargs: Any) -> None:
+        """Record constructor arguments that a subclass adds, so that they are saved by
+        :meth:`save_pretrained` and passed back by :meth:`from_pretrained`. Values must be
+        JSON-serialisable."""
+        json.dumps(kwargs)
+        self._extra_config.update(kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the parameters."""
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if
+        needed). The weights are written to a temporary file and renamed, so an interrupted
+        save never leaves a truncated ``model.safetensors`` behind."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": type(self).__name__, **self.config}
+        tmp_config = directory / (CONFIG_NAME + ".tmp")
+        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        os.replace(tmp_weights, directory / WEIGHTS_NAME)
+        os.replace(tmp_config, directory / CONFIG_NAME)
+
+    @classmethod
+    def load_config(cls, directory: str | os.PathLike) -> dict[str, Any]:
+        """Read ``config.json`` from ``directory`` and return the constructor arguments.
+
+        Raises ``FileNotFoundError`` if it is missing and ``ValueError`` if it is not valid
+        JSON or was written for another class.
+        """
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object; got {type(config).__name__}")
+        class_name = config.pop("_class_name", cls.__name__)
+        if class_name != cls.__name__:
+            raise ValueError(
+                f"{path} describes a {class_name}, not a {cls.__name__}; load it with "
+                f"{class_name}.from_pretrained"
+            )
+        return config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> UNet:
+        """Rebuild a model written by :meth:`save_pretrained` (this class or a subclass).
+
+        The weights are read with safetensors, which never executes pickled code. ``dtype``
+        defaults to the saved dtype. A missing file raises ``FileNotFoundError``; a truncated
+        file, or tensors whose names or shapes do not match the configuration, raise
+        ``ValueError`` naming the file and the tensors.
+        """
+        config = cls.load_config(directory)
+        path = Path(directory) / CONFIG_NAME
+        try:
+            model = cls(**config)
+        except TypeError as error:
+            raise ValueError(f"{path} does not match {cls.__name__}'s arguments: {error}") from None
+        model.load_weights(Path(directory) / WEIGHTS_NAME)
+        if dtype is not None:
+            model.to(dtype=dtype)
+        if device is not None:
+            model.to(device=device)
+        return model.eval()
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load a ``.safetensors`` file into this model, checking every name and shape.
+
+        Floating-point weights take the file's dtype when all of them share one.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be "
+                             "truncated or corrupt") from None
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and state[k].shape != expected[k].shape
+        ]
+        if missing or unexpected or wrong:
+            lines = []
+            if missing:
+                lines.append(f"missing tensors: {', '.join(missing[:8])}"
+                             + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+            if unexpected:
+                lines.append(f"unexpected tensors: {', '.join(unexpected[:8])}"
+                             + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+            if wrong:
+                lines.append("shape mismatch: " + "; ".join(wrong[:8]))
+            raise ValueError(f"{path} does not match {type(self).__name__}({self.config}): "
+                             + " | ".join(lines))
+        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(dtypes) == 1:
+            self.to(dtype=dtypes.pop())
+        self.load_state_dict(state)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())

@@ -1,0 +1,891 @@
+"""The sampling loop, written once, and what every sampler shares.
+
+A sampler is a list of model timesteps (:attr:`Sampler.timesteps`, descending) and an update
+that maps ``(x_t, model output)`` at one timestep to the sample at the next. This module owns
+everything else: the initial noise (or a given ``x_T``), calling the model, classifier-free
+guidance, the progress bar, the trajectory, the check for non-finite values and compilation.
+
+Notation (Ho et al. 2020; Song et al. 2021; Lu et al. 2022), with 0-based timesteps:
+
+=====================  ==============================================================
+``alpha`` (a_t)         sqrt(abar_t), the signal scale of ``x_t = a_t x0 + s_t eps``
+``sigma`` (s_t)         sqrt(1 - abar_t), the noise scale
+``x0``, ``eps``         the model's estimates of the clean sample and of the noise
+``index`` / position    where a step sits in :attr:`Sampler.timesteps` (0 = noisiest)
+=====================  ==============================================================
+
+The hot loop is free of host synchronisation: every per-step coefficient is read from a
+table on the sample's device, indexed by a ``(B,)`` tensor of positions; the noise of each
+step is drawn eagerly from the ``torch.Generator`` and passed in; non-finite values are
+recorded in a device flag that is read every ``NONFINITE_CHECK_EVERY`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_floating, check_tensor
+from ..schedule import PREDICTION_TYPES, NoiseSchedule
+
+SPACINGS = ("leading", "trailing", "linspace")
+COMPILE_CHOICES = ("auto", True, False)
+#: the non-finite flag is read (one host sync) every this many steps, and after the last one
+NONFINITE_CHECK_EVERY = 50
+#: the class label that means "no label" for classifier-free guidance
+NULL_CLASS = -1
+
+
+class SampleTrajectory(NamedTuple):
+    """What ``sample(..., return_trajectory=True)`` returns next to the final sample.
+
+    Attributes:
+        timesteps: ``(S,)`` long tensor, the model timesteps of the ``S`` steps taken.
+        samples: ``S + 1`` tensors shaped like the sample: the starting ``x_t`` and the sample
+            after each step (the last entry is the returned sample).
+        predicted_x0: ``S`` tensors, the model's (clipped or thresholded) ``x0`` at each step.
+    """
+
+    timesteps: torch.Tensor
+    samples: list[torch.Tensor]
+    predicted_x0: list[torch.Tensor]
+
+
+class _DeviceTables(NamedTuple):
+    """Per-(device, dtype) copies of what the hot loop reads, built once and cached."""
+
+    coefficients: torch.Tensor  # (N, K) in the sample's dtype: one row per position
+    timesteps: torch.Tensor  # (N,) long: model timestep of each position
+    positions: torch.Tensor  # (T,) long: position of each timestep, -1 when not used
+    schedule: NoiseSchedule  # the sampler's schedule with its tables on the device
+
+
+def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.Tensor:
+    """``num_steps`` of the ``T`` training timesteps, descending, spaced as diffusers spaces them.
+
+    Args:
+        num_timesteps: ``T``, the length of the training schedule.
+        num_steps: ``N <= T``, how many timesteps to keep.
+        spacing: ``"linspace"`` (``round(linspace(0, T - 1, N))``: both ends), ``"leading"``
+            (``k * (T // N)``: starts below ``T - 1``) or ``"trailing"``
+            (``round(T - k T / N) - 1``: starts at ``T - 1``); Lin et al. (2024), Table 2, and
+            diffusers' ``timestep_spacing`` with ``steps_offset=0`` (where diffusers' trailing
+            list has a stray ``-1`` at the end, for a few N, it is left out).
+
+    Returns:
+        ``(N,)`` long tensor of distinct timesteps in ``[0, T - 1]``, descending.
+    """
+    import numpy as np  # numpy's rounding and float arange are what diffusers uses
+
+    check_choice("spacing", spacing, SPACINGS)
+    if spacing == "linspace":
+        steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
+    elif spacing == "leading":
+        steps = (np.arange(0, num_steps) * (num_timesteps // num_steps)).round()[::-1]
+    elif spacing == "trailing":
+        steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
+        # for some N (61 of T = 1000) float rounding gives arange one more point, near 0, and
+        # diffusers a timestep -1; the first N points are the intended ones
+        steps = steps[:num_steps]
+    else:  # pragma: no cover - check_choice above
+        raise ValueError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
+    timesteps = torch.from_numpy(steps.astype(np.int64).copy())
+    valid = (
+        timesteps.numel() == num_steps
+        and int(timesteps.min()) >= 0
+        and int(timesteps.max()) < num_timesteps
+        and bool((timesteps[:-1] > timesteps[1:]).all())
+    )
+    if not valid:
+        raise ValueError(
+            f"spacing={spacing!r} cannot place num_steps={num_steps} distinct timesteps in "
+            f"[0, {num_timesteps - 1}]; got {timesteps.tolist()[:8]}..."
+        )
+    return timesteps
+
+
+def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
+    """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(
+            f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
+            f"got {num_steps}"
+        )
+    return int(num_steps)
+
+
+def linear_combination(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y`` with coefficients that are python floats or tensors broadcasting against ``x``.
+
+    With python floats it takes two passes over memory instead of three (``torch.add``'s
+    ``alpha``); eager steps read python floats, compiled ones fuse the tensor form anyway.
+    """
+    if isinstance(a, float) and isinstance(b, float):
+        return torch.add(x if a == 1.0 else x * a, y, alpha=b)
+    return a * x + b * y
+
+
+def _ratio(numerator: Any, denominator: Any) -> Any:
+    if isinstance(denominator, float) and denominator == 0.0:  # zero terminal SNR: as tensors do
+        return math.copysign(math.inf, numerator) if numerator else math.nan
+    return numerator / denominator
+
+
+def split_prediction(
+    prediction: str,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0, eps)`` from an ``eps``, ``x0`` or ``v`` prediction, where ``x_t = a x0 + s eps``.
+
+    The samplers' form of :meth:`NoiseSchedule.split_prediction`: it takes the scales
+    ``alpha = sqrt(abar)`` and ``sigma = sqrt(1 - abar)`` (python floats or tensors that
+    broadcast against ``x_t``) instead of timesteps, so that a step reads them from a
+    precomputed table with no gather and no host synchronisation.
+
+    * eps: ``x0 = (x_t - s eps) / a``
+    * x0:  ``eps = (x_t - a x0) / s``
+    * v:   ``x0 = a x_t - s v``, ``eps = s x_t + a v`` (Salimans & Ho 2022)
+    """
+    if prediction == "eps":
+        x0 = linear_combination(_ratio(1.0, alpha), x_t, _ratio(-sigma, alpha), model_output)
+        return x0, model_output
+    if prediction == "x0":
+        eps = linear_combination(_ratio(1.0, sigma), x_t, _ratio(-alpha, sigma), model_output)
+        return model_output, eps
+    if prediction == "v":
+        x0 = linear_combination(alpha, x_t, -sigma, model_output)
+        return x0, linear_combination(sigma, x_t, alpha, model_output)
+    raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3) of ``x0`` ``(B, ...)``.
+
+    Per sample, ``s = max(quantile(|x0|, percentile), 1)``; ``x0`` is clamped to ``[-s, s]``
+    and divided by ``s``, so the result lies in ``[-1, 1]``. With ``s = 1`` this is clipping.
+    """
+    batch = x0.shape[0]
+    flat = x0.reshape(batch, -1).abs().float()  # quantile needs float32/64
+    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = s.reshape(batch, *((1,) * (x0.ndim - 1)))
+    return torch.minimum(torch.maximum(x0, -s), s) / s
+
+
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Standard normal noise on ``device``, drawn from ``generator`` wherever that lives.
+
+    A CPU generator with a CUDA sample draws on the CPU and copies, so a seed gives the same
+    noise on every device (as diffusers' ``randn_tensor``).
+    """
+    if generator is not None and generator.device.type != torch.device(device).type:
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def _check_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None; got {type(generator).__name__}"
+        )
+    return generator
+
+
+class Sampler:
+    """Base class of the samplers: owns the loop; a subclass defines timesteps and update.
+
+    Args:
+        schedule: the forward process the model was trained with.
+        num_steps: number of model calls of a full run, ``1 <= num_steps <= T``.
+        prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` at every step (images). Turn
+            it off for latents or any data not in ``[-1, 1]``.
+        dynamic_threshold: a percentile in ``(0, 1)`` (Imagen uses 0.995) to threshold ``x0``
+            dynamically instead of clipping; ``None`` to not.
+        learn_sigma: the model returns ``2C`` channels (prediction, then variance values);
+            samplers that do not use a learned variance ignore the second half.
+
+    A subclass sets ``_uses_noise`` and implements ``_make_timesteps``,
+    ``_coefficient_table`` (one float64 row of per-step constants per position) and
+    ``_update``; it may override ``_initial_state`` when the update carries state (a
+    multistep solver).
+    """
+
+    #: whether a step adds fresh Gaussian noise (then it is drawn for every step)
+    _uses_noise: bool = False
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        *,
+        num_steps: int,
+        prediction: str = "eps",
+        clip_denoised: bool = True,
+        dynamic_threshold: float | None = None,
+        learn_sigma: bool = False,
+    ) -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.num_steps = check_num_steps(num_steps, schedule.num_timesteps)
+        self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
+        self.clip_denoised = _check_bool("clip_denoised", clip_denoised)
+        if dynamic_threshold is not None:
+            if not isinstance(dynamic_threshold, numbers.Real) or not 0 < dynamic_threshold < 1:
+                raise ValueError(
+                    f"dynamic_threshold must be a percentile in (0, 1) or None; "
+                    f"got {dynamic_threshold!r}"
+                )
+            dynamic_threshold = float(dynamic_threshold)
+        self.dynamic_threshold = dynamic_threshold
+        self.learn_sigma = _check_bool("learn_sigma", learn_sigma)
+
+        timesteps = self._make_timesteps()
+        self._timesteps = timesteps
+        self._timestep_list: list[int] = timesteps.tolist()
+        self._position_of = {t: i for i, t in enumerate(self._timestep_list)}
+        table = self._coefficient_table().to(torch.float64)
+        if table.shape[0] != len(self._timestep_list):
+            raise RuntimeError("the coefficient table needs one row per timestep")
+        self._coefficients64 = table
+        self._rows: list[tuple[float, ...]] = [tuple(row) for row in table.tolist()]
+        self._device_tables: dict[tuple[torch.device, torch.dtype], _DeviceTables] = {}
+        self._compiled: dict[str, Callable] = {}
+        self._step_memory: tuple[Any, tuple[torch.Tensor, ...], torch.Size] | None = None
+
+    # ------------------------------------------------------------------ to define
+    def _make_timesteps(self) -> torch.Tensor:
+        """The ``(N,)`` long tensor of model timesteps, in the order they are visited."""
+        raise NotImplementedError
+
+    def _coefficient_table(self) -> torch.Tensor:
+        """``(N, K)`` float64: the per-step constants of the update, one row per position."""
+        raise NotImplementedError
+
+    def _update(
+        self,
+        coefficients: Sequence[Any],
+        index: int | torch.Tensor,
+        tables: _DeviceTables,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None,
+        state: tuple[torch.Tensor, ...],
+        continuing: float | torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step: returns ``(x_next, x0, state)``.
+
+        ``coefficients`` is this position's row (python floats, or ``(B, 1, ..., 1)`` tensors);
+        ``index`` the position (an int, or a ``(B,)`` long tensor); ``continuing`` is 1 when the
+        previous step was the previous position of the same run (0 on the first step), for
+        updates that use their history.
+        """
+        raise NotImplementedError
+
+    def _initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The state carried between steps (empty unless the update is multistep)."""
+        return ()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """``(N,)`` long tensor of the model timesteps of a full run, descending."""
+        return self._timesteps.clone()
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_steps={self.num_steps}, prediction={self.prediction!r}, "
+            f"clip_denoised={self.clip_denoised}, schedule={self.schedule!r})"
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Callable[..., torch.Tensor],
+        shape: Sequence[int] | None,
+        *,
+        generator: torch.Generator | None = None,
+        x_T: torch.Tensor | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        unconditional_kwargs: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        compile: bool | str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
+        """Draw samples: start from ``x_T ~ N(0, I)`` and take :attr:`num_steps` steps.
+
+        Args:
+            model: any callable ``model(x_t, t, **model_kwargs)`` with ``t`` a ``(B,)`` long
+                tensor, returning a tensor shaped like ``x_t`` (``2C`` channels for a learned
+                variance).
+            shape: ``(B, ...)``, the shape of the samples, any rank (images ``(B, C, H, W)``,
+                latents, 1-D signals ``(B, C, L)`` or ``(B, D)``). May be ``None`` with ``x_T``.
+            generator: source of all randomness (initial and per-step noise).
+            x_T: the starting noise ``(B, ...)``; drawn from ``generator`` when ``None``. Its
+                device and dtype are the sample's.
+            model_kwargs: extra keyword arguments of every model call, e.g. ``{"y": labels}``.
+            guidance_scale: classifier-free guidance weight ``w`` (Ho & Salimans 2022): the
+                model is called once on a ``2B`` batch, conditional then unconditional, and the
+                prediction ``uncond + w (cond - uncond)`` is used; ``None`` for no guidance.
+            unconditional_kwargs: the unconditional half's model kwargs, replacing those of
+                ``model_kwargs`` by name; by default every ``y`` becomes ``-1`` (the null class).
+            progress: show a tqdm progress bar.
+            return_trajectory: also return a :class:`SampleTrajectory`.
+            compile: ``"auto"`` compiles the step (model call and update) with
+                ``torch.compile`` on CUDA, with CUDA graphs; ``True`` / ``False`` force it.
+            device, dtype: where and in which dtype to sample when ``x_T`` is not given
+                (default: the model's device, float32).
+
+        Returns:
+            the samples ``(B, ...)`` (in ``[-1, 1]`` when ``clip_denoised``), and the
+            trajectory when asked.
+        """
+        generator = _check_generator(generator)
+        x = self._starting_noise(model, shape, x_T, generator, device, dtype)
+        return self._run(
+            model, x, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
+            progress, return_trajectory, compile,
+        )
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        model: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        strength: float = 0.8,
+        *,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        unconditional_kwargs: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        compile: bool | str = "auto",
+    ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
+        """SDEdit (Meng et al. 2022): noise ``x0`` part of the way, then denoise it.
+
+        The last ``k = int(strength * num_steps)`` steps are taken (as diffusers' img2img):
+        ``x0`` is noised to the first of their timesteps ``t`` with ``q(x_t | x0)`` (eq. 4),
+        then denoised. ``strength = 1`` starts from almost pure noise; small values keep
+        the image close to ``x0``.
+
+        Args:
+            x0: the images to edit ``(B, ...)``, in the data range (``[-1, 1]``).
+            strength: in ``(0, 1]``; ``strength * num_steps`` must be at least 1.
+            noise: the noise of ``q(x_t | x0)``; drawn from ``generator`` when ``None``.
+            Other arguments as in :meth:`sample`.
+        """
+        generator = _check_generator(generator)
+        check_floating("x0", x0)
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+            raise TypeError(f"strength must be a float in (0, 1]; got {type(strength).__name__}")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1]; got {strength!r}")
+        num_taken = min(int(self.num_steps * strength), self.num_steps)
+        if num_taken < 1:
+            raise ValueError(
+                f"strength * num_steps must be >= 1 to take a step; got strength={strength!r} "
+                f"with num_steps={self.num_steps}"
+            )
+        start = self.num_steps - num_taken
+        if noise is None:
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
+        x_t = self.schedule.q_sample(x0, self._timestep_list[start], noise=noise)
+        return self._run(
+            model, x_t, start, generator, model_kwargs, guidance_scale, unconditional_kwargs,
+            progress, return_trajectory, compile,
+        )
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int | torch.Tensor,
+        x_t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One update from timestep ``t`` to the next of :attr:`timesteps`, for custom loops.
+
+        Args:
+            model_output: the model's output for ``(x_t, t)`` (after any guidance).
+            t: one of :attr:`timesteps`: an int, or a ``(B,)`` / 0-d long tensor.
+            x_t: the current sample ``(B, ...)``.
+            generator: source of the step's noise (stochastic samplers).
+            noise: the step's standard normal noise, shaped like ``x_t``, instead of drawing.
+
+        Returns:
+            ``x_prev``, the sample at the next timestep (the clean sample after the last).
+
+        ``for t in sampler.timesteps: x = sampler.step(model(x, t), t, x)`` reproduces
+        :meth:`sample`. A multistep solver remembers the previous ``x0`` between calls: a
+        call continues the run when its position follows the previous call's.
+        """
+        check_floating("x_t", x_t)
+        check_tensor("model_output", model_output)
+        self._check_output(model_output, x_t, x_t.shape[0])
+        index = self._position(t, x_t)
+        if self._uses_noise:
+            if noise is None:
+                noise = randn(x_t.shape, _check_generator(generator), x_t.device, x_t.dtype)
+            else:
+                check_floating("noise", noise)
+                if noise.shape != x_t.shape:
+                    raise ValueError(
+                        f"noise must have the shape of x_t {tuple(x_t.shape)}; "
+                        f"got {tuple(noise.shape)}"
+                    )
+        else:
+            noise = None
+        tables = self._tables(x_t.device, x_t.dtype)
+        state, continuing = self._recall(index, x_t)
+        coefficients = self._coefficients(index, tables, x_t)
+        x_prev, _, state = self._update(
+            coefficients, index, tables, model_output, x_t, noise, state, continuing
+        )
+        if state:
+            self._step_memory = (index, state, x_t.shape)
+        return x_prev
+
+    # ------------------------------------------------------------------ the loop
+    def _run(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        start: int,
+        generator: torch.Generator | None,
+        model_kwargs: Mapping[str, Any] | None,
+        guidance_scale: float | None,
+        unconditional_kwargs: Mapping[str, Any] | None,
+        progress: bool,
+        return_trajectory: bool,
+        compile: bool | str,
+    ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
+        if not callable(model):
+            raise TypeError(f"model must be callable; got {type(model).__name__}")
+        use_compile = _resolve_compile(compile, x.device)
+        guidance_scale = _check_guidance_scale(guidance_scale)
+        batch, device = x.shape[0], x.device
+        kwargs = self._model_kwargs(model_kwargs, unconditional_kwargs, guidance_scale, batch)
+        tables = self._tables(device, x.dtype)
+        if use_compile:
+            step = self._compiled_step(device.type)
+            cuda_graphs = device.type == "cuda"
+        else:
+            step, cuda_graphs = self._model_step, False
+        state = self._initial_state(x)
+        # first position whose model output / sample is non-finite, -1 while none is
+        nonfinite = torch.full((2,), -1, dtype=torch.long, device=device)
+        first = torch.zeros((), dtype=x.dtype, device=device)
+        later = torch.ones((), dtype=x.dtype, device=device)
+        samples, predicted_x0 = ([x], []) if return_trajectory else (None, None)
+
+        positions = range(start, self.num_steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            positions = tqdm(positions, desc=type(self).__name__, leave=False)
+        for i in positions:
+            t = torch.full((batch,), self._timestep_list[i], dtype=torch.long, device=device)
+            # compiled: the position as a tensor, so that one graph serves every step; eager:
+            # a python int, so that the step reads python floats (fewer kernels)
+            index = torch.full((batch,), i, dtype=torch.long, device=device) if use_compile else i
+            noise = randn(x.shape, generator, device, x.dtype) if self._uses_noise else None
+            if use_compile:
+                continuing = first if i == start else later
+            else:
+                continuing = 0.0 if i == start else 1.0
+            arguments = (model, x, t, index, noise, state, continuing, nonfinite, tables, kwargs,
+                         guidance_scale)
+            if use_compile and i == start:
+                x, x0, state, nonfinite = self._first_compiled_call(step, arguments)
+            else:
+                x, x0, state, nonfinite = step(*arguments)
+            if cuda_graphs:  # the graph's outputs are overwritten by its next replay
+                x, x0, nonfinite = x.clone(), x0.clone(), nonfinite.clone()
+                state = tuple(s.clone() for s in state)
+            if return_trajectory:
+                samples.append(x)
+                predicted_x0.append(x0)
+            if (i + 1 - start) % NONFINITE_CHECK_EVERY == 0:
+                self._raise_if_nonfinite(nonfinite)
+        self._raise_if_nonfinite(nonfinite)
+        if return_trajectory:
+            return x, SampleTrajectory(self._timesteps[start:].clone(), samples, predicted_x0)
+        return x
+
+    def _model_step(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        index: int | torch.Tensor,
+        noise: torch.Tensor | None,
+        state: tuple[torch.Tensor, ...],
+        continuing: torch.Tensor,
+        nonfinite: torch.Tensor,
+        tables: _DeviceTables,
+        kwargs: dict[str, Any],
+        guidance_scale: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """The loop body, compiled as one graph: model call, guidance, update, finiteness flag.
+
+        ``t`` is the ``(B,)`` model timestep; ``index`` the position, an int or a ``(B,)`` tensor.
+        """
+        model_output = self._call_model(model, x, t, kwargs, guidance_scale)
+        coefficients = self._coefficients(index, tables, x)
+        x_next, x0, state = self._update(
+            coefficients, index, tables, model_output, x, noise, state, continuing
+        )
+        # one float32 sum per tensor: NaN or inf anywhere makes it non-finite (a cheap check)
+        sums = torch.stack([model_output.sum(dtype=torch.float32), x_next.sum(dtype=torch.float32)])
+        bad = ~torch.isfinite(sums)
+        position = index if isinstance(index, int) else index[0]
+        nonfinite = torch.where((nonfinite < 0) & bad, position, nonfinite)
+        return x_next, x0, state, nonfinite
+
+    def _first_compiled_call(self, step: Callable, arguments: tuple) -> tuple:
+        """Run the compiled step the first time; if tracing fails, rerun it eagerly so that the
+        user sees our error (a bad model output shape, ...) rather than the compiler's."""
+        try:
+            return step(*arguments)
+        except Exception as compile_error:
+            self._model_step(*arguments)  # raises the eager error, if there is one
+            raise compile_error
+
+    def _compiled_step(self, device_type: str) -> Callable:
+        """The one place that compiles: the loop body, never the user's model in place.
+
+        On CUDA the compiled step also runs as a CUDA graph (``mode="reduce-overhead"``).
+        """
+        compiled = self._compiled.get(device_type)
+        if compiled is None:
+            mode = "reduce-overhead" if device_type == "cuda" else None
+            compiled = torch.compile(self._model_step, fullgraph=True, dynamic=False, mode=mode)
+            self._compiled[device_type] = compiled
+        return compiled
+
+    def _call_model(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        kwargs: dict[str, Any],
+        guidance_scale: float | None,
+    ) -> torch.Tensor:
+        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves."""
+        batch = x.shape[0]
+        if guidance_scale is None:
+            model_output = model(x, t, **kwargs)
+            self._check_output(model_output, x, batch)
+            return model_output
+        model_output = model(torch.cat([x, x]), torch.cat([t, t]), **kwargs)
+        self._check_output(model_output, x, 2 * batch)
+        cond, uncond = model_output[:batch], model_output[batch:]
+        if not self._learns_variance:
+            return uncond + guidance_scale * (cond - uncond)
+        # guide the prediction half only; keep the conditional variance values
+        channels = x.shape[1]
+        guided = uncond[:, :channels] + guidance_scale * (
+            cond[:, :channels] - uncond[:, :channels]
+        )
+        return torch.cat([guided, cond[:, channels:]], dim=1)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _learns_variance(self) -> bool:
+        return self.learn_sigma
+
+    def _expected_output_shape(self, x: torch.Tensor, batch: int) -> tuple[int, ...]:
+        if self._learns_variance:
+            return (batch, 2 * x.shape[1], *x.shape[2:])
+        return (batch, *x.shape[1:])
+
+    def _check_output(self, model_output: Any, x: torch.Tensor, batch: int) -> None:
+        if not isinstance(model_output, torch.Tensor):
+            raise TypeError(
+                f"model must return a torch.Tensor; got {type(model_output).__name__} "
+                "(wrap models that return an output object, e.g. lambda x, t: unet(x, t).sample)"
+            )
+        expected = self._expected_output_shape(x, batch)
+        if tuple(model_output.shape) != expected:
+            what = "twice the channels of x_t" if self._learns_variance else "the shape of x_t"
+            raise ValueError(
+                f"model returned shape {tuple(model_output.shape)}; expected {expected} "
+                f"({what}, batch {batch})"
+            )
+
+    def _process_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding, else clipping to ``[-1, 1]``, else nothing."""
+        if self.dynamic_threshold is not None:
+            return dynamic_threshold(x0, self.dynamic_threshold)
+        if self.clip_denoised:
+            return x0.clamp(-1.0, 1.0)
+        return x0
+
+    def _split(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, alpha: Any, sigma: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` from the prediction half of the model output at ``(alpha, sigma)``."""
+        if self.learn_sigma:
+            model_output = model_output[:, : x_t.shape[1]]
+        return split_prediction(self.prediction, model_output, x_t, alpha, sigma)
+
+    def _coefficients(
+        self, index: int | torch.Tensor, tables: _DeviceTables, like: torch.Tensor
+    ) -> Sequence[Any]:
+        """This position's row: python floats for an int, ``(B, 1, ..., 1)`` tensors otherwise."""
+        if isinstance(index, int):
+            return self._rows[index]
+        rows = tables.coefficients[index]  # (B, K)
+        return rows.t().reshape(rows.shape[1], rows.shape[0], *((1,) * (like.ndim - 1))).unbind(0)
+
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> _DeviceTables:
+        key = (torch.device(device), dtype)
+        tables = self._device_tables.get(key)
+        if tables is None:
+            positions = torch.full((self.schedule.num_timesteps,), -1, dtype=torch.long)
+            positions[self._timesteps] = torch.arange(len(self._timesteps))
+            tables = _DeviceTables(
+                coefficients=self._coefficients64.to(device=device, dtype=dtype),
+                timesteps=self._timesteps.to(device),
+                positions=positions.to(device),
+                schedule=self._schedule_on(device),
+            )
+            self._device_tables[key] = tables
+        return tables
+
+    def _schedule_on(self, device: torch.device) -> NoiseSchedule:
+        """The schedule the update reads (a copy moved to ``device``; the user's is untouched)."""
+        schedule = self._update_schedule()
+        if schedule.device == torch.device(device):
+            return schedule
+        return copy.copy(schedule).to(device)
+
+    def _update_schedule(self) -> NoiseSchedule:
+        return self.schedule
+
+    def _position(self, t: Any, x_t: torch.Tensor) -> int | torch.Tensor:
+        """Map a timestep to its position: an int for an int, a ``(B,)`` tensor otherwise."""
+        if isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu":
+            t = int(t)
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            position = self._position_of.get(int(t))
+            if position is None:
+                raise ValueError(self._not_a_timestep(f"got t={int(t)}"))
+            return position
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(
+                f"t must be an int or an integer tensor of timesteps; got "
+                f"{type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}"
+            )
+        batch = x_t.shape[0]
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},) to match x_t; got {tuple(t.shape)}")
+        t = t.to(x_t.device).long()
+        num_timesteps = self.schedule.num_timesteps
+        inside = t.clamp(0, num_timesteps - 1)
+        positions = self._tables(x_t.device, x_t.dtype).positions[inside]
+        valid = (t == inside) & (positions >= 0)
+        if t.device.type == "cpu":
+            if not bool(valid.all()):
+                raise ValueError(self._not_a_timestep(f"got t={t.tolist()}"))
+        else:
+            torch._assert_async(valid.all())
+        return positions
+
+    def _not_a_timestep(self, received: str) -> str:
+        shown = self._timestep_list if len(self._timestep_list) <= 12 else (
+            self._timestep_list[:6] + ["..."] + self._timestep_list[-3:]
+        )
+        return f"t must be one of this sampler's timesteps {shown}; {received}"
+
+    def _recall(
+        self, index: int | torch.Tensor, x_t: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], float | torch.Tensor]:
+        """The state of the previous :meth:`step` call, and whether this call continues it."""
+        memory = self._step_memory
+        if memory is None or memory[2] != x_t.shape or not memory[1]:
+            return self._initial_state(x_t), 0.0
+        last, state, _ = memory
+        if isinstance(index, int) and isinstance(last, int):
+            return state, float(index == last + 1)
+        last = torch.as_tensor(last, device=x_t.device)
+        continuing = (torch.as_tensor(index, device=x_t.device) == last + 1).to(x_t.dtype)
+        return state, continuing.reshape(-1, *((1,) * (x_t.ndim - 1)))
+
+    def _starting_noise(
+        self,
+        model: Any,
+        shape: Sequence[int] | None,
+        x_T: torch.Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> torch.Tensor:
+        if shape is not None:
+            if isinstance(shape, torch.Size):
+                shape = tuple(shape)
+            if (
+                not isinstance(shape, (tuple, list))
+                or len(shape) < 1
+                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+                           for s in shape)
+            ):
+                raise ValueError(f"shape must be a tuple of positive ints (B, ...); got {shape!r}")
+            shape = tuple(int(s) for s in shape)
+        if x_T is not None:
+            check_floating("x_T", x_T)
+            if shape is not None:
+                if shape[0] != x_T.shape[0]:
+                    raise ValueError(
+                        f"shape has batch size {shape[0]} but x_T has batch size {x_T.shape[0]}; "
+                        f"shape must equal x_T.shape {tuple(x_T.shape)}"
+                    )
+                if shape != tuple(x_T.shape):
+                    raise ValueError(f"shape {shape} must equal x_T.shape {tuple(x_T.shape)}")
+            return x_T
+        if shape is None:
+            raise ValueError("shape must be given when x_T is None; got shape=None")
+        if device is None:
+            device = _model_device(model)
+        if dtype is None:
+            dtype = torch.get_default_dtype()
+        return randn(shape, generator, torch.device(device), dtype)
+
+    def _model_kwargs(
+        self,
+        model_kwargs: Mapping[str, Any] | None,
+        unconditional_kwargs: Mapping[str, Any] | None,
+        guidance_scale: float | None,
+        batch: int,
+    ) -> dict[str, Any]:
+        """The kwargs of every model call; with guidance, conditional and unconditional batched."""
+        for name, value in (("model_kwargs", model_kwargs),
+                            ("unconditional_kwargs", unconditional_kwargs)):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a dict or None; got {type(value).__name__}")
+        cond = dict(model_kwargs or {})
+        for key, value in cond.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] != batch:
+                raise ValueError(
+                    f"model_kwargs[{key!r}] has batch size {value.shape[0]}; expected {batch} "
+                    f"(the batch of the samples)"
+                )
+        if guidance_scale is None:
+            if unconditional_kwargs is not None:
+                raise ValueError("unconditional_kwargs is only used with guidance_scale; got None")
+            return cond
+        uncond = dict(cond)
+        if "y" in cond:
+            y = cond["y"]
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(
+                    f"model_kwargs['y'] must be a tensor of labels; got {type(y).__name__}"
+                )
+            uncond["y"] = torch.full_like(y, NULL_CLASS)
+        uncond.update(unconditional_kwargs or {})
+        if not uncond.keys() - cond.keys() and all(uncond[k] is cond[k] for k in cond):
+            raise ValueError(
+                "guidance_scale needs a condition to drop: pass model_kwargs={'y': labels} "
+                "(the unconditional half gets y = -1) or unconditional_kwargs"
+            )
+        batched = {}
+        for key in cond.keys() | uncond.keys():
+            if key not in cond or key not in uncond:
+                raise ValueError(
+                    f"model_kwargs and unconditional_kwargs must have the same keys; "
+                    f"{key!r} is in only one"
+                )
+            c, u = cond[key], uncond[key]
+            if isinstance(c, torch.Tensor) and c.ndim > 0:
+                if not isinstance(u, torch.Tensor) or u.shape != c.shape:
+                    raise ValueError(
+                        f"unconditional_kwargs[{key!r}] must be a tensor of shape "
+                        f"{tuple(c.shape)} like model_kwargs[{key!r}]; got "
+                        f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}"
+                    )
+                batched[key] = torch.cat([c, u.to(c.device)])
+            elif c is u or (not isinstance(c, torch.Tensor) and not isinstance(u, torch.Tensor)
+                            and c == u):
+                batched[key] = c
+            else:
+                raise ValueError(
+                    f"model_kwargs[{key!r}] is not batched (no batch dimension), so it cannot "
+                    f"differ between the conditional and unconditional halves"
+                )
+        return batched
+
+    def _raise_if_nonfinite(self, nonfinite: torch.Tensor) -> None:
+        model_position, sample_position = (int(v) for v in nonfinite.tolist())
+        if model_position >= 0:
+            raise FloatingPointError(self._nonfinite_message("the model output", model_position))
+        if sample_position >= 0:
+            raise FloatingPointError(self._nonfinite_message("the sample", sample_position))
+
+    def _nonfinite_message(self, what: str, position: int) -> str:
+        return (
+            f"{what} contains NaN or inf at step {position + 1} of {self.num_steps} "
+            f"(t = {self._timestep_list[position]}); {type(self).__name__} stopped instead of "
+            f"returning a non-finite sample"
+        )
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
+    return value
+
+
+def _check_guidance_scale(guidance_scale: Any) -> float | None:
+    if guidance_scale is None:
+        return None
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise TypeError(
+            f"guidance_scale must be a float or None; got {type(guidance_scale).__name__}"
+        )
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite; got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def _resolve_compile(compile: Any, device: torch.device) -> bool:
+    if not any(compile is choice or (isinstance(compile, str) and compile == choice)
+               for choice in COMPILE_CHOICES):
+        raise ValueError(f"compile must be 'auto', True or False; got {compile!r}")
+    if compile == "auto":
+        return device.type == "cuda"
+    return bool(compile)
+
+
+def _model_device(model: Any) -> torch.device:
+    if isinstance(model, nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    return torch.device("cpu")
