@@ -446,3 +446,15 @@ def test_max_seconds_stops_early_with_a_checkpoint(tmp_path) -> None:
     assert trainer.train(3) == 3
     with pytest.raises(ValueError, match="max_seconds"):
         trainer.train(5, max_seconds=0)
+
+
+def test_tensor_dataset_items_and_torchvision_style_pairs(tmp_path) -> None:
+    images = torch.rand(16, 3, 4, 4) * 2 - 1
+    loss = TinyLoss(NoiseSchedule.linear(50))
+    single = Trainer(TinyNet(), loss, torch.utils.data.TensorDataset(images), batch_size=8,
+                     out_dir=tmp_path / "a", progress=False, tensorboard=False)
+    assert single.train(2) == 2
+    labelled = torch.utils.data.TensorDataset(images, torch.arange(16) % 3)
+    conditional = Trainer(TinyNet(num_classes=3), loss, labelled, batch_size=8,
+                          out_dir=tmp_path / "b", progress=False, tensorboard=False)
+    assert conditional.train(2) == 2
