@@ -342,7 +342,7 @@ class ImageFolderDataset(Dataset):
         class_labels: bool = False,
         channels: int = 3,
     ) -> None:
-        root = Path(root)
+        root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"root {str(root)!r} is not a folder of images")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -473,7 +473,7 @@ def torchvision_dataset(
     import torchvision.datasets as tv_datasets
 
     title, where = _TORCHVISION[name]
-    root = Path(root)
+    root = Path(root).expanduser()
     cls = {"cifar10": tv_datasets.CIFAR10, "mnist": tv_datasets.MNIST}[name]
     try:
         base = cls(str(root), train=train, download=False)
