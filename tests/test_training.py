@@ -183,6 +183,7 @@ def test_save_replaces_same_step_and_keeps_last_k_through_the_trainer(tmp_path) 
 # ----------------------------------------------------------------------------- exact resume
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bitwise_exact(tmp_path) -> None:
     """2N steps at once == N steps, a new process, N more steps (model and EMA, bit for bit).
 
