@@ -1,0 +1,32 @@
+"""Training: the :class:`Trainer`, its weight EMA, checkpoints and distributed helpers."""
+
+from ddpm_lib.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+    load_trained_model,
+    save_checkpoint,
+    TrainedModel,
+)
+from ddpm_lib.training.distributed import GlobalBatchSampler, setup_distributed
+from ddpm_lib.training.ema import EMA, unwrap_model
+from ddpm_lib.training.trainer import MIXED_PRECISION, Trainer
+
+__all__ = [
+    "Trainer",
+    "EMA",
+    "MIXED_PRECISION",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_latest_checkpoint",
+    "list_checkpoints",
+    "load_trained_model",
+    "TrainedModel",
+    "GlobalBatchSampler",
+    "setup_distributed",
+    "unwrap_model",
+]

@@ -1,0 +1,112 @@
+"""Stand-ins for the tests of the Trainer: a tiny model and loss following the library's contracts.
+
+Also runnable as a script (``python tests/_training_helpers.py MODE OUT_DIR STEPS``), so the
+resume, kill and DDP tests can train in fresh processes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddpm_lib.data import ShapesDataset  # noqa: E402
+from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
+
+
+class TinyNet(nn.Module):
+    """``model(x_t, t, y=None)``: two convolutions conditioned on t (and the class, -1 = null)."""
+
+    def __init__(
+        self, channels: int = 3, hidden: int = 8, num_timesteps: int = 50,
+        num_classes: int | None = None, dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.inp = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.time = nn.Embedding(num_timesteps, hidden)
+        self.label = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x) + self.time(t)[:, :, None, None]
+        if self.label is not None:
+            if y is None:
+                y = torch.full_like(t, -1)
+            h = h + self.label(y + 1)[:, :, None, None]  # index 0 is the null class
+        self.calls += 1
+        return self.out(self.dropout(torch.nn.functional.silu(h)))
+
+
+class TinyLoss:
+    """``loss_fn(model, x0, t=None, noise=None, reduction="mean", generator=None, **kw)``: L_simple."""
+
+    prediction = "eps"
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        self.schedule = schedule
+
+    def __call__(self, model, x0, t=None, noise=None, reduction="mean", generator=None, **kwargs):
+        if t is None:
+            t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator,
+                              device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        per_sample = (model(x_t, t, **kwargs) - noise).pow(2).flatten(1).mean(1)
+        return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def make_trainer(out_dir, *, conditional=True, dropout=0.1, batch_size=8, **overrides):
+    """The configuration shared by the resume, kill and DDP tests (tiny and fast)."""
+    from ddpm_lib.training import Trainer
+
+    torch.manual_seed(1234)  # what a user script does; the model init and dropout use it
+    schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.4)
+    model = TinyNet(num_classes=4 if conditional else None, dropout=dropout)
+    dataset = ShapesDataset(size=36, image_size=8, seed=0)  # 4.5 global batches an epoch
+    kwargs = dict(
+        batch_size=batch_size, lr=1e-2, warmup_steps=3, ema_decay=0.9, out_dir=out_dir,
+        log_every=2, checkpoint_every=3, progress=False, tensorboard=False, class_dropout=0.3,
+        seed=7,
+    )
+    kwargs.update(overrides)
+    return Trainer(model, TinyLoss(schedule), dataset, **kwargs)
+
+
+def state_of(trainer) -> dict[str, torch.Tensor]:
+    """Model and EMA weights, flattened into one dict of tensors."""
+    out = {f"model.{k}": v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    out.update({f"ema.{k}": v.detach().cpu().clone() for k, v in trainer.ema_model.state_dict().items()})
+    return out
+
+
+def main(argv: list[str]) -> None:
+    mode, out_dir, steps = argv[0], argv[1], int(argv[2])
+    torch.set_num_threads(1)
+    if mode == "train":  # train (resuming if a checkpoint exists) and save the final weights
+        trainer = make_trainer(out_dir)
+        trainer.train(steps)
+        torch.save(state_of(trainer), Path(out_dir) / "final.pt")
+    elif mode == "ddp":  # under torchrun: half the steps, then a new Trainer resumes (no dropout)
+        import torch.distributed as dist
+
+        make_trainer(out_dir, dropout=0.0, checkpoint_every=100).train(steps // 2)
+        trainer = make_trainer(out_dir, dropout=0.0, checkpoint_every=100)
+        assert trainer.step == steps // 2, trainer.step
+        trainer.train(steps)
+        torch.save(state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")
+        dist.barrier()
+        dist.destroy_process_group()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
