@@ -76,6 +76,49 @@ def gather(array: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Te
     return values.reshape(values.shape[0], *((1,) * (like.ndim - 1)))
 
 
+def linear_combination(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y`` with coefficients that are python floats or tensors broadcasting against ``x``.
+
+    With python floats it takes two passes over memory instead of three (``torch.add``'s
+    ``alpha``): the samplers' eager steps read python floats from their tables.
+    """
+    if isinstance(a, float) and isinstance(b, float):
+        return torch.add(x if a == 1.0 else x * a, y, alpha=b)
+    return a * x + b * y
+
+
+def x0_eps_from_prediction(
+    prediction: str,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0, eps)`` from an ``eps``, ``x0`` or ``v`` prediction, where ``x_t = alpha x0 + sigma eps``.
+
+    ``alpha = sqrt(abar_t)`` and ``sigma = sqrt(1 - abar_t)`` are python floats or tensors that
+    broadcast against ``x_t`` (the samplers read them from per-step tables, with no gather):
+
+    * eps: ``x0 = (x_t - sigma eps) / alpha``
+    * x0:  ``eps = (x_t - alpha x0) / sigma``  (``eps = x_t`` at zero terminal SNR)
+    * v:   ``x0 = alpha x_t - sigma v``, ``eps = sigma x_t + alpha v`` (Salimans & Ho 2022)
+
+    The divisions come last: where ``abar_t`` is tiny (the end of the cosine schedule,
+    ``1 / sqrt(abar) ~ 2e4``) ``x_t / alpha - (sigma / alpha) eps`` overflows in fp16 and cancels
+    catastrophically in bf16, while ``x_t - sigma eps`` is a benign difference.
+    """
+    if prediction == "eps":
+        return linear_combination(1.0, x_t, -sigma, model_output) / alpha, model_output
+    if prediction == "x0":
+        return model_output, linear_combination(1.0, x_t, -alpha, model_output) / sigma
+    if prediction == "v":
+        return (
+            linear_combination(alpha, x_t, -sigma, model_output),
+            linear_combination(sigma, x_t, alpha, model_output),
+        )
+    raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
+
+
 class NoiseSchedule:
     """Variance schedule ``beta_1..beta_T`` of the forward process and its derived arrays.
 
@@ -300,70 +343,48 @@ class NoiseSchedule:
         check_floating("x_t", x_t)
         check_same_shape("x0", x0, "x_t", x_t)
         t = check_timesteps(t, self.num_timesteps, x_t.shape[0], x_t.device)
-        mean = gather(self.posterior_mean_coef1, t, x_t) * x0 + gather(
-            self.posterior_mean_coef2, t, x_t
-        ) * x_t
+        mean = self._posterior_mean(x0, x_t, t)
         variance = gather(self.posterior_variance, t, x_t)
         log_variance = gather(self.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
 
     # ------------------------------------------------------------------ conversions
+    def _scales(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(abar_t), sqrt(1 - abar_t))`` shaped ``(B, 1, ..., 1)`` like ``like``."""
+        return (
+            gather(self.sqrt_alphas_cumprod, t, like),
+            gather(self.sqrt_one_minus_alphas_cumprod, t, like),
+        )
+
     def predict_x0_from_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
     ) -> torch.Tensor:
-        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4).
-
-        Evaluated in this form, not as ``x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps``: where
-        ``abar_t`` is tiny (the last steps of the cosine schedule, ``1 / sqrt(abar) ~ 2e4``)
-        the two large products overflow in fp16 and cancel catastrophically in bf16, while
-        ``x_t - sqrt(1 - abar_t) eps`` is a benign difference.
-        """
-        t = self._check_pair(x_t, t, "eps", eps)
-        return (x_t - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / gather(
-            self.sqrt_alphas_cumprod, t, x_t
-        )
+        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4)."""
+        return self._split(eps, x_t, t, "eps", "eps")[0]
 
     def predict_eps_from_x0(
         self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor
     ) -> torch.Tensor:
-        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``.
-
-        Written in this direct form (not through ``1 / sqrt(abar_t)``) so that it stays finite
-        where ``abar_t = 0`` (the last step of a zero terminal SNR schedule), where it is
-        ``eps = x_t``.
-        """
-        t = self._check_pair(x_t, t, "x0", x0)
-        return (x_t - gather(self.sqrt_alphas_cumprod, t, x_t) * x0) / gather(
-            self.sqrt_one_minus_alphas_cumprod, t, x_t
-        )
-
-    def get_v(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """The v-prediction target ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022)."""
-        t = self._check_pair(x0, t, "noise", noise, x_name="x0")
-        return (
-            gather(self.sqrt_alphas_cumprod, t, x0) * noise
-            - gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
-        )
+        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``; ``eps = x_t`` where ``abar_t = 0``."""
+        return self._split(x0, x_t, t, "x0", "x0")[1]
 
     def predict_x0_from_v(
         self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
     ) -> torch.Tensor:
         """``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v``."""
-        t = self._check_pair(x_t, t, "v", v)
-        return (
-            gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
-            - gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
-        )
+        return self._split(v, x_t, t, "v", "v")[0]
 
     def predict_eps_from_v(
         self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
     ) -> torch.Tensor:
         """``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v``."""
-        t = self._check_pair(x_t, t, "v", v)
-        return (
-            gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
-            + gather(self.sqrt_alphas_cumprod, t, x_t) * v
-        )
+        return self._split(v, x_t, t, "v", "v")[1]
+
+    def get_v(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The v-prediction target ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022)."""
+        t = self._check_pair(x0, t, "noise", noise, x_name="x0")
+        alpha, sigma = self._scales(t, x0)
+        return linear_combination(alpha, noise, -sigma, x0)
 
     def split_prediction(
         self,
@@ -374,19 +395,22 @@ class NoiseSchedule:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn a model's ``eps``, ``x0`` or ``v`` prediction into the pair ``(x0, eps)``.
 
-        The one place where losses and samplers interpret a prediction type.
+        The timestep form of :func:`x0_eps_from_prediction`, which holds the formulas.
         """
         check_choice("prediction", prediction, PREDICTION_TYPES)
-        t = self._check_pair(x_t, t, "model_output", model_output)
-        if prediction == "eps":
-            return self.predict_x0_from_eps(x_t, t, model_output), model_output
-        if prediction == "x0":
-            return model_output, self.predict_eps_from_x0(x_t, t, model_output)
-        if prediction == "v":
-            return self.predict_x0_from_v(x_t, t, model_output), self.predict_eps_from_v(
-                x_t, t, model_output
-            )
-        raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
+        return self._split(model_output, x_t, t, prediction, "model_output")
+
+    def _split(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        prediction: str,
+        output_name: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self._check_pair(x_t, t, output_name, model_output)
+        alpha, sigma = self._scales(t, x_t)
+        return x0_eps_from_prediction(prediction, model_output, x_t, alpha, sigma)
 
     def p_mean_variance(
         self,
@@ -440,13 +464,19 @@ class NoiseSchedule:
         else:
             model_variance = gather(self.fixed_large_variance, t, x_t)
             log_variance = gather(self.fixed_large_log_variance, t, x_t)
-        x0, eps = self.split_prediction(model_output, x_t, t, prediction)
+        check_same_shape("model_output", model_output, "x_t", x_t)
+        alpha, sigma = self._scales(t, x_t)
+        x0, eps = x0_eps_from_prediction(prediction, model_output, x_t, alpha, sigma)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        mean = gather(self.posterior_mean_coef1, t, x_t) * x0 + gather(
-            self.posterior_mean_coef2, t, x_t
-        ) * x_t
+        mean = self._posterior_mean(x0, x_t, t)
         return PosteriorPrediction(mean, model_variance, log_variance, x0, eps)
+
+    def _posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``mu-tilde_t(x_t, x0) = coef1_t x0 + coef2_t x_t`` (eq. 7), for checked ``t``."""
+        return linear_combination(
+            gather(self.posterior_mean_coef1, t, x_t), x0, gather(self.posterior_mean_coef2, t, x_t), x_t
+        )
 
     def _check_pair(
         self,

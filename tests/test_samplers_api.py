@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib import GaussianOracle, NoiseSchedule
+from ddpm_lib import GaussianOracle
 from ddpm_lib.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -19,7 +19,7 @@ from ddpm_lib.samplers import (
     dynamic_threshold,
     respace,
 )
-from ddpm_lib.samplers.base import split_prediction
+from ddpm_lib.schedule import x0_eps_from_prediction
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_split_prediction_equals_schedule(small_schedule):
     t = torch.tensor([0, 5, 17, 30, 48, 49])
     abar = small_schedule.alphas_cumprod[t][:, None]
     for prediction in ("eps", "x0", "v"):
-        ours = split_prediction(prediction, output, x_t, abar.sqrt(), (1 - abar).sqrt())
+        ours = x0_eps_from_prediction(prediction, output, x_t, abar.sqrt(), (1 - abar).sqrt())
         theirs = small_schedule.split_prediction(output, x_t, t, prediction)
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,11 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_floating, check_tensor
-from ..schedule import PREDICTION_TYPES, NoiseSchedule
+from ..schedule import (
+    PREDICTION_TYPES,
+    NoiseSchedule,
+    x0_eps_from_prediction,
+)
 
 SPACINGS = ("leading", "trailing", "linspace")
 COMPILE_CHOICES = ("auto", True, False)
@@ -120,53 +124,6 @@ def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps")
             f"got {num_steps}"
         )
     return int(num_steps)
-
-
-def linear_combination(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
-    """``a x + b y`` with coefficients that are python floats or tensors broadcasting against ``x``.
-
-    With python floats it takes two passes over memory instead of three (``torch.add``'s
-    ``alpha``); eager steps read python floats, compiled ones fuse the tensor form anyway.
-    """
-    if isinstance(a, float) and isinstance(b, float):
-        return torch.add(x if a == 1.0 else x * a, y, alpha=b)
-    return a * x + b * y
-
-
-def _ratio(numerator: Any, denominator: Any) -> Any:
-    if isinstance(denominator, float) and denominator == 0.0:  # zero terminal SNR: as tensors do
-        return math.copysign(math.inf, numerator) if numerator else math.nan
-    return numerator / denominator
-
-
-def split_prediction(
-    prediction: str,
-    model_output: torch.Tensor,
-    x_t: torch.Tensor,
-    alpha: torch.Tensor | float,
-    sigma: torch.Tensor | float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0, eps)`` from an ``eps``, ``x0`` or ``v`` prediction, where ``x_t = a x0 + s eps``.
-
-    The samplers' form of :meth:`NoiseSchedule.split_prediction`: it takes the scales
-    ``alpha = sqrt(abar)`` and ``sigma = sqrt(1 - abar)`` (python floats or tensors that
-    broadcast against ``x_t``) instead of timesteps, so that a step reads them from a
-    precomputed table with no gather and no host synchronisation.
-
-    * eps: ``x0 = (x_t - s eps) / a``
-    * x0:  ``eps = (x_t - a x0) / s``
-    * v:   ``x0 = a x_t - s v``, ``eps = s x_t + a v`` (Salimans & Ho 2022)
-    """
-    if prediction == "eps":
-        x0 = linear_combination(_ratio(1.0, alpha), x_t, _ratio(-sigma, alpha), model_output)
-        return x0, model_output
-    if prediction == "x0":
-        eps = linear_combination(_ratio(1.0, sigma), x_t, _ratio(-alpha, sigma), model_output)
-        return model_output, eps
-    if prediction == "v":
-        x0 = linear_combination(alpha, x_t, -sigma, model_output)
-        return x0, linear_combination(sigma, x_t, alpha, model_output)
-    raise ValueError(f"prediction must be one of {PREDICTION_TYPES}; got {prediction!r}")
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -651,7 +608,7 @@ class Sampler:
         """``(x0, eps)`` from the prediction half of the model output at ``(alpha, sigma)``."""
         if self.learn_sigma:
             model_output = model_output[:, : x_t.shape[1]]
-        return split_prediction(self.prediction, model_output, x_t, alpha, sigma)
+        return x0_eps_from_prediction(self.prediction, model_output, x_t, alpha, sigma)
 
     def _coefficients(
         self, index: int | torch.Tensor, tables: _DeviceTables, like: torch.Tensor

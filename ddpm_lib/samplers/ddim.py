@@ -19,15 +19,13 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_floating
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .base import (
     SPACINGS,
     SampleTrajectory,
     Sampler,
     _DeviceTables,
-    linear_combination,
     spaced_timesteps,
-    split_prediction,
 )
 
 
@@ -216,5 +214,5 @@ class _DDIMInversion(Sampler):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         alpha_model, sigma_model, alpha, sigma, alpha_next, direction, noise_std = coefficients
         _, eps = self._split(model_output, x_t, alpha_model, sigma_model)
-        x0, _ = split_prediction("eps", eps, x_t, alpha, sigma)
+        x0, _ = x0_eps_from_prediction("eps", eps, x_t, alpha, sigma)
         return ddim_update(x0, eps, alpha_next, direction, noise_std, None), x0, state

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from .._checks import check_choice
-from ..schedule import NoiseSchedule
-from .base import SPACINGS, Sampler, _DeviceTables, linear_combination, spaced_timesteps
+from ..schedule import NoiseSchedule, linear_combination
+from .base import SPACINGS, Sampler, _DeviceTables, spaced_timesteps
 
 
 def dpm_solver_pp_2m_update(
