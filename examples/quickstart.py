@@ -25,7 +25,7 @@ from ddpm_lib.data import ShapesDataset, save_grid
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
-    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps (default: 2500)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
     parser.add_argument("--max-minutes", type=float, default=8.0,
                         help="stop training earlier after this long, so that a slow or busy "
                         "machine still finishes in time (default: 8)")
