@@ -17,6 +17,20 @@ def generator() -> torch.Generator:
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (restored afterwards).
+
+    For files of many tiny tensor ops (small UNets, sampler steps), where a second OpenMP
+    thread costs more than it gains; a file opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def schedule() -> NoiseSchedule:
     """The DDPM linear schedule with T = 1000."""
     return NoiseSchedule.linear(1000)

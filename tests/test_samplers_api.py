@@ -22,13 +22,7 @@ from ddpm_lib.samplers import (
 from ddpm_lib.schedule import x0_eps_from_prediction
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on the shared 2-core machine one thread is much faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SAMPLERS = {

@@ -11,13 +11,7 @@ from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, spaced
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on the shared 2-core machine one thread is much faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ddim_scheduler(num_timesteps: int, spacing: str, **config):

@@ -118,13 +118,7 @@ def assert_law(samples: torch.Tensor, mean: float, var: float, wrong: tuple[floa
         )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on the shared 2-core machine one thread is ~10x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -19,14 +19,7 @@ from ddpm_lib.models import GroupNormAct, ResBlock, Upsample, sinusoidal_embeddi
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread is as fast, and avoids OpenMP stalls on a shared
-    CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> UNet:
