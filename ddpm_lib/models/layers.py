@@ -161,10 +161,13 @@ class _GroupNormSiLUDropout(torch.autograd.Function):
 
     Unfused, autograd keeps ``x`` (GroupNorm), ``GroupNorm(x)`` (SiLU) and a float dropout
     mask, and the forward makes four activation-sized passes plus a Bernoulli draw. Here the
-    node keeps ``x``, the group statistics and, with dropout, a bool mask; ``GroupNorm(x)`` is
-    recomputed in backward from the statistics (one elementwise pass, cheaper than storing it
-    when memory bandwidth is the limit). The mask is ``rand >= p``, i.e. each value is kept with
-    probability ``1 - p`` and scaled by ``1 / (1 - p)``, exactly as ``nn.Dropout``.
+    node keeps ``x``, the group statistics and, with dropout, a bool mask. The backward
+    recomputes ``GroupNorm(x)`` (one kernel, cheaper than storing it when memory bandwidth is
+    the limit), overwrites it with the SiLU gradient, and hands the dropout's ``1 / (1 - p)``
+    to the (C,)-sized weight instead of another activation-sized pass, so it allocates one
+    activation-sized buffer besides the input gradient. The mask is ``rand < p`` for dropped
+    values, i.e. each value is kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``,
+    exactly as ``nn.Dropout``.
     """
 
     @staticmethod
@@ -177,27 +180,31 @@ class _GroupNormSiLUDropout(torch.autograd.Function):
             drop = torch.rand_like(out) < p
             out.masked_fill_(drop, 0.0).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(x, weight, bias, mean, rstd, drop)
-        ctx.groups, ctx.p = groups, p
+        ctx.groups, ctx.eps, ctx.p = groups, eps, p
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, bias, mean, rstd, drop = ctx.saved_tensors
         n, c, hw = _group_norm_shape(x)
-        groups = ctx.groups
+        # recompute y = GroupNorm(x) (one kernel, bit-identical to the forward's), then turn it
+        # into grad_y in place: grad_y = silu'(y) * grad_out * keep / (1 - p)
+        y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, ctx.groups, ctx.eps)[0]
+        grad_y = torch.ops.aten.silu_backward.grad_input(grad_out, y, grad_input=y)
+        scale = 1.0
         if drop is not None:
-            grad_out = grad_out.masked_fill(drop, 0.0).mul_(1.0 / (1.0 - ctx.p))
-        # recompute y = GroupNorm(x) = x * a + b with per-(sample, channel) a, b from the stats
-        spatial = (1,) * (x.ndim - 2)
-        scale = rstd.repeat_interleave(c // groups, dim=1) * weight  # (N, C)
-        shift = bias - mean.repeat_interleave(c // groups, dim=1) * scale  # (N, C)
-        y = torch.addcmul(shift.view(n, c, *spatial), x, scale.view(n, c, *spatial))
-        grad_y = torch.ops.aten.silu_backward(grad_out, y)
-        del y
+            grad_y.masked_fill_(drop, 0.0)
+            # GroupNorm's backward is linear in grad_y: the 1 / (1 - p) of the dropout is
+            # applied to the (C,)-sized weight and parameter gradients instead of grad_y
+            scale = 1.0 / (1.0 - ctx.p)
         grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
-            grad_y, x, mean, rstd, weight, n, c, hw, groups,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+            grad_y, x, mean, rstd, weight * scale if scale != 1.0 else weight, n, c, hw,
+            ctx.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                         ctx.needs_input_grad[2]],
         )
+        if scale != 1.0:
+            grad_w = None if grad_w is None else grad_w.mul_(scale)
+            grad_b = None if grad_b is None else grad_b.mul_(scale)
         return grad_x, grad_w, grad_b, None, None, None
 
 
