@@ -18,11 +18,14 @@ is reported twice: wall-clock, and CPU time of the process (``time.process_time`
 which is less sensitive to other processes taking the CPU away. The repetitions of the two
 sides are interleaved (alternating which goes first), so that load from other processes hits
 both alike. ``--compile ours`` (or ``both``) adds ``torch.compile`` of
-our model (or of both); building the graphs takes minutes on a few CPU cores.
+our model (or of both); building the graphs takes minutes on a few CPU cores. ``--breakdown``
+adds where each model's forward+backward time goes (convolutions, matrix products, attention
+kernels, everything else), from operator self times under ``torch.profiler``.
 
 Usage::
 
     python benchmarks/bench_unet.py --threads 2 --batch 4 --repeats 15
+    python benchmarks/bench_unet.py --repeats 12 --breakdown
     python benchmarks/bench_unet.py --compile ours --repeats 5
 """
 
@@ -70,6 +73,31 @@ def peak_step_memory(step: Callable[[], None]) -> int:
     return peak
 
 
+# operator-name patterns of the three kinds of work that both networks must do at the same size
+_KINDS = (
+    ("convolutions", ("conv",)),
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear")),
+    ("attention kernels", ("scaled_dot_product",)),
+)
+
+
+def time_breakdown(step: Callable[[], None], steps: int = 3) -> dict[str, float]:
+    """Milliseconds per ``step()`` of operator self time, by kind (see ``_KINDS``), from
+    ``torch.profiler``; everything else (normalisation, activations, dropout, additions,
+    copies, Python and autograd overhead) is ``"other"``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = dict.fromkeys([kind for kind, _ in _KINDS] + ["other"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, patterns in _KINDS if any(p in name for p in patterns)), "other")
+        totals[kind] += event.self_cpu_time_total / 1e3 / steps
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -78,6 +106,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", choices=["none", "ours", "both"], default="none",
                         help="also time torch.compile of our model or of both models")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile where each model's forward+backward time goes")
     parser.add_argument("--channels-last", action="store_true",
                         help="run both models and inputs in channels_last memory format")
     args = parser.parse_args()
@@ -172,6 +202,19 @@ def main() -> None:
             cells.append(f"{kind} {wall:.3f}x | {cpu:.3f}x")
         print(f"{a + ' / ' + b:38s} {cells[0]}   {cells[1]}   peak memory "
               f"{memory[a] / memory[b]:.3f}x")
+
+    if args.breakdown:
+        print("\nforward+backward by kind of operation, ms per step (profiler self time)")
+        breakdown = {name: time_breakdown(tasks[(name, "forward+backward")])
+                     for name in ("ours", "diffusers")}
+        kinds = list(breakdown["ours"])
+        print(f"{'':12s}" + "".join(f"{k:>20s}" for k in [*kinds, "total"]))
+        for name, table in breakdown.items():
+            print(f"{name:12s}" + "".join(f"{v:20.1f}" for v in table.values())
+                  + f"{sum(table.values()):20.1f}")
+        floor = sum(v for k, v in breakdown["ours"].items() if k != "other")
+        print(f"ours without any 'other' work would take {floor:.1f} ms: "
+              f"{floor / sum(breakdown['diffusers'].values()):.3f}x diffusers' profiled step")
 
 
 if __name__ == "__main__":
