@@ -191,20 +191,18 @@ class _GroupNormSiLUDropout(torch.autograd.Function):
         # into grad_y in place: grad_y = silu'(y) * grad_out * keep / (1 - p)
         y = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, ctx.groups, ctx.eps)[0]
         grad_y = torch.ops.aten.silu_backward.grad_input(grad_out, y, grad_input=y)
-        scale = 1.0
-        if drop is not None:
+        keep_scale = None if drop is None else 1.0 / (1.0 - ctx.p)
+        if keep_scale is not None:
             grad_y.masked_fill_(drop, 0.0)
             # GroupNorm's backward is linear in grad_y: the 1 / (1 - p) of the dropout is
             # applied to the (C,)-sized weight and parameter gradients instead of grad_y
-            scale = 1.0 / (1.0 - ctx.p)
+            weight = weight * keep_scale
         grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
-            grad_y, x, mean, rstd, weight * scale if scale != 1.0 else weight, n, c, hw,
-            ctx.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                         ctx.needs_input_grad[2]],
+            grad_y, x, mean, rstd, weight, n, c, hw, ctx.groups, list(ctx.needs_input_grad[:3])
         )
-        if scale != 1.0:
-            grad_w = None if grad_w is None else grad_w.mul_(scale)
-            grad_b = None if grad_b is None else grad_b.mul_(scale)
+        if keep_scale is not None:
+            grad_w = None if grad_w is None else grad_w.mul_(keep_scale)
+            grad_b = None if grad_b is None else grad_b.mul_(keep_scale)
         return grad_x, grad_w, grad_b, None, None, None
 
 
