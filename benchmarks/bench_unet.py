@@ -81,20 +81,19 @@ _KINDS = (
 )
 
 
-def time_breakdown(step: Callable[[], None], steps: int = 3) -> dict[str, float]:
-    """Milliseconds per ``step()`` of operator self time, by kind (see ``_KINDS``), from
+def time_breakdown(step: Callable[[], None]) -> dict[str, float]:
+    """Milliseconds of operator self time in one ``step()``, by kind (see ``_KINDS``), from
     ``torch.profiler``; everything else (normalisation, activations, dropout, additions,
     copies, Python and autograd overhead) is ``"other"``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
+        step()
     totals = dict.fromkeys([kind for kind, _ in _KINDS] + ["other"], 0.0)
     for event in prof.key_averages():
         name = event.key.lower()
         kind = next((k for k, patterns in _KINDS if any(p in name for p in patterns)), "other")
-        totals[kind] += event.self_cpu_time_total / 1e3 / steps
+        totals[kind] += event.self_cpu_time_total / 1e3
     return totals
 
 
@@ -204,9 +203,15 @@ def main() -> None:
               f"{memory[a] / memory[b]:.3f}x")
 
     if args.breakdown:
-        print("\nforward+backward by kind of operation, ms per step (profiler self time)")
-        breakdown = {name: time_breakdown(tasks[(name, "forward+backward")])
-                     for name in ("ours", "diffusers")}
+        print("\nforward+backward by kind of operation, ms per step (profiler self time, "
+              "medians of 5 interleaved profiled steps)")
+        # profiled steps of the two models interleaved, as the timings above; per-kind medians
+        rounds: dict[str, list[dict[str, float]]] = {"ours": [], "diffusers": []}
+        for rep in range(5):
+            for name in ("ours", "diffusers") if rep % 2 == 0 else ("diffusers", "ours"):
+                rounds[name].append(time_breakdown(tasks[(name, "forward+backward")]))
+        breakdown = {name: {kind: statistics.median(r[kind] for r in runs) for kind in runs[0]}
+                     for name, runs in rounds.items()}
         kinds = list(breakdown["ours"])
         print(f"{'':12s}" + "".join(f"{k:>20s}" for k in [*kinds, "total"]))
         for name, table in breakdown.items():
