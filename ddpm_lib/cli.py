@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddpm-lib",
         description="Train, sample and evaluate denoising diffusion models.",
     )
+    from ddpm_lib import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_parser in _SUBCOMMANDS:
         add_parser(subparsers)

@@ -175,7 +175,7 @@ def render_shape(
         shape: one of :data:`SHAPES`.
         image_size: side of the square image in pixels.
         center: ``(x, y)`` of the shape's centre in pixels (``y`` pointing down).
-        radius: the shape's size in pixels (the circle's radius; see :func:`shape_area`).
+        radius: the shape's size in pixels (the circle's radius; see ``shape_area``).
         color, background: RGB in ``[0, 1]``.
         supersample: coverage is averaged over ``supersample^2`` points per pixel.
 
@@ -327,7 +327,7 @@ class ImageFolderDataset(Dataset):
     Any file whose extension Pillow can open is included (png, jpg, webp, bmp, tiff, ...),
     sorted by path so the order is the same on every machine. With ``class_labels=True``, the
     first-level sub-folder of each file is its class: item ``i`` is ``(image, label)`` with
-    ``label`` the index of the folder name in the sorted :attr:`classes`; otherwise items are
+    ``label`` the index of the folder name in the sorted ``classes``; otherwise items are
     bare images. ``image`` is float32 ``(channels, image_size, image_size)`` in ``[-1, 1]``.
 
     A file that cannot be decoded (corrupt, truncated, not an image after all) is skipped with

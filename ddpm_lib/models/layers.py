@@ -213,7 +213,7 @@ class GroupNormAct(nn.GroupNorm):
     computed in float32 and the result is cast back to the input's dtype, as in
     improved-diffusion's ``GroupNorm32``. With ``activation=True`` the SiLU (and, in training,
     the dropout of probability ``dropout``) is fused with the normalisation in eager mode (see
-    :class:`_GroupNormSiLUDropout`); under ``torch.compile`` the plain ops are used and the
+    ``_GroupNormSiLUDropout``); under ``torch.compile`` the plain ops are used and the
     compiler fuses them.
 
     Call: ``(B, C, ...)`` -> same shape and dtype.

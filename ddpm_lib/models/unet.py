@@ -519,7 +519,7 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor keyword arguments: ``type(self)(**model.config)`` rebuilds it."""
+        """A dict of the constructor keyword arguments; ``type(self)(**model.config)`` rebuilds it."""
         config = dict(self._config)
         config["gradient_checkpointing"] = bool(self.gradient_checkpointing)
         config.update(self._extra_config)

@@ -290,7 +290,7 @@ class Sampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
-        """Draw samples: start from ``x_T ~ N(0, I)`` and take :attr:`num_steps` steps.
+        """Draw samples: start from ``x_T ~ N(0, I)`` and take ``num_steps`` steps.
 
         Args:
             model: any callable ``model(x_t, t, **model_kwargs)`` with ``t`` a ``(B,)`` long
@@ -352,7 +352,8 @@ class Sampler:
             x0: the images to edit ``(B, ...)``, in the data range (``[-1, 1]``).
             strength: in ``(0, 1]``; ``strength * num_steps`` must be at least 1.
             noise: the noise of ``q(x_t | x0)``; drawn from ``generator`` when ``None``.
-            Other arguments as in :meth:`sample`.
+
+        The other arguments are those of :meth:`sample`.
         """
         generator = _check_generator(generator)
         check_floating("x0", x0)

@@ -160,7 +160,8 @@ class DDIMSampler(Sampler):
 
         Args:
             x0: clean samples ``(B, ...)``.
-            Other arguments as in :meth:`sample`.
+
+        The other arguments are those of :meth:`sample`.
 
         Returns:
             ``x_T`` shaped like ``x0`` (and the trajectory when asked).

@@ -10,7 +10,7 @@ from ddpm_lib.training.checkpoint import (
     save_checkpoint,
     TrainedModel,
 )
-from ddpm_lib.training.distributed import GlobalBatchSampler, setup_distributed
+from ddpm_lib.training.distributed import DistributedInfo, GlobalBatchSampler, setup_distributed
 from ddpm_lib.training.ema import EMA, unwrap_model
 from ddpm_lib.training.trainer import MIXED_PRECISION, Trainer
 
@@ -26,6 +26,7 @@ __all__ = [
     "list_checkpoints",
     "load_trained_model",
     "TrainedModel",
+    "DistributedInfo",
     "GlobalBatchSampler",
     "setup_distributed",
     "unwrap_model",

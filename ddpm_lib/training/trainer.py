@@ -341,7 +341,7 @@ class Trainer:
     # ------------------------------------------------------------------ public properties
     @property
     def ema_model(self) -> nn.Module:
-        """The exponential moving average of :attr:`model` (eval mode); sample from this."""
+        """The exponential moving average of the trained model (eval mode); sample from this."""
         return self.ema.module
 
     def lr_at(self, step: int) -> float:
@@ -352,7 +352,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def train(self, num_steps: int, *, max_seconds: float | None = None) -> int:
-        """Train until :attr:`step` reaches ``num_steps`` (a resumed run stops at the same total).
+        """Train until the step counter ``step`` reaches ``num_steps`` (a resumed run stops at the same total).
 
         Saves a checkpoint every ``checkpoint_every`` steps and at the end, a log line every
         ``log_every`` steps (only then, so that a resumed run's log is the uninterrupted one's),
@@ -360,7 +360,7 @@ class Trainer:
 
         ``max_seconds`` stops earlier, after the first step that ends past this wall-clock
         budget (measured from the call; all processes stop at the same step), with the same
-        checkpoint at the end: for time-limited jobs and demos. Returns :attr:`step`.
+        checkpoint at the end: for time-limited jobs and demos. Returns ``step``.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative int; got {num_steps!r}")
@@ -593,7 +593,7 @@ class Trainer:
         guidance_scale: float | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """Draw ``num_samples`` images ``(N, C, H, W)`` in ``[-1, 1]`` with :attr:`sampler`.
+        """Draw ``num_samples`` images ``(N, C, H, W)`` in ``[-1, 1]`` with the Trainer's ``sampler``.
 
         ``generator`` defaults to one seeded with ``seed`` (the same noise every time, so grids
         of successive steps are comparable). For a conditional model, ``labels`` default to
