@@ -23,7 +23,7 @@ os.environ.setdefault("DDPM_LIB_QUICK", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import ddpm_lib  # noqa: E402
-from png_scraper import NewPNGScraper  # noqa: E402
+from png_scraper import NewPNGScraper, ScriptGlobals  # noqa: E402
 
 project = "ddpm_lib"
 author = "ddpm_lib developers"
@@ -98,6 +98,7 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/(?!train_cifar10\.py$)[^/]+\.py$",
     "ignore_pattern": r"(^|/)(_|\.)",
     "image_scrapers": ("matplotlib", NewPNGScraper(["runs"])),
+    "reset_argv": ScriptGlobals(),       # __file__ and __doc__ as in `python examples/x.py`
     "abort_on_example_error": False,     # report every failing example, then fail the build
     "only_warn_on_example_error": False,
     "download_all_examples": False,

@@ -1,9 +1,17 @@
-"""The DDPM paper's CIFAR-10 recipe (Ho et al. 2020, Appendix B), for a GPU and the data on disk.
+"""
+The DDPM paper's CIFAR-10 recipe
+================================
+
+Ho et al. 2020, Appendix B, for a GPU and the data on disk. This example is shown but not run
+when the documentation is built (it needs a GPU and the CIFAR-10 files).
+
+.. code-block:: bash
 
     # one GPU
     python examples/train_cifar10.py --data-root ~/data --out runs/cifar10
     # 8 GPUs on one machine (the global batch stays 128: 16 per GPU)
     torchrun --nproc_per_node 8 examples/train_cifar10.py --data-root ~/data --out runs/cifar10
+
 
 The data root must hold ``cifar-10-batches-py/`` (extract cifar-10-python.tar.gz from
 https://www.cs.toronto.edu/~kriz/cifar.html); nothing is downloaded.
@@ -28,7 +36,7 @@ from ddpm_lib.data import torchvision_dataset
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="The DDPM paper's CIFAR-10 recipe.")
     parser.add_argument("--data-root", required=True, help="folder with cifar-10-batches-py/")
     parser.add_argument("--out", default="runs/cifar10", help="output folder")
     parser.add_argument("--steps", type=int, default=800_000, help="total steps (paper: 800k)")

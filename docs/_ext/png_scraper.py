@@ -58,3 +58,24 @@ class NewPNGScraper:
 
     def __repr__(self) -> str:  # sphinx-gallery caches its configuration by repr
         return f"NewPNGScraper({self.roots!r})"
+
+
+class ScriptGlobals:
+    """sphinx-gallery ``reset_argv`` hook that also gives each example the globals a script run
+    with ``python examples/x.py`` has: ``__file__`` and its docstring as ``__doc__`` (which
+    sphinx-gallery leaves out), so argparse descriptions and paths work in the gallery too.
+    Returns no command-line arguments: every example runs with its defaults."""
+
+    def __call__(self, gallery_conf: dict[str, Any], script_vars: dict[str, Any]) -> list[str]:
+        import ast
+
+        source_file = script_vars["src_file"]
+        namespace = script_vars.get("example_globals")
+        if namespace is not None:
+            source = Path(source_file).read_text()
+            namespace["__file__"] = str(source_file)
+            namespace["__doc__"] = ast.get_docstring(ast.parse(source), clean=False) or ""
+        return []
+
+    def __repr__(self) -> str:
+        return "ScriptGlobals()"
