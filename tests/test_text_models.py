@@ -469,3 +469,119 @@ def test_hf_text_encoder_adapter(tmp_path, generator):
     with torch.no_grad():
         assert torch.equal(loaded(x, t, **loaded.encode_prompts(["a red circle", "红色"])),
                            expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# guidance rescale (Lin et al. 2024) and guidance interval (Kynkaanniemi et al. 2024)
+# ---------------------------------------------------------------------------------------------
+from ddpm_lib.samplers.base import GuidanceOptions, apply_guidance, rescale_guidance  # noqa: E402
+
+
+def test_rescale_guidance_matches_eq_15_16(generator):
+    cond = torch.randn(3, 2, 4, 4, generator=generator)
+    uncond = torch.randn(3, 2, 4, 4, generator=generator) * 0.5
+    guided = uncond + 7.5 * (cond - uncond)
+    phi = 0.7
+    out = rescale_guidance(guided, cond, phi)
+    for b in range(3):  # one sample at a time, with numpy's std (ddof=1 as torch.std)
+        ratio = cond[b].numpy().std(ddof=1) / guided[b].numpy().std(ddof=1)
+        expected = phi * guided[b] * float(ratio) + (1 - phi) * guided[b]
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=1e-5)
+    # the rescaled prediction (phi = 1) has exactly the conditional std, per sample
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.flatten(1).std(1), cond.flatten(1).std(1))
+    assert torch.equal(rescale_guidance(guided, cond, 0.0), guided)
+
+
+def test_rescale_guidance_matches_diffusers(generator):
+    pipeline = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    cond = torch.randn(2, 4, 8, 8, generator=generator)
+    guided = cond * 3 + torch.randn(2, 4, 8, 8, generator=generator)
+    for phi in (0.0, 0.3, 0.7, 1.0):
+        torch.testing.assert_close(
+            rescale_guidance(guided, cond, phi),
+            pipeline.rescale_noise_cfg(guided, cond, guidance_rescale=phi),
+        )
+
+
+def test_guidance_interval_switches_per_sample_with_no_sync(generator):
+    cond = torch.randn(4, 2, 3, generator=generator)
+    uncond = torch.randn(4, 2, 3, generator=generator)
+    t = torch.tensor([10, 200, 500, 900])
+    out = apply_guidance(cond, uncond, t, 4.0, GuidanceOptions(interval=(200, 500)))
+    guided = uncond + 4.0 * (cond - uncond)
+    assert torch.equal(out[0], cond[0]) and torch.equal(out[3], cond[3])  # outside: conditional
+    assert torch.equal(out[1], guided[1]) and torch.equal(out[2], guided[2])  # inclusive ends
+    both = apply_guidance(cond, uncond, t, 4.0, GuidanceOptions(rescale=0.5, interval=(0, 300)))
+    rescaled = rescale_guidance(guided, cond, 0.5)
+    torch.testing.assert_close(both[:2], rescaled[:2])
+    assert torch.equal(both[2:], cond[2:])
+
+
+def _toy_model(x, t, y):
+    """A model whose conditional and unconditional predictions differ in scale and offset."""
+    scale = torch.where(y >= 0, 0.4 + 0.2 * y.float(), torch.full_like(y, 0.1, dtype=x.dtype))
+    offset = (t.float() / 100.0).sin() * (y.float() + 1.5)
+    return scale[:, None, None, None] * x + offset[:, None, None, None]
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_sampler_applies_rescale_and_interval_as_the_formulas(learn_sigma, generator):
+    schedule = NoiseSchedule.linear(100)
+    sampler = DDIMSampler(schedule, num_steps=5, learn_sigma=learn_sigma)
+    model = _toy_model
+    if learn_sigma:  # the variance half must pass through unguided
+        model = lambda x, t, y: torch.cat([_toy_model(x, t, y), _toy_model(x, t, y) * 3], 1)  # noqa: E731
+    y = torch.tensor([0, 2])
+    x_T = torch.randn(2, 3, 4, 4, generator=generator)
+    scale, phi, interval = 5.0, 0.7, (30, 70)
+    out = sampler.sample(model, None, x_T=x_T, model_kwargs={"y": y}, guidance_scale=scale,
+                         guidance_rescale=phi, guidance_interval=interval)
+    x, used = x_T, []
+    for t in sampler.timesteps.tolist():
+        tt = torch.full((2,), t)
+        c, u = _toy_model(x, tt, y), _toy_model(x, tt, torch.full_like(y, -1))
+        if interval[0] <= t <= interval[1]:
+            g = u + scale * (c - u)
+            dims = (1, 2, 3)
+            ratio = c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True)
+            prediction = phi * g * ratio + (1 - phi) * g
+            used.append(t)
+        else:
+            prediction = c
+        if learn_sigma:
+            prediction = torch.cat([prediction, c * 3], 1)
+        x = sampler.step(prediction, t, x)
+    assert used and len(used) < len(sampler.timesteps)  # the interval cut the run
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=1e-5)
+    # an interval holding every timestep is plain guidance; an empty one is no guidance
+    plain = sampler.sample(model, None, x_T=x_T, model_kwargs={"y": y}, guidance_scale=scale)
+    assert torch.equal(plain, sampler.sample(model, None, x_T=x_T, model_kwargs={"y": y},
+                                             guidance_scale=scale, guidance_interval=(0, 99)))
+    unguided = sampler.sample(model, None, x_T=x_T, model_kwargs={"y": y})
+    torch.testing.assert_close(
+        unguided,
+        sampler.sample(model, None, x_T=x_T, model_kwargs={"y": y}, guidance_scale=scale,
+                       guidance_interval=(-10, -1)),
+    )
+
+
+def test_guidance_options_are_validated(generator):
+    sampler = DDIMSampler(NoiseSchedule.linear(100), num_steps=2)
+    kwargs = dict(x_T=torch.randn(1, 3, 4, 4), model_kwargs={"y": torch.tensor([0])})
+    with pytest.raises(ValueError, match="guidance_rescale must be in \\[0, 1\\]; got 1.5"):
+        sampler.sample(_toy_model, None, guidance_scale=2.0, guidance_rescale=1.5, **kwargs)
+    with pytest.raises(TypeError, match="guidance_rescale must be a float"):
+        sampler.sample(_toy_model, None, guidance_scale=2.0, guidance_rescale="0.7", **kwargs)
+    with pytest.raises(TypeError, match="guidance_interval must be a pair"):
+        sampler.sample(_toy_model, None, guidance_scale=2.0, guidance_interval=(1, 2, 3), **kwargs)
+    with pytest.raises(ValueError, match=r"t_lo <= t_hi; got \(50, 10\)"):
+        sampler.sample(_toy_model, None, guidance_scale=2.0, guidance_interval=(50, 10), **kwargs)
+    with pytest.raises(ValueError, match="need guidance_scale"):
+        sampler.sample(_toy_model, None, guidance_rescale=0.5, **kwargs)
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"unconditional_kwargs=model.encode_prompts"):
+        sampler.sample(model, (1, 3, 8, 8), model_kwargs=model.encode_prompts(["a"]),
+                       guidance_scale=2.0)
+    with pytest.raises(ValueError, match=r"model_kwargs\['context'\] has batch size 2; expected 1"):
+        sampler.sample(model, (1, 3, 8, 8), model_kwargs=model.encode_prompts(["a", "b"]))
