@@ -207,6 +207,7 @@ def test_unet_places_text_attention_and_output_shapes(text_attention, generator)
     assert unet(x, torch.tensor([1, 2]), context=context, context_mask=mask).shape == x.shape
     assert unet.config["context_dim"] == DIM and unet.config["text_attention"] == text_attention
     assert "context_dim" not in tiny_unet(context_dim=None).config  # plain configs unchanged
+    assert tiny_unet().text_attention == "joint"  # the default: measured faster and smaller
 
 
 def test_cross_attention_unet_starts_as_the_plain_unet(generator):
@@ -585,3 +586,26 @@ def test_guidance_options_are_validated(generator):
                        guidance_scale=2.0)
     with pytest.raises(ValueError, match=r"model_kwargs\['context'\] has batch size 2; expected 1"):
         sampler.sample(model, (1, 3, 8, 8), model_kwargs=model.encode_prompts(["a", "b"]))
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+def test_guidance_rescale_and_interval_compile_into_one_graph(small_schedule, generator):
+    """The interval is a torch.where on the timestep tensor: one graph for the whole run."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    sampler = DDIMSampler(small_schedule, num_steps=10)
+    y = torch.tensor([0, 2])
+    x_T = torch.randn(2, 3, 4, 4, generator=generator)
+    torch._dynamo.reset()
+    counters.clear()
+    runs = {}
+    for compile in (True, False):
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            runs[compile] = sampler.sample(
+                _toy_model, None, x_T=x_T, model_kwargs={"y": y}, guidance_scale=4.0,
+                guidance_rescale=0.7, guidance_interval=(10, 30), compile=compile,
+            )
+    torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
