@@ -19,12 +19,16 @@ _EXPORTS = {
     "SimpleLoss": "ddpm_lib.losses",
     "VLBLoss": "ddpm_lib.losses",
     "HybridLoss": "ddpm_lib.losses",
+    "AutoencoderLoss": "ddpm_lib.autoencoder_loss",
 
     "UNet": "ddpm_lib.models.unet",
     "TextEncoder": "ddpm_lib.models.text",
     "HFTextEncoder": "ddpm_lib.models.text",
     "TextConditionedUNet": "ddpm_lib.models.text",
     "unet_from_diffusers": "ddpm_lib.interop",
+    "AutoencoderKL": "ddpm_lib.models.autoencoder",
+    "DiagonalGaussian": "ddpm_lib.models.autoencoder",
+    "autoencoder_from_diffusers": "ddpm_lib.interop",
     "DiffusersAdapter": "ddpm_lib.interop",
 
     "DDPMSampler": "ddpm_lib.samplers",
