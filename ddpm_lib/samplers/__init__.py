@@ -8,6 +8,7 @@ from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
 from .dpm_solver import DPMSolverSampler
+from .grids import grid_timesteps
 
 __all__ = [
     "SPACINGS",
@@ -17,6 +18,7 @@ __all__ = [
     "SampleTrajectory",
     "Sampler",
     "dynamic_threshold",
+    "grid_timesteps",
     "respace",
     "spaced_timesteps",
 ]
