@@ -27,6 +27,9 @@ _EXPORTS = {
     "DDPMSampler": "ddpm_lib.samplers",
     "DDIMSampler": "ddpm_lib.samplers",
     "DPMSolverSampler": "ddpm_lib.samplers",
+    "UniPCSampler": "ddpm_lib.samplers",
+    "PNDMSampler": "ddpm_lib.samplers",
+    "DEISSampler": "ddpm_lib.samplers",
     "Sampler": "ddpm_lib.samplers",
     "SampleTrajectory": "ddpm_lib.samplers",
 
