@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NoiseSchedule": "ddpm_lib.schedule",
     "GaussianOracle": "ddpm_lib.analytic",
+    "GaussianMixtureOracle": "ddpm_lib.analytic",
 
     "SimpleLoss": "ddpm_lib.losses",
     "VLBLoss": "ddpm_lib.losses",
