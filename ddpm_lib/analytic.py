@@ -107,6 +107,10 @@ class GaussianMixtureOracle(nn.Module):
     returned in ``x_t``'s dtype.
     """
 
+    weights: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+
     def __init__(
         self,
         schedule: NoiseSchedule,

@@ -332,7 +332,7 @@ def test_bad_construction(small_schedule):
     with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
         DDIMSampler(torch.linspace(1e-4, 0.02, 10), 5)
     with pytest.raises(ValueError, match="num_steps must be <= 49 with spacing='linspace'"):
-        DPMSolverSampler(small_schedule, T)
+        DPMSolverSampler(small_schedule, T, spacing="linspace")
 
 
 def test_bad_sample_arguments(small_schedule, oracle):
@@ -413,7 +413,8 @@ def test_progress_bar_and_repr(small_schedule, oracle, capsys):
     sampler = DPMSolverSampler(small_schedule, 3)
     sampler.sample(oracle, (2, 2), progress=True)
     assert "DPMSolverSampler" in capsys.readouterr().err
-    assert "num_steps=3" in repr(sampler) and "spacing='linspace'" in repr(sampler)
+    assert "num_steps=3" in repr(sampler) and "spacing='logsnr'" in repr(sampler)
+    assert "order=2" in repr(sampler) and "final_step='solver'" in repr(sampler)
 
 
 # ----------------------------------------------------------------------------- with the UNet

@@ -84,10 +84,15 @@ def test_grid_cannot_place_more_steps_than_timesteps(small_schedule):
 @pytest.mark.parametrize("cls", SAMPLER_CLASSES)
 @pytest.mark.parametrize("spacing", ["logsnr", "karras", "quadratic"])
 def test_every_sampler_takes_every_grid(small_schedule, oracle, cls, spacing):
-    sampler = cls(small_schedule, num_steps=6, spacing=spacing)
-    assert torch.equal(sampler.timesteps, grid_timesteps(small_schedule.alphas_cumprod, 6, spacing))
+    abar = small_schedule.alphas_cumprod
+    options = {"final_step": "denoise"} if cls is DPMSolverSampler else {}
+    sampler = cls(small_schedule, num_steps=6, spacing=spacing, **options)
+    assert torch.equal(sampler.timesteps, grid_timesteps(abar, 6, spacing))
     out = sampler.sample(oracle, (4, 3), generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 3) and torch.isfinite(out).all()
+    if cls is DPMSolverSampler:  # a final solver step: the grid's N + 1-th point is its end
+        sampler = cls(small_schedule, num_steps=6, spacing=spacing, final_step="solver")
+        assert torch.equal(sampler.timesteps, grid_timesteps(abar, 7, spacing)[:6])
 
 
 @pytest.mark.parametrize("cls", SAMPLER_CLASSES)

@@ -96,7 +96,7 @@ def test_dpm_solver_equals_diffusers(schedule, order, final_step, num_steps, spa
 def test_unipc_equals_diffusers(schedule, variant, order, prediction):
     diffusers = pytest.importorskip("diffusers")
     ours = UniPCSampler(schedule, 8, order=order, variant=variant, spacing="logsnr",
-                        prediction=prediction, clip_denoised=False)
+                        final_step="denoise", prediction=prediction, clip_denoised=False)
     reference = diffusers.UniPCMultistepScheduler(
         num_train_timesteps=1000, solver_order=order, solver_type=variant,
         prediction_type="epsilon" if prediction == "eps" else "v_prediction",
@@ -171,7 +171,8 @@ def test_first_order_dpm_solver_is_ddim(schedule):
     oracle = GaussianOracle(schedule, MU, STD)
     x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     for spacing in ("logsnr", "karras", "trailing"):
-        dpm = DPMSolverSampler(schedule, 10, order=1, spacing=spacing, clip_denoised=False)
+        dpm = DPMSolverSampler(schedule, 10, order=1, spacing=spacing, clip_denoised=False,
+                               final_step="denoise")
         ddim = DDIMSampler(schedule, timesteps=dpm.timesteps, clip_denoised=False)
         torch.testing.assert_close(dpm.sample(oracle, None, x_T=x_T),
                                    ddim.sample(oracle, None, x_T=x_T), rtol=0, atol=1e-12)

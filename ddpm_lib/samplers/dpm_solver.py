@@ -63,15 +63,17 @@ class DPMSolverSampler(MultistepSampler):
         num_steps: number of steps (model calls); default 20.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`. ``"linspace"`` and
+        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`; default ``"logsnr"``
+            (uniform in log-SNR, measured best from 10 calls up). ``"linspace"`` and
             ``"leading"`` give the timesteps of diffusers' ``DPMSolverMultistepScheduler``
             (``num_steps + 1`` points, the final 0 dropped); ``"logsnr"`` / ``"karras"`` those
             of its ``use_lu_lambdas`` / ``use_karras_sigmas`` (with ``final_step="denoise"``).
+            ``spacing="linspace", final_step="denoise"`` is diffusers' default trajectory.
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
         order: 1, 2 (2M, Algorithm 2) or 3 (3M).
-        final_step: ``"denoise"`` (the last step goes to ``sigma = 0``: the last call's ``x0``)
-            or ``"solver"`` (a full-order step to the level of ``t = 0``); see
-            :mod:`~ddpm_lib.samplers.multistep`.
+        final_step: ``"solver"`` (default: a full-order step to the level of ``t = 0``; every
+            call then advances the ODE) or ``"denoise"`` (the last step goes to ``sigma = 0``:
+            the last call's ``x0``); see :mod:`~ddpm_lib.samplers.multistep`.
         lower_order_final: lower the order over the last steps (``min(order, N - i)``).
 
     The solver carries its previous ``x0`` estimates between steps; :meth:`step` remembers
@@ -87,12 +89,12 @@ class DPMSolverSampler(MultistepSampler):
         num_steps: int | None = None,
         prediction: str = "eps",
         clip_denoised: bool = True,
-        spacing: str = "linspace",
+        spacing: str = "logsnr",
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
         order: int = 2,
-        final_step: str = "denoise",
+        final_step: str = "solver",
         lower_order_final: bool = True,
     ) -> None:
         super().__init__(

@@ -43,9 +43,10 @@ def check_order(order: Any, largest: int = 3) -> int:
     """Return ``order`` if it is an int in ``[1, largest]``, else raise naming it."""
     if isinstance(order, bool) or not isinstance(order, numbers.Integral):
         raise TypeError(f"order must be an int in [1, {largest}]; got {type(order).__name__}")
-    if not 1 <= order <= largest:
-        raise ValueError(f"order must be in [1, {largest}]; got {order}")
-    return int(order)
+    value = int(order)
+    if not 1 <= value <= largest:
+        raise ValueError(f"order must be in [1, {largest}]; got {value}")
+    return value
 
 
 class Levels:
@@ -201,8 +202,7 @@ class MultistepSampler(Sampler):
                         c, v = self._corrector_weights(levels, i, min(orders[i - 1], held))
                         corrector_blocks.append(_pad(v, history + 1))
             # 1 on the last step when its result is a noisy sample to clamp (final_step="solver")
-            clamp = float(i == self.num_steps - 1 and levels.sigma[-1] > 0 and self.clip_denoised
-                          and self.dynamic_threshold is None)
+            clamp = float(i == self.num_steps - 1 and levels.sigma[-1] > 0 and self._clamps)
             row += [a, c, clamp]
             for block in predictor_blocks + corrector_blocks:
                 row += list(block)
@@ -210,6 +210,12 @@ class MultistepSampler(Sampler):
         return torch.tensor(np.array(rows, dtype=np.float64))
 
     # ------------------------------------------------------------------ the update
+    @property
+    def _clamps(self) -> bool:
+        """Whether ``x0`` is kept in ``[-1, 1]`` (clipping or thresholding): then so is a final
+        sample that ends on the noisy level of ``t = 0``."""
+        return self.clip_denoised or self.dynamic_threshold is not None
+
     def _initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         history = [torch.zeros_like(x) for _ in range(self._history_length)]
         held = x.new_zeros((x.shape[0],) + (1,) * (x.ndim - 1))
@@ -253,7 +259,7 @@ class MultistepSampler(Sampler):
         x_next = a * x
         for k in range(history + 1):
             x_next = x_next + blocks[k] * outputs[k]
-        if self.clip_denoised and self.dynamic_threshold is None and self.final_step == "solver":
+        if self._clamps and self.final_step == "solver":
             # the run ends on the noisy level of t = 0: the returned sample is clamped too
             x_next = x_next + clamp * (x_next.clamp(-1.0, 1.0) - x_next)
         held_next = torch.clamp(held + 1, max=float(history))
@@ -263,7 +269,7 @@ class MultistepSampler(Sampler):
         return x_next, x0, (*new_state, held_next)
 
 
-def _pad(values: Sequence[float], length: int) -> np.ndarray:
+def _pad(values: Any, length: int) -> np.ndarray:
     out = np.zeros(length)
     out[: len(values)] = values
     return out

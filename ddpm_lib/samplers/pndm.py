@@ -70,7 +70,7 @@ class PNDMSampler(MultistepSampler):
         prediction: str = "eps",
         clip_denoised: bool = True,
         spacing: str = "logsnr",
-        final_step: str = "denoise",
+        final_step: str = "solver",
         lower_order_final: bool = False,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,

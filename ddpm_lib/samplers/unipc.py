@@ -99,13 +99,15 @@ class UniPCSampler(MultistepSampler):
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
         spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`.
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
-        order: the predictor's order, 1-3 (the corrector adds one).
+        order: the predictor's order, 1-3 (the corrector adds one); default 2.
         variant: ``"bh1"`` (``B(h) = h``, best for unconditional sampling in the paper) or
             ``"bh2"`` (``B(h) = e^h - 1``, guided sampling).
         final_step, lower_order_final: see :class:`~ddpm_lib.samplers.DPMSolverSampler`.
 
-    With ``spacing="linspace"`` and ``final_step="denoise"`` the trajectory is that of
-    diffusers' ``UniPCMultistepScheduler`` (``predict_x0=True``, ``lower_order_final=True``).
+    Defaults: order 2, bh2, the log-SNR grid and a final solver step (measured best of the
+    UniPC settings). With ``spacing="linspace"`` and ``final_step="denoise"`` the trajectory is
+    that of diffusers' ``UniPCMultistepScheduler`` (``predict_x0=True``,
+    ``lower_order_final=True``).
     """
 
     _uses_corrector = True
@@ -115,12 +117,12 @@ class UniPCSampler(MultistepSampler):
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
-        order: int = 3,
+        order: int = 2,
         variant: str = "bh2",
         prediction: str = "eps",
         clip_denoised: bool = True,
         spacing: str = "logsnr",
-        final_step: str = "denoise",
+        final_step: str = "solver",
         lower_order_final: bool = True,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
