@@ -149,7 +149,8 @@ def part_b(reps: int, inner: int) -> None:
         timestep_spacing="trailing",
     )
     ddim_ref.set_timesteps(50)
-    dpm = DPMSolverSampler(schedule, 20, clip_denoised=False)
+    dpm = DPMSolverSampler(schedule, 20, clip_denoised=False, spacing="linspace",
+                           final_step="denoise")  # diffusers' default trajectory
     ddpm = DDPMSampler(schedule, num_steps=50, spacing="leading", clip_denoised=False)
     ddpm_ref = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     ddpm_ref.set_timesteps(50)

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NoiseSchedule": "ddpm_lib.schedule",
     "GaussianOracle": "ddpm_lib.analytic",
+    "GaussianMixtureOracle": "ddpm_lib.analytic",
 
     "SimpleLoss": "ddpm_lib.losses",
     "VLBLoss": "ddpm_lib.losses",
@@ -34,6 +35,9 @@ _EXPORTS = {
     "DDPMSampler": "ddpm_lib.samplers",
     "DDIMSampler": "ddpm_lib.samplers",
     "DPMSolverSampler": "ddpm_lib.samplers",
+    "UniPCSampler": "ddpm_lib.samplers",
+    "PNDMSampler": "ddpm_lib.samplers",
+    "DEISSampler": "ddpm_lib.samplers",
     "Sampler": "ddpm_lib.samplers",
     "SampleTrajectory": "ddpm_lib.samplers",
 

@@ -14,8 +14,11 @@ from ddpm_lib import GaussianOracle
 from ddpm_lib.samplers import (
     DDIMSampler,
     DDPMSampler,
+    DEISSampler,
     DPMSolverSampler,
+    PNDMSampler,
     SampleTrajectory,
+    UniPCSampler,
     dynamic_threshold,
     respace,
 )
@@ -32,6 +35,16 @@ SAMPLERS = {
     "ddim-eta": lambda s: DDIMSampler(s, num_steps=8, eta=0.5, spacing="linspace"),
     "dpm-solver": lambda s: DPMSolverSampler(s, num_steps=8),
     "dpm-solver-v": lambda s: DPMSolverSampler(s, num_steps=6, prediction="v", spacing="trailing"),
+    "dpm-solver-3m-logsnr": lambda s: DPMSolverSampler(s, 7, order=3, spacing="logsnr"),
+    "dpm-solver-1-karras-x0": lambda s: DPMSolverSampler(s, 6, order=1, spacing="karras",
+                                                         prediction="x0"),
+    "unipc-bh2": lambda s: UniPCSampler(s, 8),
+    "unipc-bh1-solver-v": lambda s: UniPCSampler(s, 7, order=2, variant="bh1", prediction="v",
+                                                 final_step="solver"),
+    "pndm": lambda s: PNDMSampler(s, 8),
+    "pndm-quadratic-solver": lambda s: PNDMSampler(s, 6, spacing="quadratic", final_step="solver"),
+    "deis-3": lambda s: DEISSampler(s, 8),
+    "deis-2-x0-solver": lambda s: DEISSampler(s, 6, order=2, prediction="x0", final_step="solver"),
 }
 
 
@@ -175,6 +188,9 @@ def test_dynamic_threshold_in_sampler(small_schedule):
         DDPMSampler(small_schedule, num_steps=10, dynamic_threshold=0.9),
         DDIMSampler(small_schedule, 10, dynamic_threshold=0.9),
         DPMSolverSampler(small_schedule, 10, dynamic_threshold=0.9),
+        UniPCSampler(small_schedule, 10, dynamic_threshold=0.9),
+        PNDMSampler(small_schedule, 10, dynamic_threshold=0.9),
+        DEISSampler(small_schedule, 10, dynamic_threshold=0.9),
     ):
         out = sampler.sample(model, (8, 16), generator=torch.Generator().manual_seed(0))
         assert out.abs().max() <= 1 + 1e-6
@@ -204,6 +220,9 @@ class LabelModel(nn.Module):
     lambda s: DDIMSampler(s, 5, eta=0.0),
     lambda s: DPMSolverSampler(s, 5),
     lambda s: DDPMSampler(s, "learned_range", num_steps=5),
+    lambda s: UniPCSampler(s, 5),
+    lambda s: PNDMSampler(s, 5, final_step="solver"),
+    lambda s: DEISSampler(s, 5),
 ])
 def test_guidance_is_one_batched_call_with_null_labels(small_schedule, factory):
     sampler = factory(small_schedule)
@@ -298,7 +317,10 @@ def test_bad_construction(small_schedule):
     for eta in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"eta must be in \[0, 1\]; got {eta}"):
             DDIMSampler(small_schedule, 10, eta=eta)
-    spacing_message = "spacing must be one of 'leading', 'trailing', 'linspace'; got 'uniform'"
+    spacing_message = (
+        "spacing must be one of 'leading', 'trailing', 'linspace', 'logsnr', 'karras', "
+        "'quadratic'; got 'uniform'"
+    )
     with pytest.raises(ValueError, match=spacing_message):
         DDIMSampler(small_schedule, 10, spacing="uniform")
     with pytest.raises(ValueError, match="prediction must be one of .*got 'noise'"):
@@ -310,7 +332,7 @@ def test_bad_construction(small_schedule):
     with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
         DDIMSampler(torch.linspace(1e-4, 0.02, 10), 5)
     with pytest.raises(ValueError, match="num_steps must be <= 49 with spacing='linspace'"):
-        DPMSolverSampler(small_schedule, T)
+        DPMSolverSampler(small_schedule, T, spacing="linspace")
 
 
 def test_bad_sample_arguments(small_schedule, oracle):
@@ -391,7 +413,8 @@ def test_progress_bar_and_repr(small_schedule, oracle, capsys):
     sampler = DPMSolverSampler(small_schedule, 3)
     sampler.sample(oracle, (2, 2), progress=True)
     assert "DPMSolverSampler" in capsys.readouterr().err
-    assert "num_steps=3" in repr(sampler) and "spacing='linspace'" in repr(sampler)
+    assert "num_steps=3" in repr(sampler) and "spacing='logsnr'" in repr(sampler)
+    assert "order=2" in repr(sampler) and "final_step='solver'" in repr(sampler)
 
 
 # ----------------------------------------------------------------------------- with the UNet
@@ -408,6 +431,9 @@ def test_with_a_tiny_unet_guidance_and_learned_variance(small_schedule):
         DDPMSampler(small_schedule, "learned_range", num_steps=4),
         DDIMSampler(small_schedule, 4, learn_sigma=True),
         DPMSolverSampler(small_schedule, 4, learn_sigma=True),
+        UniPCSampler(small_schedule, 4, learn_sigma=True),
+        DEISSampler(small_schedule, 4, learn_sigma=True),
+        PNDMSampler(small_schedule, 4, learn_sigma=True),
     ):
         out = sampler.sample(
             unet, (2, 2, 8, 8), model_kwargs={"y": y}, guidance_scale=2.0,

@@ -45,7 +45,8 @@ def test_dpm_solver_timesteps_equal_diffusers(spacing):
             num_train_timesteps=1000, timestep_spacing=spacing
         )
         reference.set_timesteps(num_steps)
-        sampler = DPMSolverSampler(NoiseSchedule.linear(1000), num_steps, spacing=spacing)
+        sampler = DPMSolverSampler(NoiseSchedule.linear(1000), num_steps, spacing=spacing,
+                                   final_step="denoise")
         assert torch.equal(sampler.timesteps, reference.timesteps), (spacing, num_steps)
 
 
@@ -145,7 +146,8 @@ def test_dpm_solver_equals_diffusers(prediction, diffusers_prediction):
         for t in reference.timesteps:
             x = reference.step(oracle(x, t.expand(4)), t, x).prev_sample
             expected.append(x)
-        sampler = DPMSolverSampler(schedule, num_steps, prediction=prediction, clip_denoised=False)
+        sampler = DPMSolverSampler(schedule, num_steps, prediction=prediction, clip_denoised=False,
+                                   spacing="linspace", final_step="denoise")
         _, trajectory = sampler.sample(oracle, None, x_T=x_T.clone(), return_trajectory=True)
         for ours, theirs in zip(trajectory.samples[1:], expected):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)

@@ -225,7 +225,8 @@ def test_ddim_eta_one_is_respaced_ddpm(small_schedule, oracle64):
 # ----------------------------------------------------------------------------- DPM-Solver++
 @pytest.mark.parametrize("num_steps", [1, 2, 8])
 def test_dpm_solver_law(small_schedule, oracle64, num_steps):
-    sampler = DPMSolverSampler(small_schedule, num_steps=num_steps, clip_denoised=False)
+    sampler = DPMSolverSampler(small_schedule, num_steps=num_steps, clip_denoised=False,
+                               spacing="linspace", final_step="denoise")
     a, b = dpm_solver_map(levels(small_schedule, sampler.timesteps))
     x_T = torch.randn(N_SAMPLES, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     samples = sampler.sample(oracle64, None, x_T=x_T)
@@ -245,7 +246,8 @@ def test_dpm_solver_beats_ddim(schedule, num_steps):
     oracle = GaussianOracle(schedule, mean=MU, std=STD)
     x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ddim = DDIMSampler(schedule, num_steps, clip_denoised=False)
-    dpm = DPMSolverSampler(schedule, num_steps, clip_denoised=False)
+    dpm = DPMSolverSampler(schedule, num_steps, clip_denoised=False, spacing="linspace",
+                           final_step="denoise")
     assert ddim.timesteps[0] == dpm.timesteps[0] == schedule.num_timesteps - 1
     m_T, v_T = oracle.marginal(schedule.num_timesteps - 1)
     exact = MU + STD * (x_T - m_T) / v_T.sqrt()

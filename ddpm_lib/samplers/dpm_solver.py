@@ -1,138 +1,106 @@
-"""DPM-Solver++ 2M (Lu et al. 2022, Algorithm 2): a second-order multistep ODE solver in x0 form.
+"""DPM-Solver++ 1S / 2M / 3M (Lu et al. 2022): multistep exponential integrators in ``x0`` form.
 
-With ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` and the half log-SNR
-``lambda_t = log(alpha_t / sigma_t)``, one step from ``t_i`` to ``t_{i+1}`` with
-``h_i = lambda_{t_{i+1}} - lambda_{t_i}`` is
+With ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``, the half log-SNR
+``lambda_t = log(alpha_t / sigma_t)``, a step from level ``s`` to ``t`` with
+``h = lambda_t - lambda_s`` and the model's (clipped) ``x0`` estimates ``m_0`` (at ``s``),
+``m_1``, ``m_2`` (at the two previous levels, ``r_k = h_k / h`` their step ratios):
 
-    x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (exp(-h_i) - 1) D_i
-    D_i     = x0_i + (1 / (2 r_i)) (x0_i - x0_{i-1}),   r_i = h_{i-1} / h_i
+* order 1 (DDIM): ``x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^{-h}) m_0``
+* order 2 (Algorithm 2): ``m_0`` replaced by ``m_0 + (m_0 - m_1) / (2 r_0)``
+* order 3 (the 3M update, the same as diffusers' ``solver_order=3``)::
 
-where ``x0_i`` is the model's (clipped) estimate at ``(x_i, t_i)``. The first step (no
-history) and the last one, which goes to ``sigma = 0`` and returns ``x0`` of the last
-timestep, are first order (``D_i = x0_i``, i.e. a DDIM step) -- diffusers'
-``DPMSolverMultistepScheduler`` with ``solver_order=2``, ``final_sigmas_type="zero"``.
+      D1_0 = (m_0 - m_1) / r_0,  D1_1 = (m_1 - m_2) / r_1
+      D1 = D1_0 + r_0 / (r_0 + r_1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r_0 + r_1)
+      x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) m_0
+            + alpha_t ((e^{-h} - 1) / h + 1) D1 - alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) D2
+
+The weights are computed once per run in float64 (:mod:`~ddpm_lib.samplers.multistep`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
 
+import numpy as np
 import torch
 
-from .._checks import check_choice
-from ..schedule import NoiseSchedule, linear_combination
-from .base import SPACINGS, Sampler, _DeviceTables, spaced_timesteps
+from ..schedule import NoiseSchedule
+from .multistep import Levels, MultistepSampler
 
 
-def dpm_solver_pp_2m_update(
-    x_t: torch.Tensor,
-    x0: torch.Tensor,
-    x0_prev: torch.Tensor,
-    sigma_ratio: Any,
-    x0_weight: Any,
-    history_weight: Any,
-) -> torch.Tensor:
-    """``sigma_ratio x_t + x0_weight (x0 + history_weight (x0 - x0_prev))`` (Algorithm 2).
-
-    ``sigma_ratio = sigma_{i+1} / sigma_i``, ``x0_weight = alpha_{i+1} (1 - exp(-h_i))`` and
-    ``history_weight = 1 / (2 r_i)`` (0 for a first-order step); floats or broadcastable tensors.
-    """
-    derivative = linear_combination(1.0 + history_weight, x0, -history_weight, x0_prev)
-    return linear_combination(sigma_ratio, x_t, x0_weight, derivative)
-
-
-def dpm_solver_pp_2m_coefficients(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The per-step constants for the descending levels ``alphas_cumprod`` (N,), float64.
-
-    Returns ``(N, 5)``: ``alpha_i, sigma_i, sigma_ratio, x0_weight, history_weight``; the step
-    after the last level goes to ``abar = 1`` (``sigma = 0``).
-    """
-    abar = alphas_cumprod.double()
-    abar_next = torch.cat([abar[1:], abar.new_ones(1)])
-    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
-    alpha_next, sigma_next = abar_next.sqrt(), (1 - abar_next).sqrt()
-    sigma_ratio = sigma_next / sigma
-    # alpha_{i+1} (1 - exp(-h_i)) with exp(-h_i) = alpha_i sigma_{i+1} / (sigma_i alpha_{i+1}):
-    # finite even for the last step, where sigma_{i+1} = 0 and h_i = inf
-    x0_weight = alpha_next - alpha * sigma_ratio
-    lambdas = torch.log(alpha) - torch.log(sigma)
-    h = lambdas[1:] - lambdas[:-1]  # (N - 1,): the steps between levels; the last is infinite
-    history_weight = torch.zeros_like(abar)
-    # second order for steps 1 .. N - 2: 1 / (2 r_i) = h_i / (2 h_{i-1})
-    history_weight[1:-1] = h[1:] / (2 * h[:-1])
-    return torch.stack([alpha, sigma, sigma_ratio, x0_weight, history_weight], dim=1)
+def dpm_solver_pp_weights(levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:
+    """``(a, w)`` of the DPM-Solver++ step from level ``i`` to ``i + 1``: ``w[k]`` weighs
+    ``x0`` of level ``i - k`` (see the module docstring for the formulas)."""
+    alpha_t, sigma_t = levels.alpha[i + 1], levels.sigma[i + 1]
+    alpha_s, sigma_s = levels.alpha[i], levels.sigma[i]
+    a = sigma_t / sigma_s
+    # alpha_t (1 - e^{-h}), finite even for sigma_t = 0 (h = inf)
+    phi = alpha_t - alpha_s * sigma_t / sigma_s
+    if order == 1:
+        return a, np.array([phi])
+    lam = levels.lam
+    h = lam[i + 1] - lam[i]
+    r0 = (lam[i] - lam[i - 1]) / h
+    if order == 2:
+        return a, np.array([phi * (1 + 0.5 / r0), -phi * 0.5 / r0])
+    r1 = (lam[i - 1] - lam[i - 2]) / h
+    e0, e1, e2 = np.eye(3)
+    d1_0, d1_1 = (e0 - e1) / r0, (e1 - e2) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    phi_1 = math.expm1(-h)
+    w = (-alpha_t * phi_1 * e0 + alpha_t * (phi_1 / h + 1) * d1
+         - alpha_t * ((phi_1 + h) / h**2 - 0.5) * d2)
+    return a, w
 
 
-class DPMSolverSampler(Sampler):
-    """DPM-Solver++ 2M: the fast deterministic sampler, good samples in 10-25 model calls.
+class DPMSolverSampler(MultistepSampler):
+    """DPM-Solver++ (Lu et al. 2022): the fast deterministic sampler, 1S / 2M / 3M.
 
     Args:
         schedule: the forward process the model was trained with.
-        num_steps: number of steps (model calls).
+        num_steps: number of steps (model calls); default 20.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: ``"linspace"`` (default), ``"leading"`` or ``"trailing"``: the timesteps of
-            diffusers' ``DPMSolverMultistepScheduler`` for that spacing (``linspace`` and
-            ``leading`` space ``num_steps + 1`` points and drop the final 0).
-        dynamic_threshold, learn_sigma: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`; default ``"logsnr"``
+            (uniform in log-SNR, measured best from 10 calls up). ``"linspace"`` and
+            ``"leading"`` give the timesteps of diffusers' ``DPMSolverMultistepScheduler``
+            (``num_steps + 1`` points, the final 0 dropped); ``"logsnr"`` / ``"karras"`` those
+            of its ``use_lu_lambdas`` / ``use_karras_sigmas`` (with ``final_step="denoise"``).
+            ``spacing="linspace", final_step="denoise"`` is diffusers' default trajectory.
+        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        order: 1, 2 (2M, Algorithm 2) or 3 (3M).
+        final_step: ``"solver"`` (default: a full-order step to the level of ``t = 0``; every
+            call then advances the ODE) or ``"denoise"`` (the last step goes to ``sigma = 0``:
+            the last call's ``x0``); see :mod:`~ddpm_lib.samplers.multistep`.
+        lower_order_final: lower the order over the last steps (``min(order, N - i)``).
 
-    The solver carries the previous ``x0`` between steps; :meth:`step` remembers it between
-    calls and starts afresh (first order) when a call does not follow the previous one.
+    The solver carries its previous ``x0`` estimates between steps; :meth:`step` remembers
+    them between calls and starts afresh (first order) when a call does not follow the
+    previous one.
     """
+
+    default_num_steps = 20
 
     def __init__(
         self,
         schedule: NoiseSchedule,
-        num_steps: int = 20,
+        num_steps: int | None = None,
         prediction: str = "eps",
         clip_denoised: bool = True,
-        spacing: str = "linspace",
+        spacing: str = "logsnr",
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        order: int = 2,
+        final_step: str = "solver",
+        lower_order_final: bool = True,
     ) -> None:
-        self.spacing = check_choice("spacing", spacing, SPACINGS)
         super().__init__(
-            schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
-            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma,
+            schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
+            lower_order_final, dynamic_threshold, learn_sigma, timesteps,
         )
 
-    def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, spacing={self.spacing!r})"
-
-    def _make_timesteps(self) -> torch.Tensor:
-        num_timesteps = self.schedule.num_timesteps
-        if self.spacing == "trailing":
-            return spaced_timesteps(num_timesteps, self.num_steps, "trailing")
-        if self.num_steps + 1 > num_timesteps:
-            raise ValueError(
-                f"num_steps must be <= {num_timesteps - 1} with spacing={self.spacing!r} "
-                f"(it spaces num_steps + 1 points); got {self.num_steps}"
-            )
-        return spaced_timesteps(num_timesteps, self.num_steps + 1, self.spacing)[:-1]
-
-    def _coefficient_table(self) -> torch.Tensor:
-        return dpm_solver_pp_2m_coefficients(self.schedule.alphas_cumprod.cpu()[self._timesteps])
-
-    def _initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (torch.zeros_like(x),)  # x0 of the previous step (unused on the first)
-
-    def _update(
-        self,
-        coefficients: Sequence[Any],
-        index: int | torch.Tensor,
-        tables: _DeviceTables,
-        model_output: torch.Tensor,
-        x_t: torch.Tensor,
-        noise: torch.Tensor | None,
-        state: tuple[torch.Tensor, ...],
-        continuing: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-        alpha, sigma, sigma_ratio, x0_weight, history_weight = coefficients
-        (x0_prev,) = state
-        x0, _ = self._split(model_output, x_t, alpha, sigma)
-        x0 = self._process_x0(x0)
-        x_next = dpm_solver_pp_2m_update(
-            x_t, x0, x0_prev, sigma_ratio, x0_weight, history_weight * continuing
-        )
-        return x_next, x0, (x0,)
+    def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:
+        return dpm_solver_pp_weights(levels, i, order)
