@@ -29,6 +29,8 @@ _EXPORTS = {
     "DPMSolverSampler": "ddpm_lib.samplers",
     "Sampler": "ddpm_lib.samplers",
     "SampleTrajectory": "ddpm_lib.samplers",
+    "SDESampler": "ddpm_lib.samplers",
+    "VPSDE": "ddpm_lib.samplers",
 
     "Trainer": "ddpm_lib.training",
 

@@ -8,15 +8,20 @@ from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
 from .dpm_solver import DPMSolverSampler
+from .inpaint import repaint_plan
+from .sde import SDESampler, VPSDE
 
 __all__ = [
     "SPACINGS",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
+    "SDESampler",
     "SampleTrajectory",
     "Sampler",
     "dynamic_threshold",
+    "repaint_plan",
     "respace",
     "spaced_timesteps",
+    "VPSDE",
 ]
