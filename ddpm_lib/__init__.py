@@ -31,6 +31,8 @@ _EXPORTS = {
     "SampleTrajectory": "ddpm_lib.samplers",
     "SDESampler": "ddpm_lib.samplers",
     "VPSDE": "ddpm_lib.samplers",
+    "AnalyticVariance": "ddpm_lib.samplers",
+    "optimal_timesteps": "ddpm_lib.samplers",
 
     "Trainer": "ddpm_lib.training",
 

@@ -1,9 +1,11 @@
-"""Samplers: DDPM (ancestral, respaced), DDIM (with inversion) and DPM-Solver++ 2M.
+"""Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 2M, the score-SDE
+samplers, Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
 guidance, progress, trajectory and compilation live once in :class:`Sampler`.
 """
 
+from .analytic_variance import AnalyticVariance, optimal_timesteps
 from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced_timesteps
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
@@ -12,6 +14,7 @@ from .inpaint import repaint_plan
 from .sde import SDESampler, VPSDE
 
 __all__ = [
+    "AnalyticVariance",
     "SPACINGS",
     "DDIMSampler",
     "DDPMSampler",
@@ -20,6 +23,7 @@ __all__ = [
     "SampleTrajectory",
     "Sampler",
     "dynamic_threshold",
+    "optimal_timesteps",
     "repaint_plan",
     "respace",
     "spaced_timesteps",
