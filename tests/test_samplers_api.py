@@ -298,7 +298,10 @@ def test_bad_construction(small_schedule):
     for eta in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"eta must be in \[0, 1\]; got {eta}"):
             DDIMSampler(small_schedule, 10, eta=eta)
-    spacing_message = "spacing must be one of 'leading', 'trailing', 'linspace'; got 'uniform'"
+    spacing_message = (
+        "spacing must be one of 'leading', 'trailing', 'linspace', 'logsnr', 'karras', "
+        "'quadratic'; got 'uniform'"
+    )
     with pytest.raises(ValueError, match=spacing_message):
         DDIMSampler(small_schedule, 10, spacing="uniform")
     with pytest.raises(ValueError, match="prediction must be one of .*got 'noise'"):

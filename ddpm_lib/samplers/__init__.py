@@ -12,6 +12,7 @@ from .ddpm import DDPMSampler, respace
 from .dpm_solver import DPMSolverSampler
 from .inpaint import repaint_plan
 from .sde import SDESampler, VPSDE
+from .grids import grid_timesteps
 
 __all__ = [
     "AnalyticVariance",
@@ -25,6 +26,7 @@ __all__ = [
     "dynamic_threshold",
     "optimal_timesteps",
     "repaint_plan",
+    "grid_timesteps",
     "respace",
     "spaced_timesteps",
     "VPSDE",

@@ -37,8 +37,13 @@ from ..schedule import (
     NoiseSchedule,
     x0_eps_from_prediction,
 )
+from .grids import (  # noqa: F401 (SPACINGS and spaced_timesteps: re-exported, as before)
+    SPACINGS,
+    check_timestep_list,
+    grid_timesteps,
+    spaced_timesteps,
+)
 
-SPACINGS = ("leading", "trailing", "linspace")
 COMPILE_CHOICES = ("auto", True, False)
 #: the non-finite flag is read (one host sync) every this many steps, and after the last one
 NONFINITE_CHECK_EVERY = 50
@@ -74,50 +79,6 @@ class _DeviceTables(NamedTuple):
     timesteps: torch.Tensor  # (N,) long: model timestep of each position
     positions: torch.Tensor  # (T,) long: position of each timestep, -1 when not used
     schedule: NoiseSchedule  # the sampler's schedule with its tables on the device
-
-
-def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.Tensor:
-    """``num_steps`` of the ``T`` training timesteps, descending, spaced as diffusers spaces them.
-
-    Args:
-        num_timesteps: ``T``, the length of the training schedule.
-        num_steps: ``N <= T``, how many timesteps to keep.
-        spacing: ``"linspace"`` (``round(linspace(0, T - 1, N))``: both ends), ``"leading"``
-            (``k * (T // N)``: starts below ``T - 1``) or ``"trailing"``
-            (``round(T - k T / N) - 1``: starts at ``T - 1``); Lin et al. (2024), Table 2, and
-            diffusers' ``timestep_spacing`` with ``steps_offset=0`` (where diffusers' trailing
-            list has a stray ``-1`` at the end, for a few N, it is left out).
-
-    Returns:
-        ``(N,)`` long tensor of distinct timesteps in ``[0, T - 1]``, descending.
-    """
-    import numpy as np  # numpy's rounding and float arange are what diffusers uses
-
-    check_choice("spacing", spacing, SPACINGS)
-    if spacing == "linspace":
-        steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
-    elif spacing == "leading":
-        steps = (np.arange(0, num_steps) * (num_timesteps // num_steps)).round()[::-1]
-    elif spacing == "trailing":
-        steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
-        # for some N (61 of T = 1000) float rounding gives arange one more point, near 0, and
-        # diffusers a timestep -1; the first N points are the intended ones
-        steps = steps[:num_steps]
-    else:  # pragma: no cover - check_choice above
-        raise ValueError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
-    timesteps = torch.from_numpy(steps.astype(np.int64).copy())
-    valid = (
-        timesteps.numel() == num_steps
-        and int(timesteps.min()) >= 0
-        and int(timesteps.max()) < num_timesteps
-        and bool((timesteps[:-1] > timesteps[1:]).all())
-    )
-    if not valid:
-        raise ValueError(
-            f"spacing={spacing!r} cannot place num_steps={num_steps} distinct timesteps in "
-            f"[0, {num_timesteps - 1}]; got {timesteps.tolist()[:8]}..."
-        )
-    return timesteps
 
 
 def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
@@ -182,6 +143,9 @@ class Sampler:
             dynamically instead of clipping; ``None`` to not.
         learn_sigma: the model returns ``2C`` channels (prediction, then variance values);
             samplers that do not use a learned variance ignore the second half.
+        timesteps: an explicit list of model timesteps instead of the sampler's grid: strictly
+            descending ints in ``[0, T - 1]`` (``num_steps`` is then its length, or must equal
+            it). See :mod:`ddpm_lib.samplers.grids`.
 
     A subclass sets ``_uses_noise`` and implements ``_make_timesteps``,
     ``_coefficient_table`` (one float64 row of per-step constants per position) and
@@ -191,20 +155,34 @@ class Sampler:
 
     #: whether a step adds fresh Gaussian noise (then it is drawn for every step)
     _uses_noise: bool = False
+    #: ``num_steps`` when neither it nor ``timesteps`` is given
+    default_num_steps: int = 50
 
     def __init__(
         self,
         schedule: NoiseSchedule,
         *,
-        num_steps: int,
+        num_steps: int | None,
         prediction: str = "eps",
         clip_denoised: bool = True,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
         self.schedule = schedule
+        given = None
+        if timesteps is not None:
+            given = check_timestep_list(timesteps, schedule.num_timesteps)
+            if num_steps is not None and num_steps != given.numel():
+                raise ValueError(
+                    f"num_steps must equal len(timesteps) = {given.numel()} when both are "
+                    f"given; got num_steps={num_steps!r}"
+                )
+            num_steps = given.numel()
+        elif num_steps is None:
+            num_steps = min(self.default_num_steps, schedule.num_timesteps)
         self.num_steps = check_num_steps(num_steps, schedule.num_timesteps)
         self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
         self.clip_denoised = _check_bool("clip_denoised", clip_denoised)
@@ -218,7 +196,7 @@ class Sampler:
         self.dynamic_threshold = dynamic_threshold
         self.learn_sigma = _check_bool("learn_sigma", learn_sigma)
 
-        timesteps = self._make_timesteps()
+        timesteps = given if given is not None else self._make_timesteps()
         self._timesteps = timesteps
         self._timestep_list: list[int] = timesteps.tolist()
         self._position_of = {t: i for i, t in enumerate(self._timestep_list)}
@@ -233,8 +211,11 @@ class Sampler:
 
     # ------------------------------------------------------------------ to define
     def _make_timesteps(self) -> torch.Tensor:
-        """The ``(N,)`` long tensor of model timesteps, in the order they are visited."""
-        raise NotImplementedError
+        """The ``(N,)`` long tensor of model timesteps, in the order they are visited.
+
+        Not called when the user gives ``timesteps=``. By default the grid of ``self.spacing``.
+        """
+        return grid_timesteps(self.schedule.alphas_cumprod, self.num_steps, self.spacing)
 
     def _coefficient_table(self) -> torch.Tensor:
         """``(N, K)`` float64: the per-step constants of the update, one row per position."""

@@ -21,13 +21,7 @@ import torch
 from .._checks import check_choice, check_floating
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .analytic_variance import AnalyticVariance, analytic_table
-from .base import (
-    SPACINGS,
-    SampleTrajectory,
-    Sampler,
-    _DeviceTables,
-    spaced_timesteps,
-)
+from .base import SPACINGS, SampleTrajectory, Sampler, _DeviceTables
 
 
 def ddim_update(
@@ -72,14 +66,16 @@ class DDIMSampler(Sampler):
 
     Args:
         schedule: the forward process the model was trained with.
-        num_steps: number of steps (model calls), ``1 <= num_steps <= T``.
+        num_steps: number of steps (model calls), ``1 <= num_steps <= T``; default 50.
         eta: noise of each step relative to DDPM's (eq. 16): 0 deterministic, 1 DDPM-like.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (``eps`` stays the model's, as
             in diffusers' ``DDIMScheduler``).
         spacing: ``"trailing"`` (default; starts at ``T - 1``), ``"leading"`` or
-            ``"linspace"``: the timesteps of diffusers' ``DDIMScheduler`` for that spacing.
-        dynamic_threshold, learn_sigma: see :class:`~ddpm_lib.samplers.base.Sampler`.
+            ``"linspace"``: the timesteps of diffusers' ``DDIMScheduler`` for that spacing;
+            or a grid of :mod:`ddpm_lib.samplers.grids` (``"logsnr"``, ``"karras"``,
+            ``"quadratic"``).
+        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
         variance: an :class:`~ddpm_lib.samplers.analytic_variance.AnalyticVariance` table of
             the model: each step's noise is Analytic-DPM's optimal one for this ``eta`` (with
             ``eta = 0``, Analytic-DDIM: the direction of eq. 12 with ``sigma = 0`` plus the
@@ -94,13 +90,14 @@ class DDIMSampler(Sampler):
     def __init__(
         self,
         schedule: NoiseSchedule,
-        num_steps: int = 50,
+        num_steps: int | None = None,
         eta: float = 0.0,
         prediction: str = "eps",
         clip_denoised: bool = True,
         spacing: str = "trailing",
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
         variance: AnalyticVariance | None = None,
     ) -> None:
         self.analytic = analytic_table(variance, schedule, allow_strings=False)
@@ -113,14 +110,11 @@ class DDIMSampler(Sampler):
         self._uses_noise = self.eta > 0 or self.analytic is not None
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
-            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
         )
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, eta={self.eta}, spacing={self.spacing!r})"
-
-    def _make_timesteps(self) -> torch.Tensor:
-        return spaced_timesteps(self.schedule.num_timesteps, self.num_steps, self.spacing)
 
     def _coefficient_table(self) -> torch.Tensor:
         abar = self.schedule.alphas_cumprod.cpu()[self._timesteps]

@@ -21,7 +21,7 @@ import torch
 from .._checks import check_choice
 from ..schedule import VARIANCE_TYPES, NoiseSchedule
 from .analytic_variance import AnalyticVariance, analytic_table
-from .base import SPACINGS, Sampler, _DeviceTables, check_num_steps, spaced_timesteps
+from .base import SPACINGS, Sampler, _DeviceTables, check_num_steps
 
 
 def respace(schedule: NoiseSchedule, timesteps: torch.Tensor) -> NoiseSchedule:
@@ -49,9 +49,10 @@ class DDPMSampler(Sampler):
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` before forming the mean.
         num_steps: ``None`` for all ``T`` steps; fewer gives respaced DDPM.
         spacing: how the respaced timesteps are chosen (``"linspace"``: evenly, both ends, as
-            Improved DDPM; ``"trailing"``; ``"leading"``), see
-            :func:`~ddpm_lib.samplers.base.spaced_timesteps`.
+            Improved DDPM; ``"trailing"``; ``"leading"``; ``"logsnr"``, ``"karras"``,
+            ``"quadratic"``), see :mod:`ddpm_lib.samplers.grids`.
         dynamic_threshold: Imagen's percentile thresholding of ``x0`` instead of clipping.
+        timesteps: explicit descending timesteps of the respaced chain instead of a grid.
     """
 
     _uses_noise = True
@@ -65,6 +66,7 @@ class DDPMSampler(Sampler):
         num_steps: int | None = None,
         spacing: str = "linspace",
         dynamic_threshold: float | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
@@ -73,14 +75,17 @@ class DDPMSampler(Sampler):
             variance = "fixed_small"  # the mean; the variance comes from the table
         self.variance = check_choice("variance", variance, VARIANCE_TYPES)
         self.spacing = check_choice("spacing", spacing, SPACINGS)
-        if num_steps is None:
+        if num_steps is None and timesteps is None:
             num_steps = schedule.num_timesteps
-        num_steps = check_num_steps(num_steps, schedule.num_timesteps)
+        if num_steps is not None:
+            num_steps = check_num_steps(num_steps, schedule.num_timesteps)
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold,
-            learn_sigma=variance in ("learned", "learned_range"),
+            learn_sigma=variance in ("learned", "learned_range"), timesteps=timesteps,
         )
+        full = self._timestep_list == list(range(schedule.num_timesteps - 1, -1, -1))
+        self.respaced_schedule = schedule if full else respace(schedule, self._timesteps)
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, variance={self.variance!r}, spacing={self.spacing!r})"
@@ -88,12 +93,8 @@ class DDPMSampler(Sampler):
     def _make_timesteps(self) -> torch.Tensor:
         num_timesteps = self.schedule.num_timesteps
         if self.num_steps == num_timesteps:
-            timesteps = torch.arange(num_timesteps - 1, -1, -1)
-            self.respaced_schedule = self.schedule
-        else:
-            timesteps = spaced_timesteps(num_timesteps, self.num_steps, self.spacing)
-            self.respaced_schedule = respace(self.schedule, timesteps)
-        return timesteps
+            return torch.arange(num_timesteps - 1, -1, -1)
+        return super()._make_timesteps()
 
     def _coefficient_table(self) -> torch.Tensor:
         # the update reads the respaced schedule's own tables through p_mean_variance

@@ -77,24 +77,29 @@ class DPMSolverSampler(Sampler):
             ``leading`` space ``num_steps + 1`` points and drop the final 0).
         dynamic_threshold, learn_sigma: see :class:`~ddpm_lib.samplers.base.Sampler`.
 
+    ``num_steps`` defaults to 20 (when ``timesteps`` is not given either).
+
     The solver carries the previous ``x0`` between steps; :meth:`step` remembers it between
     calls and starts afresh (first order) when a call does not follow the previous one.
     """
 
+    default_num_steps = 20
+
     def __init__(
         self,
         schedule: NoiseSchedule,
-        num_steps: int = 20,
+        num_steps: int | None = None,
         prediction: str = "eps",
         clip_denoised: bool = True,
         spacing: str = "linspace",
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         self.spacing = check_choice("spacing", spacing, SPACINGS)
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
-            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
         )
 
     def __repr__(self) -> str:
@@ -102,8 +107,8 @@ class DPMSolverSampler(Sampler):
 
     def _make_timesteps(self) -> torch.Tensor:
         num_timesteps = self.schedule.num_timesteps
-        if self.spacing == "trailing":
-            return spaced_timesteps(num_timesteps, self.num_steps, "trailing")
+        if self.spacing not in ("linspace", "leading"):
+            return super()._make_timesteps()
         if self.num_steps + 1 > num_timesteps:
             raise ValueError(
                 f"num_steps must be <= {num_timesteps - 1} with spacing={self.spacing!r} "

@@ -44,7 +44,8 @@ import torch
 
 from .._checks import check_choice
 from ..schedule import NoiseSchedule
-from .base import Sampler, _DeviceTables, spaced_timesteps
+from .base import Sampler, _DeviceTables
+from .grids import SPACINGS, check_timestep_list, grid_timesteps
 
 METHODS = ("euler_maruyama", "predictor_corrector", "heun", "adaptive")
 
@@ -164,7 +165,9 @@ class SDESampler(Sampler):
               The model calls are counted in the trajectory
               (:attr:`SampleTrajectory.num_model_calls
               <ddpm_lib.samplers.base.SampleTrajectory.num_model_calls>`).
-        timesteps: an explicit strictly descending grid of timesteps instead of ``num_steps``.
+        spacing: the grid of levels (:mod:`ddpm_lib.samplers.grids`); ``"linspace"`` (uniform
+            in ``t``, from ``T - 1`` to 0, as Song et al.'s uniform grid in ``s``) by default.
+        timesteps: an explicit strictly descending grid of levels instead of ``num_steps``.
         snr, corrector_steps: the Langevin corrector's signal-to-noise ratio (0.16, Song et
             al.'s for VP) and number of steps per level.
         atol, rtol: the adaptive solver's tolerances (positive; defaults as in the paper for
@@ -193,6 +196,7 @@ class SDESampler(Sampler):
         num_steps: int = 100,
         method: str = "euler_maruyama",
         *,
+        spacing: str = "linspace",
         timesteps: Sequence[int] | torch.Tensor | None = None,
         snr: float = 0.16,
         corrector_steps: int = 1,
@@ -227,7 +231,10 @@ class SDESampler(Sampler):
             raise ValueError(f"max_model_calls must be >= 2; got {max_model_calls}")
         self.max_model_calls = int(max_model_calls)
         self.sde = VPSDE(schedule)
-        self._grid = None if timesteps is None else _check_grid(timesteps, schedule.num_timesteps)
+        self.spacing = check_choice("spacing", spacing, SPACINGS)
+        self._grid = None if timesteps is None else check_timestep_list(
+            timesteps, schedule.num_timesteps
+        )
         if self._grid is not None:
             num_steps = len(self._grid)
         self._uses_noise = method != "heun"
@@ -237,7 +244,7 @@ class SDESampler(Sampler):
         )
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, method={self.method!r})"
+        return f"{super().__repr__()[:-1]}, method={self.method!r}, spacing={self.spacing!r})"
 
     @property
     def grid(self) -> torch.Tensor:
@@ -252,7 +259,7 @@ class SDESampler(Sampler):
         elif self.method == "adaptive":
             levels = torch.tensor([num_timesteps - 1])
         else:
-            levels = spaced_timesteps(num_timesteps, self.num_steps, "linspace")
+            levels = grid_timesteps(self.schedule.alphas_cumprod, self.num_steps, self.spacing)
         self._levels = levels
         if self.method == "predictor_corrector":
             # the predictor at level 0; then at each later level the correctors and a predictor
@@ -541,23 +548,3 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
         expected = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {expected}; got {value!r}")
     return float(value)
-
-
-def _check_grid(timesteps: Any, num_timesteps: int) -> torch.Tensor:
-    """A strictly descending list of timesteps in ``[0, T - 1]`` as a long tensor."""
-    try:
-        grid = torch.as_tensor(timesteps)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"timesteps must be a list of ints; got {type(timesteps).__name__}") \
-            from error
-    if grid.ndim != 1 or grid.numel() == 0 or grid.dtype.is_floating_point or grid.dtype == torch.bool:
-        raise ValueError(f"timesteps must be a non-empty 1-D list of ints; got {timesteps!r:.80}")
-    grid = grid.long().cpu()
-    if int(grid.min()) < 0 or int(grid.max()) >= num_timesteps:
-        raise ValueError(
-            f"timesteps must lie in [0, {num_timesteps - 1}]; got values in "
-            f"[{int(grid.min())}, {int(grid.max())}]"
-        )
-    if not bool((grid[:-1] > grid[1:]).all()):
-        raise ValueError(f"timesteps must be strictly descending; got {grid.tolist()[:12]}")
-    return grid
