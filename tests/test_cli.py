@@ -157,3 +157,30 @@ def test_console_entry_point_prints_one_line(tmp_path) -> None:
         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout
     assert "--class-conditional" in help_text and "resumes exactly" in help_text
+
+
+def test_sample_inpaint(trained: Path, tmp_path, capsys) -> None:
+    """--inpaint IMAGE --mask MASK: the white part of the mask keeps the image's pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "picture.png"
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(picture)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, :8] = 255  # keep the left half
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    out = tmp_path / "inpainted.npz"
+    assert main(["sample", str(trained), "--num", "2", "--sampler", "ddim", "--steps", "4",
+                 "--inpaint", str(picture), "--mask", str(mask_path), "--resample", "2",
+                 "--jump-length", "2", "--guidance-scale", "2", "--npz", str(out),
+                 "--no-progress"]) == 0
+    images = np.load(out)["arr_0"]  # (2, 8, 8, 3): the model's size
+    with Image.open(picture) as opened:
+        expected = np.asarray(opened.convert("RGB").resize((8, 8), Image.Resampling.BICUBIC))
+    assert np.abs(images[:, :, :4].astype(int) - expected[None, :, :4]).max() <= 1
+    assert main(["sample", str(trained), "--inpaint", str(picture), "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "--inpaint IMAGE and --mask MASK go together" in _error_line(capsys)
+    assert main(["sample", str(trained), "--resample", "3", "--out", str(tmp_path / "x.png")]) == 2
+    assert "add --inpaint" in _error_line(capsys)
