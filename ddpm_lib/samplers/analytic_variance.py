@@ -383,8 +383,8 @@ def optimal_timesteps(
     variance.check_schedule(schedule)
     num_timesteps = schedule.num_timesteps
     num_steps = check_num_steps(num_steps, num_timesteps)
-    cost, last = _kl_costs(schedule, variance, data_range)
-    cost, last = cost.numpy(), last.numpy()
+    cost_matrix, last_cost = _kl_costs(schedule, variance, data_range)
+    cost, last = cost_matrix.numpy(), last_cost.numpy()
     # best[t]: least cost of a path from T - 1 to t with k nodes; parents[k][s]: the node before s
     best = np.full(num_timesteps, np.inf)
     best[-1] = 0.0

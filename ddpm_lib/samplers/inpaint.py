@@ -43,7 +43,7 @@ def repaint_plan(num_positions: int, start: int, resample: int, jump_length: int
         ``resample=2, jump_length=2``.
     """
     plan: list[int] = []
-    left = {}  # level -> jumps back still to take from it
+    left: dict[int, int] = {}  # level -> jumps back still to take from it
     position = start
     while position < num_positions:
         plan.append(position)

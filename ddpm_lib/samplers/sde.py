@@ -190,6 +190,20 @@ class SDESampler(Sampler):
     :meth:`inpaint` need one call per level: ``method="euler_maruyama"``.
     """
 
+    method: str
+    spacing: str
+    snr: float
+    corrector_steps: int
+    atol: float
+    rtol: float
+    safety: float
+    exponent: float
+    min_step: float
+    max_model_calls: int
+    sde: VPSDE
+    _grid: torch.Tensor | None
+    _levels: torch.Tensor
+
     def __init__(
         self,
         schedule: NoiseSchedule,
@@ -351,11 +365,13 @@ class SDESampler(Sampler):
             return self._adaptive_update(model_output, x_t, noise, state)
         alpha, sigma, role, last, c1, c2, c3, c4 = coefficients
         x0, eps = self._x0_eps(model_output, x_t, alpha, sigma)
+        if self.method != "heun" and noise is None:
+            raise RuntimeError(f"method={self.method!r} needs the step's noise")
         if self.method == "euler_maruyama":
             # x + B (x / 2 + score) + sqrt(B) z, score = -eps / sigma
             x_next = x_t + c1 * (0.5 * x_t - eps / sigma) + _sqrt(c1) * noise
             return _where(last, x0, x_next), x0, state
-        if self.method == "predictor_corrector":
+        if self.method == "predictor_corrector" and noise is not None:
             score = -eps / sigma
             predicted = _where(last, x0, c1 * x_t + c2 * score + c3 * noise)
             corrected = _langevin(x_t, score, noise, self.snr, c4)
@@ -378,6 +394,8 @@ class SDESampler(Sampler):
         state: tuple[Any, ...],
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
         (run,) = state
+        if noise is None:
+            raise RuntimeError("method='adaptive' needs the step's noise")
         run.calls += 1
         t = self.sde.timestep(run.evaluation_time)
         abar = float(self.schedule.alphas_cumprod[int(t)])
