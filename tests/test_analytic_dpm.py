@@ -219,10 +219,11 @@ def test_optimal_timesteps_full_schedule(schedule, generator):
     assert len(timesteps) == 10 and timesteps[0] == 999
     assert all(a > b >= 0 for a, b in zip(timesteps[:-1], timesteps[1:]))
     oracle = GaussianOracle(schedule, mean=MU, std=STD)
-    sampler = SDESampler(schedule, timesteps=timesteps)
-    assert sampler.timesteps.tolist() == timesteps
-    x = sampler.sample(oracle, (8, 2), generator=generator)
-    assert bool(torch.isfinite(x).all())
+    for sampler in (SDESampler(schedule, timesteps=timesteps),
+                    DDPMSampler(schedule, variance=table, timesteps=timesteps)):
+        assert sampler.timesteps.tolist() == timesteps
+        x = sampler.sample(oracle, (8, 2), generator=generator)
+        assert bool(torch.isfinite(x).all())
     with pytest.raises(ValueError, match="num_steps"):
         optimal_timesteps(schedule, table, 0)
     with pytest.raises(ValueError, match="variance"):
