@@ -2,12 +2,12 @@ r"""Analytic-DPM (Bao et al. 2022): the optimal reverse variance from the score'
 and Watson et al.'s (2021) dynamic-programming choice of timesteps with its closed-form cost.
 
 **The optimal variance.** A step from level ``t`` to a lower-noise level ``s`` of the DDIM
-family (Song et al. 2021, eq. 12; DDPM is ``lambda^2 = beta-tilde``) samples
+family (Song et al. 2021, eq. 12; DDPM is ``lambda^2 = beta-tilde``) samples::
 
     x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - lambda^2) eps + lambda z.
 
 With ``x0`` and ``eps`` replaced by their conditional means, the Gaussian reverse step
-``N(mu(x_t), sigma^2 I)`` of least KL has (Bao et al., Theorem 1)
+``N(mu(x_t), sigma^2 I)`` of least KL has (Bao et al., Theorem 1)::
 
     sigma*^2 = lambda^2 + (sqrt((1 - abar_t) / alpha) - sqrt(1 - abar_s - lambda^2))^2 (1 - Gamma_t)
              = lambda^2 + c^2 Var_x0(t),      alpha = abar_t / abar_s,
@@ -359,7 +359,7 @@ def optimal_timesteps(
 
     A DDPM run over descending timesteps ``T - 1 = t_1 > ... > t_K`` with the optimal
     variance has the variational bound ``sum_k J(t_{k+1} | t_k) + L_last(t_K)`` (plus the
-    prior term, fixed by ``t_1 = T - 1``), where per dimension (Bao et al., Theorem 1)
+    prior term, fixed by ``t_1 = T - 1``), where per dimension (Bao et al., Theorem 1)::
 
         J(s | t) = 1/2 log(sigma*^2(s | t) / beta-tilde(s | t)),
         L_last(t) = 1/2 log(2 pi e Var_x0(t))      (the Gaussian decoder to the clean data).

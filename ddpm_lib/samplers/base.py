@@ -386,7 +386,8 @@ class Sampler:
         level the step reached; with ``resample > 1`` the run goes back up ``jump_length``
         levels (re-noising with the forward process) ``resample - 1`` times at every
         ``jump_length``-th level, so that the generated part harmonises with the known one.
-        See :mod:`ddpm_lib.samplers.inpaint`.
+        See ``ddpm_lib.samplers.inpaint``. The other arguments are those of :meth:`sample`
+        (guidance works as there).
 
         Args:
             model: as in :meth:`sample`.
@@ -397,7 +398,6 @@ class Sampler:
                 plain replacement).
             jump_length: RePaint's ``j``, levels gone back up at each jump.
             x_T: the starting noise (drawn from ``generator`` when ``None``).
-            Other arguments as in :meth:`sample` (guidance works as there).
 
         Returns:
             the inpainted samples (and the trajectory when asked), with the known part equal to

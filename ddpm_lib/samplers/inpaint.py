@@ -2,7 +2,7 @@
 
 The sampler runs as usual over its timesteps; the known part of the image (``mask == 1``)
 joins the sample at every level the run reaches, noised to that level with the forward
-process (DDPM eq. 4), and the generated part is whatever the sampler produced:
+process (DDPM eq. 4), and the generated part is whatever the sampler produced::
 
     x_{level} <- mask * q_sample(image, level) + (1 - mask) * x_{level}
 
@@ -152,7 +152,7 @@ def inpaint(
     return_trajectory: bool = False,
     compile: bool | str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
-    """:meth:`Sampler.inpaint <ddpm_lib.samplers.base.Sampler.inpaint>`: replacement + RePaint."""
+    """:meth:`Sampler.inpaint <ddpm_lib.samplers.Sampler.inpaint>`: replacement + RePaint."""
     check_floating("image", image)
     mask = check_mask(mask, image)
     resample = _check_count("resample", resample)

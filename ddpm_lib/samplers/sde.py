@@ -1,6 +1,6 @@
 r"""The score-SDE view of a discrete DDPM (Song et al. 2021) and its samplers.
 
-**Continuous time.** A schedule of ``T`` steps becomes the variance-preserving SDE
+**Continuous time.** A schedule of ``T`` steps becomes the variance-preserving SDE::
 
     dx = -1/2 beta(s) x ds + sqrt(beta(s)) dW,        s in [0, 1],
 
@@ -14,9 +14,9 @@ ever called at integer timesteps: at a grid level ``t`` exactly, and at a contin
 
 **The reverse SDE** ``dx = [-1/2 beta x - beta grad log q_s(x)] ds + sqrt(beta) dW`` (run from
 ``s = 1`` to 0) uses the score ``grad log q = -eps / sigma`` (:meth:`NoiseSchedule.score
-<ddpm_lib.NoiseSchedule.score>`). In the time ``u = int beta ds`` its noise coefficient is 1,
+<ddpm_lib.schedule.NoiseSchedule.score>`). In the time ``u = int beta ds`` its noise coefficient is 1,
 so a step between levels ``abar_a -> abar_b`` (``abar_b > abar_a``) has length
-``B = log(abar_b / abar_a)`` and Euler-Maruyama reads
+``B = log(abar_b / abar_a)`` and Euler-Maruyama reads::
 
     x_b = x_a + B (x_a / 2 + score(x_a)) + sqrt(B) z.
 
@@ -164,8 +164,8 @@ class SDESampler(Sampler):
               ``<= 1`` (then ``x = x''``); the next step is ``min(s, safety h E^-exponent)``.
               The model calls are counted in the trajectory
               (:attr:`SampleTrajectory.num_model_calls
-              <ddpm_lib.samplers.base.SampleTrajectory.num_model_calls>`).
-        spacing: the grid of levels (:mod:`ddpm_lib.samplers.grids`); ``"linspace"`` (uniform
+              <ddpm_lib.samplers.SampleTrajectory.num_model_calls>`).
+        spacing: the grid of levels (``ddpm_lib.samplers.grids``); ``"linspace"`` (uniform
             in ``t``, from ``T - 1`` to 0, as Song et al.'s uniform grid in ``s``) by default.
         timesteps: an explicit strictly descending grid of levels instead of ``num_steps``.
         snr, corrector_steps: the Langevin corrector's signal-to-noise ratio (0.16, Song et
@@ -515,21 +515,21 @@ class SDESampler(Sampler):
              generator: torch.Generator | None = None, *,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """One Euler-Maruyama step (``method="euler_maruyama"`` only), see :meth:`Sampler.step
-        <ddpm_lib.samplers.base.Sampler.step>`."""
+        <ddpm_lib.samplers.Sampler.step>`."""
         self._one_call_per_level("step")
         return super().step(model_output, t, x_t, generator, noise=noise)
 
     def img2img(self, model: Callable[..., torch.Tensor], x0: torch.Tensor, *args: Any,
                 **kwargs: Any) -> Any:
         """SDEdit (``method="euler_maruyama"`` only), see :meth:`Sampler.img2img
-        <ddpm_lib.samplers.base.Sampler.img2img>`."""
+        <ddpm_lib.samplers.Sampler.img2img>`."""
         self._one_call_per_level("img2img")
         return super().img2img(model, x0, *args, **kwargs)
 
     def inpaint(self, model: Callable[..., torch.Tensor], image: torch.Tensor,
                 mask: torch.Tensor, **kwargs: Any) -> Any:
         """Inpainting (``method="euler_maruyama"`` only), see :meth:`Sampler.inpaint
-        <ddpm_lib.samplers.base.Sampler.inpaint>`."""
+        <ddpm_lib.samplers.Sampler.inpaint>`."""
         self._one_call_per_level("inpaint")
         return super().inpaint(model, image, mask, **kwargs)
 
