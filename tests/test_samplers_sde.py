@@ -257,3 +257,52 @@ def test_any_rank_and_guidance(small_schedule, generator):
                            model_kwargs={"y": torch.tensor([1, 2])}, guidance_scale=2.0)
         assert x.shape == (2, 1, 3, 3) and bool(torch.isfinite(x).all())
     assert set(calls) == {4}  # one batched call for both halves
+
+
+# ----------------------------------------------------------------------------- CUDA
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_equal_eager_without_recompiles(small_schedule):
+    """Every grid method (and Analytic-DPM, and a RePaint plan with jumps) compiled with CUDA
+    graphs gives the eager samples for the same seed, from one graph per sampler."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from ddpm_lib.samplers import AnalyticVariance, DDPMSampler
+
+    device = torch.device("cuda")
+    # the oracle reads its own copy of the schedule on the GPU (no host tables in the graph)
+    oracle = GaussianOracle(NoiseSchedule(small_schedule.betas).to(device), mean=MU,
+                            std=STD).to(device)
+    table = AnalyticVariance.gaussian(small_schedule, STD)
+    image = torch.rand(4, 3, 8, 8, device=device) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8, device=device)
+    mask[..., :4] = 1
+    runs = [
+        (SDESampler(small_schedule, 12, "euler_maruyama"), "sample"),
+        (SDESampler(small_schedule, 12, "predictor_corrector", corrector_steps=2), "sample"),
+        (SDESampler(small_schedule, 12, "heun"), "sample"),
+        (DDPMSampler(small_schedule, num_steps=12, variance=table), "sample"),
+        (DDPMSampler(small_schedule, num_steps=12), "inpaint"),
+    ]
+    for sampler, what in runs:
+        torch._dynamo.reset()
+        counters.clear()
+        outputs = {}
+        for compile in (True, False):
+            generator = torch.Generator(device).manual_seed(1)
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                if what == "sample":
+                    outputs[compile] = sampler.sample(oracle, (4, 3, 8, 8), generator=generator,
+                                                      compile=compile, device=device)
+                else:
+                    outputs[compile] = sampler.inpaint(oracle, image, mask, resample=3,
+                                                       jump_length=2, generator=generator,
+                                                       compile=compile)
+        torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=1e-4)
+        assert counters["stats"]["unique_graphs"] == 1, (sampler, dict(counters["stats"]))
+    adaptive = SDESampler(small_schedule, method="adaptive", atol=0.02, rtol=0.1)
+    x = adaptive.sample(oracle, (4, 3, 8, 8), generator=torch.Generator(device).manual_seed(1),
+                        device=device)
+    assert x.device.type == "cuda" and bool(torch.isfinite(x).all())
