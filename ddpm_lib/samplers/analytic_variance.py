@@ -321,11 +321,16 @@ def analytic_table(
     )
 
 
+def _permutation(size: int, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else "cpu"
+    return torch.randperm(size, generator=generator, device=device).cpu()
+
+
 def _draw(dataset: Any, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
     """``min(num_samples, len(dataset))`` items as one tensor (drawn without replacement)."""
     if isinstance(dataset, torch.Tensor):
         size = dataset.shape[0]
-        pick = torch.randperm(size, generator=generator)[:num_samples]
+        pick = _permutation(size, generator)[:num_samples].to(dataset.device)
         return dataset[pick].float() if not dataset.is_floating_point() else dataset[pick]
     try:
         size = len(dataset)
@@ -336,7 +341,7 @@ def _draw(dataset: Any, num_samples: int, generator: torch.Generator | None) -> 
     if size == 0:
         raise ValueError("dataset must not be empty")
     items = []
-    for index in torch.randperm(size, generator=generator)[:num_samples].tolist():
+    for index in _permutation(size, generator)[:num_samples].tolist():
         item = dataset[index]
         if isinstance(item, (tuple, list)):
             item = item[0]
@@ -380,6 +385,8 @@ def optimal_timesteps(
 
     from .base import check_num_steps
 
+    if not isinstance(variance, AnalyticVariance):
+        raise TypeError(f"variance must be an AnalyticVariance; got {type(variance).__name__}")
     variance.check_schedule(schedule)
     num_timesteps = schedule.num_timesteps
     num_steps = check_num_steps(num_steps, num_timesteps)
