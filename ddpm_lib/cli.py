@@ -269,12 +269,19 @@ def _sample(args: argparse.Namespace) -> None:
     schedule = loaded.schedule
     steps = args.steps
     common = {"prediction": loaded.prediction}
+    analytic = None
+    if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
+        from ddpm_lib.samplers import AnalyticVariance
+
+        if args.sampler not in ("ddpm", "ddim"):
+            raise CLIError("--analytic-variance works with --sampler ddpm or ddim")
+        analytic = AnalyticVariance.load(args.analytic_variance, schedule)
     if args.sampler == "ddpm":
-        sampler = DDPMSampler(schedule, variance=loaded.variance,
+        sampler = DDPMSampler(schedule, variance=analytic or loaded.variance,
                               num_steps=min(steps or 100, schedule.num_timesteps), **common)
     elif args.sampler == "ddim":
         sampler = DDIMSampler(schedule, num_steps=steps or 50, eta=args.eta,
-                              learn_sigma=loaded.learn_sigma, **common)
+                              learn_sigma=loaded.learn_sigma, variance=analytic, **common)
     else:
         sampler = DPMSolverSampler(schedule, num_steps=steps or 20,
                                    learn_sigma=loaded.learn_sigma, **common)
@@ -509,6 +516,9 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--upscale", type=int, default=1, help="enlarge grid images by this factor")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--analytic-variance", default=None, metavar="TABLE",
+                        help="Analytic-DPM's optimal variance from TABLE (written by "
+                             "AnalyticVariance.save) for --sampler ddpm / ddim")
     inpaint = parser.add_argument_group("inpainting (RePaint)")
     inpaint.add_argument("--inpaint", default=None, metavar="IMAGE",
                          help="fill in IMAGE where --mask is black (resized to the model's size)")

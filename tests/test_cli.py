@@ -184,3 +184,20 @@ def test_sample_inpaint(trained: Path, tmp_path, capsys) -> None:
     assert "--inpaint IMAGE and --mask MASK go together" in _error_line(capsys)
     assert main(["sample", str(trained), "--resample", "3", "--out", str(tmp_path / "x.png")]) == 2
     assert "add --inpaint" in _error_line(capsys)
+
+
+def test_sample_with_an_analytic_dpm_table(trained: Path, tmp_path, capsys) -> None:
+    from ddpm_lib import NoiseSchedule
+    from ddpm_lib.samplers import AnalyticVariance
+    from ddpm_lib.training.checkpoint import load_trained_model
+
+    schedule = load_trained_model(str(trained), use_ema=True, device="cpu").schedule
+    table = AnalyticVariance.gaussian(schedule, 0.5).save(tmp_path / "gamma.json")
+    out = tmp_path / "a.npz"
+    for sampler in ("ddpm", "ddim"):
+        assert main(["sample", str(trained), "--num", "2", "--sampler", sampler, "--steps", "3",
+                     "--analytic-variance", str(table), "--npz", str(out), "--no-progress"]) == 0
+        assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)
+    other = AnalyticVariance.gaussian(NoiseSchedule.linear(7), 0.5).save(tmp_path / "other.json")
+    assert main(["sample", str(trained), "--analytic-variance", str(other), "--npz", str(out)]) == 2
+    assert "another schedule" in _error_line(capsys)
