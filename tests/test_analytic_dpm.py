@@ -104,7 +104,8 @@ def test_ddim_noise_is_the_optimal_one(small_schedule, eta):
     timesteps = sampler.timesteps.tolist()
     x_t = torch.linspace(-2, 2, 3, dtype=torch.float64)[:, None]
     for t, s in zip(timesteps[:-1], timesteps[1:]):
-        abar_t, abar_s = float(small_schedule.alphas_cumprod[t]), float(small_schedule.alphas_cumprod[s])
+        abar_t = float(small_schedule.alphas_cumprod[t])
+        abar_s = float(small_schedule.alphas_cumprod[s])
         lambda2 = eta**2 * (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
         x0_var = STD**2 * (1 - abar_t) / (abar_t * STD**2 + 1 - abar_t)
         c = math.sqrt(abar_s) - math.sqrt(1 - abar_s - lambda2) * math.sqrt(abar_t / (1 - abar_t))

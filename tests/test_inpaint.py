@@ -72,7 +72,8 @@ class CorrelatedOracle:
         self.sigma = torch.outer(std, std) * torch.tensor([[1.0, rho], [rho, 1.0]]).double()
         abar = schedule.alphas_cumprod[:, None, None]
         # (T, 2, 2): sqrt(1 - abar) (abar Sigma + (1 - abar) I)^-1
-        self.gain = (1 - abar).sqrt() * torch.linalg.inv(abar * self.sigma + (1 - abar) * torch.eye(2))
+        covariance = abar * self.sigma + (1 - abar) * torch.eye(2)
+        self.gain = (1 - abar).sqrt() * torch.linalg.inv(covariance)
         self.abar = schedule.alphas_cumprod
 
     def __call__(self, x, t):

@@ -163,7 +163,9 @@ class AnalyticVariance:
         device = torch.device(device) if device is not None else _model_device(model)
         data = _draw(dataset, num_samples, generator).to(device)
         num_points = data.shape[0]
-        schedule_on = schedule if schedule.device == device else NoiseSchedule(schedule.betas).to(device)
+        schedule_on = schedule
+        if schedule.device != device:
+            schedule_on = NoiseSchedule(schedule.betas).to(device)
         totals = torch.zeros(num_timesteps, dtype=torch.float64)
         pairs = chosen.numel() * num_points
         chunks = range(0, pairs, batch_size)

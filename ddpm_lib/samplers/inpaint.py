@@ -31,7 +31,7 @@ from .base import SampleTrajectory, Sampler, randn
 
 
 def repaint_plan(num_positions: int, start: int, resample: int, jump_length: int) -> list[int]:
-    """The positions visited by a RePaint run over ``start .. num_positions - 1``.
+    """The positions a RePaint run visits, from ``start`` to ``num_positions - 1``.
 
     After the step that reaches level ``p`` (``p`` a multiple of ``jump_length`` from
     ``start``, before the end), the run goes back to position ``p - jump_length`` and repeats

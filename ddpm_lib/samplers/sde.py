@@ -14,8 +14,8 @@ ever called at integer timesteps: at a grid level ``t`` exactly, and at a contin
 
 **The reverse SDE** ``dx = [-1/2 beta x - beta grad log q_s(x)] ds + sqrt(beta) dW`` (run from
 ``s = 1`` to 0) uses the score ``grad log q = -eps / sigma`` (:meth:`NoiseSchedule.score
-<ddpm_lib.schedule.NoiseSchedule.score>`). In the time ``u = int beta ds`` its noise coefficient is 1,
-so a step between levels ``abar_a -> abar_b`` (``abar_b > abar_a``) has length
+<ddpm_lib.schedule.NoiseSchedule.score>`). In the time ``u = int beta ds`` its noise
+coefficient is 1, so a step between levels ``abar_a -> abar_b`` (``abar_b > abar_a``) has length
 ``B = log(abar_b / abar_a)`` and Euler-Maruyama reads::
 
     x_b = x_a + B (x_a / 2 + score(x_a)) + sqrt(B) z.
