@@ -179,18 +179,18 @@ def test_save_load_and_schedule_check(small_schedule, tmp_path, suffix):
 def path_cost(schedule, table, path):
     """The bound of a DDPM run on ``path`` (descending), written out term by term."""
     abar = schedule.alphas_cumprod.tolist()
+    x0_var, running = [], 0.0
+    for t, gamma in enumerate(table.gamma.tolist()):  # clipped, then non-decreasing in t
+        ratio = (1 - abar[t]) / abar[t]
+        running = max(running, min(max(ratio * (1 - gamma), 0.0), ratio, 1.0))
+        x0_var.append(running)
     total = 0.0
     for t, s in zip(path[:-1], path[1:]):
         beta_tilde = (1 - abar[s]) / (1 - abar[t]) * (1 - abar[t] / abar[s])
-        gamma = float(table.gamma[t])
-        x0_var = min(max((1 - abar[t]) / abar[t] * (1 - gamma), 0.0), 1.0)
         weight = math.sqrt(abar[s]) - math.sqrt(1 - abar[s] - beta_tilde) * math.sqrt(
             abar[t] / (1 - abar[t]))
-        total += 0.5 * math.log((beta_tilde + weight**2 * x0_var) / beta_tilde)
-    last = path[-1]
-    gamma = float(table.gamma[last])
-    x0_var = min(max((1 - abar[last]) / abar[last] * (1 - gamma), 0.0), 1.0)
-    return total + 0.5 * math.log(2 * math.pi * math.e * x0_var)
+        total += 0.5 * math.log((beta_tilde + weight**2 * x0_var[t]) / beta_tilde)
+    return total + 0.5 * math.log(2 * math.pi * math.e * x0_var[path[-1]])
 
 
 @pytest.mark.parametrize("gamma_kind", ["gaussian", "bumpy"])
@@ -202,13 +202,14 @@ def test_optimal_timesteps_brute_force(gamma_kind):
         gamma = AnalyticVariance.gaussian(schedule, 0.3).gamma
         gamma = gamma * (1 + 0.3 * torch.sin(torch.arange(12.0)).double())
         table = AnalyticVariance(schedule, gamma.clamp(max=0.999))
-    for num_steps in (1, 2, 3, 4):
-        best = min(
-            ([11, *rest] for rest in itertools.combinations(range(10, -1, -1), num_steps - 1)),
+    assert optimal_timesteps(schedule, table, 1) == [11]
+    for num_steps in (2, 3, 4, 5):
+        best = min(  # every path from 11 to 0 through num_steps - 2 of the 10 steps between
+            ([11, *rest, 0] for rest in itertools.combinations(range(10, 0, -1), num_steps - 2)),
             key=lambda path: path_cost(schedule, table, path),
         )
         found = optimal_timesteps(schedule, table, num_steps)
-        assert len(found) == num_steps and found[0] == 11
+        assert len(found) == num_steps and found[0] == 11 and found[-1] == 0
         assert all(a > b for a, b in zip(found[:-1], found[1:]))
         assert path_cost(schedule, table, found) == pytest.approx(path_cost(schedule, table, best))
         assert found == best
@@ -217,7 +218,7 @@ def test_optimal_timesteps_brute_force(gamma_kind):
 def test_optimal_timesteps_full_schedule(schedule, generator):
     table = AnalyticVariance.gaussian(schedule, STD)
     timesteps = optimal_timesteps(schedule, table, 10)
-    assert len(timesteps) == 10 and timesteps[0] == 999
+    assert len(timesteps) == 10 and timesteps[0] == 999 and timesteps[-1] == 0
     assert all(a > b >= 0 for a, b in zip(timesteps[:-1], timesteps[1:]))
     oracle = GaussianOracle(schedule, mean=MU, std=STD)
     for sampler in (SDESampler(schedule, timesteps=timesteps),

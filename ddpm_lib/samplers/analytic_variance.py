@@ -260,7 +260,9 @@ class AnalyticVariance:
         """``Var_x0(t) = (1 - abar_t) / abar_t (1 - Gamma_t)``, clipped to its bounds, float64.
 
         ``data_range``: the half-width of the data's range (1 for ``[-1, 1]``) bounds it by
-        ``data_range^2`` (Bao et al., Theorem 2); ``None`` for no such bound.
+        ``data_range^2`` (Bao et al., Theorem 2); ``None`` for no such bound. The result is
+        made non-decreasing in ``t`` (a running maximum over the estimated timesteps), as the
+        true posterior variance is: this removes the dips of Monte-Carlo noise.
         """
         timesteps = torch.as_tensor(timesteps, dtype=torch.long)
         gamma = self.gamma[timesteps]
@@ -270,13 +272,17 @@ class AnalyticVariance:
                 f"variance has no Gamma_t estimate at timesteps {missing}; estimate them "
                 f"(AnalyticVariance.estimate(..., timesteps=...))"
             )
-        abar = self._alphas_cumprod[timesteps]
+        # the clipped estimate at every timestep, then its running maximum over t: the mean
+        # posterior variance of x0 cannot decrease as the noise grows (x_t is a noisier copy of
+        # x_s for s < t), so a dip is Monte-Carlo noise -- where 1 - Gamma_t is small an
+        # estimate of Gamma_t above 1 would otherwise make a step look free of error
+        abar = self._alphas_cumprod
         ratio = (1 - abar) / abar
-        variance = (ratio * (1 - gamma)).clamp(min=0.0)
+        variance = (ratio * (1 - self.gamma.nan_to_num(1.0))).clamp(min=0.0)
         variance = torch.minimum(variance, ratio)
         if data_range is not None:
             variance = variance.clamp(max=float(data_range) ** 2)
-        return variance
+        return variance.cummax(0).values[timesteps]
 
     def step_variances(
         self,
@@ -364,15 +370,17 @@ def optimal_timesteps(
 ) -> list[int]:
     r"""The ``num_steps`` timesteps of least total KL cost (Watson et al. 2021; Bao et al. Sec. 4).
 
-    A DDPM run over descending timesteps ``T - 1 = t_1 > ... > t_K`` with the optimal
+    A DDPM run over descending timesteps ``T - 1 = t_1 > ... > t_K = 0`` with the optimal
     variance has the variational bound ``sum_k J(t_{k+1} | t_k) + L_last(t_K)`` (plus the
-    prior term, fixed by ``t_1 = T - 1``), where per dimension (Bao et al., Theorem 1)::
+    prior term), where per dimension (Bao et al., Theorem 1)::
 
         J(s | t) = 1/2 log(sigma*^2(s | t) / beta-tilde(s | t)),
         L_last(t) = 1/2 log(2 pi e Var_x0(t))      (the Gaussian decoder to the clean data).
 
-    The least-cost path through the ``T x T`` cost matrix with ``K`` nodes is found by dynamic
-    programming in ``O(K T^2)`` (vectorised: ``T = 1000``, ``K = 100`` takes about a second).
+    The ends are fixed (``T - 1`` and 0, as Watson et al.'s paths from ``T`` to 0), so the
+    prior and decoder terms are the same for every path; the least-cost path through the
+    ``T x T`` cost matrix with ``K`` nodes is found by dynamic programming in ``O(K T^2)``
+    (vectorised: ``T = 1000``, ``K = 100`` takes about a second). ``K = 1`` is ``[T - 1]``.
 
     Args:
         schedule: the forward process.
@@ -381,7 +389,7 @@ def optimal_timesteps(
         data_range: as in :meth:`AnalyticVariance.x0_variance`.
 
     Returns:
-        the timesteps, descending, starting at ``T - 1``: a list to pass as ``timesteps=``.
+        the timesteps, descending, from ``T - 1`` to 0: a list to pass as ``timesteps=``.
     """
     import numpy as np
 
@@ -403,7 +411,9 @@ def optimal_timesteps(
         parent = total.argmin(axis=1)
         best = total[np.arange(num_timesteps), parent]
         parents.append(parent)
-    node = int(np.argmin(best + last))
+    # the path ends at t = 0 (Watson et al.: from T to 0), so the decoder term is the same for
+    # every path; a single step goes from T - 1 straight to the data
+    node = 0 if num_steps > 1 else num_timesteps - 1
     path = [node]
     for parent in reversed(parents):
         node = int(parent[node])
