@@ -40,6 +40,10 @@ _EXPORTS = {
     "DEISSampler": "ddpm_lib.samplers",
     "Sampler": "ddpm_lib.samplers",
     "SampleTrajectory": "ddpm_lib.samplers",
+    "SDESampler": "ddpm_lib.samplers",
+    "VPSDE": "ddpm_lib.samplers",
+    "AnalyticVariance": "ddpm_lib.samplers",
+    "optimal_timesteps": "ddpm_lib.samplers",
 
     "Trainer": "ddpm_lib.training",
 

@@ -272,12 +272,19 @@ def _sample(args: argparse.Namespace) -> None:
     schedule = loaded.schedule
     steps = args.steps
     common = {"prediction": loaded.prediction}
+    analytic = None
+    if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
+        from ddpm_lib.samplers import AnalyticVariance
+
+        if args.sampler not in ("ddpm", "ddim"):
+            raise CLIError("--analytic-variance works with --sampler ddpm or ddim")
+        analytic = AnalyticVariance.load(args.analytic_variance, schedule)
     if args.sampler == "ddpm":
-        sampler = DDPMSampler(schedule, variance=loaded.variance,
+        sampler = DDPMSampler(schedule, variance=analytic or loaded.variance,
                               num_steps=min(steps or 100, schedule.num_timesteps), **common)
     elif args.sampler == "ddim":
         sampler = DDIMSampler(schedule, num_steps=steps or 50, eta=args.eta,
-                              learn_sigma=loaded.learn_sigma, **common)
+                              learn_sigma=loaded.learn_sigma, variance=analytic, **common)
     else:
         sampler = DPMSolverSampler(schedule, num_steps=steps or 20,
                                    learn_sigma=loaded.learn_sigma, **common)
@@ -298,14 +305,22 @@ def _sample(args: argparse.Namespace) -> None:
     images = []
     image_shape = (loaded.model.config["in_channels"], loaded.model.config["image_size"],
                    loaded.model.config["image_size"])
+    inpaint = _inpaint_inputs(args, image_shape, device)
     for start in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - start)
         kwargs = {}
         if num_classes is not None:
             kwargs["y"] = labels[start:start + count].to(device)
-        batch = sampler.sample(loaded.model, (count, *image_shape), generator=generator,
-                               model_kwargs=kwargs, guidance_scale=args.guidance_scale,
-                               progress=not args.no_progress)
+        if inpaint is not None:  # RePaint: the known part of --inpaint where --mask is white
+            batch = sampler.inpaint(loaded.model, inpaint[0].expand(count, *image_shape),
+                                    inpaint[1], resample=args.resample,
+                                    jump_length=args.jump_length, generator=generator,
+                                    model_kwargs=kwargs, guidance_scale=args.guidance_scale,
+                                    progress=not args.no_progress)
+        else:
+            batch = sampler.sample(loaded.model, (count, *image_shape), generator=generator,
+                                   model_kwargs=kwargs, guidance_scale=args.guidance_scale,
+                                   progress=not args.no_progress)
         images.append(batch.float().cpu())
     samples = torch.cat(images)
     written = []
@@ -324,6 +339,39 @@ def _sample(args: argparse.Namespace) -> None:
         written.append(args.npz)
     print(f"ddpm-lib sample: {args.num} samples from {loaded.source} -> {', '.join(written)}",
           file=sys.stderr)
+
+
+def _inpaint_inputs(args: argparse.Namespace, image_shape: tuple[int, ...], device: Any) -> Any:
+    """``(image (1, C, H, W), mask (1, 1, H, W))`` from ``--inpaint`` / ``--mask``, or ``None``.
+
+    Both are resized to the model's size; the mask is read as grayscale, white (>= 128) = keep.
+    """
+    if args.inpaint is None and args.mask is None:
+        if args.resample != 1 or args.jump_length != 1:
+            raise CLIError("--resample and --jump-length are inpainting options; add --inpaint")
+        return None
+    if args.inpaint is None or args.mask is None:
+        raise CLIError("--inpaint IMAGE and --mask MASK go together; got only one of them")
+    from PIL import Image
+
+    from ddpm_lib.data import image_to_tensor
+
+    channels, height, width = image_shape
+    tensors = []
+    for option, path, kind in (("--inpaint", args.inpaint, Image.Resampling.BICUBIC),
+                               ("--mask", args.mask, Image.Resampling.NEAREST)):
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("RGB" if option == "--inpaint" else "L")
+        except (OSError, ValueError) as error:
+            raise CLIError(f"{option}: cannot read an image from {path!r} ({error})") from None
+        if picture.size != (width, height):
+            picture = picture.resize((width, height), kind)
+        tensors.append(image_to_tensor(picture, channels if option == "--inpaint" else 1))
+    image, mask = tensors[0][None].to(device), (tensors[1][None] > 0).float().to(device)
+    if not 0.0 < float(mask.mean()) < 1.0:
+        print("ddpm-lib sample: warning: --mask keeps every pixel or none", file=sys.stderr)
+    return image, mask
 
 
 def _add_train_parser(subparsers: Any) -> None:
@@ -471,6 +519,18 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--upscale", type=int, default=1, help="enlarge grid images by this factor")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--analytic-variance", default=None, metavar="TABLE",
+                        help="Analytic-DPM's optimal variance from TABLE (written by "
+                             "AnalyticVariance.save) for --sampler ddpm / ddim")
+    inpaint = parser.add_argument_group("inpainting (RePaint)")
+    inpaint.add_argument("--inpaint", default=None, metavar="IMAGE",
+                         help="fill in IMAGE where --mask is black (resized to the model's size)")
+    inpaint.add_argument("--mask", default=None, metavar="MASK",
+                         help="grayscale image: white = keep the pixel of IMAGE, black = generate")
+    inpaint.add_argument("--resample", type=int, default=1, metavar="R",
+                         help="RePaint resamplings per jump (default: 1, plain replacement)")
+    inpaint.add_argument("--jump-length", type=int, default=1, metavar="J",
+                         help="steps gone back up at each RePaint jump (default: 1)")
     parser.set_defaults(func=_run_sample)
 
 

@@ -412,6 +412,27 @@ class NoiseSchedule:
         alpha, sigma = self._scales(t, x_t)
         return x0_eps_from_prediction(prediction, model_output, x_t, alpha, sigma)
 
+    def score(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        prediction: str = "eps",
+    ) -> torch.Tensor:
+        """The model's score ``grad_x log q_t(x_t) = -eps / sqrt(1 - abar_t)`` (Song et al. 2021).
+
+        Denoising score matching (Vincent 2011): the optimal noise predictor is
+        ``E[eps | x_t] = -sqrt(1 - abar_t) grad log q_t(x_t)``, so a model trained with the
+        simple loss is a score model up to this scale. ``model_output`` is an ``eps``, ``x0``
+        or ``v`` prediction (``prediction``), shaped like ``x_t``; the result is shaped like
+        ``x_t``. Undefined where ``abar_t = 1``.
+        """
+        check_choice("prediction", prediction, PREDICTION_TYPES)
+        t = self._check_pair(x_t, t, "model_output", model_output)
+        alpha, sigma = self._scales(t, x_t)
+        eps = x0_eps_from_prediction(prediction, model_output, x_t, alpha, sigma)[1]
+        return -eps / sigma
+
     def p_mean_variance(
         self,
         model_output: torch.Tensor,

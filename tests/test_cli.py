@@ -157,3 +157,47 @@ def test_console_entry_point_prints_one_line(tmp_path) -> None:
         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout
     assert "--class-conditional" in help_text and "resumes exactly" in help_text
+
+
+def test_sample_inpaint(trained: Path, tmp_path, capsys) -> None:
+    """--inpaint IMAGE --mask MASK: the white part of the mask keeps the image's pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "picture.png"
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(picture)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, :8] = 255  # keep the left half
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    out = tmp_path / "inpainted.npz"
+    assert main(["sample", str(trained), "--num", "2", "--sampler", "ddim", "--steps", "4",
+                 "--inpaint", str(picture), "--mask", str(mask_path), "--resample", "2",
+                 "--jump-length", "2", "--guidance-scale", "2", "--npz", str(out),
+                 "--no-progress"]) == 0
+    images = np.load(out)["arr_0"]  # (2, 8, 8, 3): the model's size
+    with Image.open(picture) as opened:
+        expected = np.asarray(opened.convert("RGB").resize((8, 8), Image.Resampling.BICUBIC))
+    assert np.abs(images[:, :, :4].astype(int) - expected[None, :, :4]).max() <= 1
+    assert main(["sample", str(trained), "--inpaint", str(picture), "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "--inpaint IMAGE and --mask MASK go together" in _error_line(capsys)
+    assert main(["sample", str(trained), "--resample", "3", "--out", str(tmp_path / "x.png")]) == 2
+    assert "add --inpaint" in _error_line(capsys)
+
+
+def test_sample_with_an_analytic_dpm_table(trained: Path, tmp_path, capsys) -> None:
+    from ddpm_lib import NoiseSchedule
+    from ddpm_lib.samplers import AnalyticVariance
+    from ddpm_lib.training.checkpoint import load_trained_model
+
+    schedule = load_trained_model(str(trained), use_ema=True, device="cpu").schedule
+    table = AnalyticVariance.gaussian(schedule, 0.5).save(tmp_path / "gamma.json")
+    out = tmp_path / "a.npz"
+    for sampler in ("ddpm", "ddim"):
+        assert main(["sample", str(trained), "--num", "2", "--sampler", sampler, "--steps", "3",
+                     "--analytic-variance", str(table), "--npz", str(out), "--no-progress"]) == 0
+        assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)
+    other = AnalyticVariance.gaussian(NoiseSchedule.linear(7), 0.5).save(tmp_path / "other.json")
+    assert main(["sample", str(trained), "--analytic-variance", str(other), "--npz", str(out)]) == 2
+    assert "another schedule" in _error_line(capsys)

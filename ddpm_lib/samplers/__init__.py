@@ -1,31 +1,40 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM and DEIS; step grids in :mod:`~ddpm_lib.samplers.grids`.
+PLMS / iPNDM, DEIS and the score-SDE samplers; step grids in :mod:`~ddpm_lib.samplers.grids`;
+Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
 guidance, progress, trajectory and compilation live once in :class:`Sampler`.
 """
 
+from .analytic_variance import AnalyticVariance, optimal_timesteps
 from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced_timesteps
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
 from .deis import DEISSampler
 from .dpm_solver import DPMSolverSampler
+from .inpaint import repaint_plan
 from .pndm import PNDMSampler
+from .sde import SDESampler, VPSDE
 from .unipc import UniPCSampler
 from .grids import grid_timesteps
 
 __all__ = [
+    "AnalyticVariance",
     "SPACINGS",
     "DDIMSampler",
     "DEISSampler",
     "DDPMSampler",
     "DPMSolverSampler",
     "PNDMSampler",
+    "SDESampler",
     "SampleTrajectory",
     "UniPCSampler",
     "Sampler",
     "dynamic_threshold",
+    "optimal_timesteps",
+    "repaint_plan",
     "grid_timesteps",
     "respace",
     "spaced_timesteps",
+    "VPSDE",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -55,7 +55,8 @@ class SampleTrajectory(NamedTuple):
     """What ``sample(..., return_trajectory=True)`` returns next to the final sample.
 
     Attributes:
-        timesteps: ``(S,)`` long tensor, the model timesteps of the ``S`` steps taken.
+        timesteps: ``(S,)`` long tensor, the model timesteps of the ``S`` steps taken, one per
+            model call (:attr:`num_model_calls`), in the order of the calls.
         samples: ``S + 1`` tensors shaped like the sample: the starting ``x_t`` and the sample
             after each step (the last entry is the returned sample).
         predicted_x0: ``S`` tensors, the model's (clipped or thresholded) ``x0`` at each step.
@@ -64,6 +65,11 @@ class SampleTrajectory(NamedTuple):
     timesteps: torch.Tensor
     samples: list[torch.Tensor]
     predicted_x0: list[torch.Tensor]
+
+    @property
+    def num_model_calls(self) -> int:
+        """How many times the model was called (one batched call per step, also with guidance)."""
+        return int(self.timesteps.shape[0])
 
 
 class _DeviceTables(NamedTuple):
@@ -384,7 +390,8 @@ class Sampler:
         x = self._starting_noise(model, shape, x_T, generator, device, dtype)
         return self._run(
             model, x, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
+            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
         )
 
     @torch.no_grad()
@@ -437,7 +444,62 @@ class Sampler:
         x_t = self.schedule.q_sample(x0, self._timestep_list[start], noise=noise)
         return self._run(
             model, x_t, start, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
+            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
+        )
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        model: Callable[..., torch.Tensor],
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        resample: int = 1,
+        jump_length: int = 1,
+        generator: torch.Generator | None = None,
+        x_T: torch.Tensor | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        unconditional_kwargs: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        compile: bool | str = "auto",
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
+        """Fill in the unknown part of ``image`` (RePaint, Lugmayr et al. 2022).
+
+        After every step the known part (``mask == 1``) is replaced by ``image`` noised to the
+        level the step reached; with ``resample > 1`` the run goes back up ``jump_length``
+        levels (re-noising with the forward process) ``resample - 1`` times at every
+        ``jump_length``-th level, so that the generated part harmonises with the known one.
+        See ``ddpm_lib.samplers.inpaint``. The other arguments are those of :meth:`sample`
+        (guidance works as there).
+
+        Args:
+            model: as in :meth:`sample`.
+            image: ``(B, ...)`` the images in the data range; only the known part is read.
+            mask: 1 where ``image`` is kept, 0 where it is generated (values in ``[0, 1]``);
+                any shape that broadcasts to ``image`` (e.g. ``(1, 1, H, W)``).
+            resample: RePaint's ``r``, passes over each stretch of ``jump_length`` levels (1:
+                plain replacement).
+            jump_length: RePaint's ``j``, levels gone back up at each jump.
+            x_T: the starting noise (drawn from ``generator`` when ``None``).
+            guidance_rescale, guidance_interval: as in :meth:`sample`.
+
+        Returns:
+            the inpainted samples (and the trajectory when asked), with the known part equal to
+            ``image`` exactly where ``mask == 1``.
+        """
+        from .inpaint import inpaint
+
+        return inpaint(
+            self, model, image, mask, resample=resample, jump_length=jump_length,
+            generator=_check_generator(generator), x_T=x_T, model_kwargs=model_kwargs,
+            guidance_scale=guidance_scale, unconditional_kwargs=unconditional_kwargs,
+            progress=progress, return_trajectory=return_trajectory, compile=compile,
+            guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
         )
 
     def step(
@@ -506,7 +568,12 @@ class Sampler:
         compile: bool | str,
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] | None = None,
+        plan: Iterable[int] | None = None,
+        hook: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
+        """The loop. ``plan`` replaces the in-order positions (a run with jumps back, which
+        ``hook.jump(x, level, position)`` re-noises); ``hook.start`` / ``hook.after_step(x, level)``
+        see the sample before the first step and after each (inpainting's replacement)."""
         if not callable(model):
             raise TypeError(f"model must be callable; got {type(model).__name__}")
         use_compile = _resolve_compile(compile, x.device)
@@ -526,22 +593,31 @@ class Sampler:
         first = torch.zeros((), dtype=x.dtype, device=device)
         later = torch.ones((), dtype=x.dtype, device=device)
         samples, predicted_x0 = ([x], []) if return_trajectory else (None, None)
+        called: list[torch.Tensor] = []  # the model timestep of each call, for the trajectory
 
-        positions = range(start, self.num_steps)
+        # the positions visited: in order, or a plan with jumps back (RePaint resampling)
+        positions = self._positions(start) if plan is None else plan
         if progress:
             from tqdm.auto import tqdm
 
             positions = tqdm(positions, desc=type(self).__name__, leave=False)
+        if hook is not None:
+            x = hook.start(x, start)
+        previous = None
         for i in positions:
-            t = torch.full((batch,), self._timestep_list[i], dtype=torch.long, device=device)
+            follows = previous is not None and i == previous + 1
+            if hook is not None and previous is not None and not follows:
+                x = hook.jump(x, previous + 1, i)  # back up: re-noise to position i's level
+                state = self._initial_state(x)
+            t = self._model_timestep(i, state, batch, device)
             # compiled: the position as a tensor, so that one graph serves every step; eager:
             # a python int, so that the step reads python floats (fewer kernels)
             index = torch.full((batch,), i, dtype=torch.long, device=device) if use_compile else i
             noise = randn(x.shape, generator, device, x.dtype) if self._uses_noise else None
             if use_compile:
-                continuing = first if i == start else later
+                continuing = later if follows else first
             else:
-                continuing = 0.0 if i == start else 1.0
+                continuing = 1.0 if follows else 0.0
             arguments = (model, x, t, index, noise, state, continuing, nonfinite, tables, kwargs,
                          guidance_scale, guidance)
             if use_compile and i == start:
@@ -551,15 +627,37 @@ class Sampler:
             if cuda_graphs:  # the graph's outputs are overwritten by its next replay
                 x, x0, nonfinite = x.clone(), x0.clone(), nonfinite.clone()
                 state = tuple(s.clone() for s in state)
+            if hook is not None:
+                x = hook.after_step(x, i + 1)
             if return_trajectory:
                 samples.append(x)
                 predicted_x0.append(x0)
+                called.append(t[0])
             if (i + 1 - start) % NONFINITE_CHECK_EVERY == 0:
                 self._raise_if_nonfinite(nonfinite)
+            previous = i
+            if self._finished(state):
+                break
         self._raise_if_nonfinite(nonfinite)
         if return_trajectory:
-            return x, SampleTrajectory(self._timesteps[start:].clone(), samples, predicted_x0)
+            timesteps = torch.stack(called).cpu() if called else self._timesteps[:0].clone()
+            return x, SampleTrajectory(timesteps, samples, predicted_x0)
         return x
+
+    # the loop's three extension points, for samplers whose run is not "each position once"
+    def _positions(self, start: int) -> Iterable[int]:
+        """The positions a run visits from ``start``: each once, in order (adaptive: until done)."""
+        return range(start, len(self._timestep_list))
+
+    def _model_timestep(
+        self, index: int, state: tuple[Any, ...], batch: int, device: torch.device
+    ) -> torch.Tensor:
+        """The ``(B,)`` model timestep of position ``index`` (adaptive solvers: from ``state``)."""
+        return torch.full((batch,), self._timestep_list[index], dtype=torch.long, device=device)
+
+    def _finished(self, state: tuple[Any, ...]) -> bool:
+        """Whether the run ends before its positions do (an adaptive solver that reached 0)."""
+        return False
 
     def _model_step(
         self,

@@ -20,6 +20,7 @@ import torch
 
 from .._checks import check_choice, check_floating
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
+from .analytic_variance import AnalyticVariance, analytic_table
 from .base import SPACINGS, SampleTrajectory, Sampler, _DeviceTables
 
 
@@ -75,6 +76,10 @@ class DDIMSampler(Sampler):
             or a grid of :mod:`ddpm_lib.samplers.grids` (``"logsnr"``, ``"karras"``,
             ``"quadratic"``).
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        variance: an :class:`~ddpm_lib.samplers.analytic_variance.AnalyticVariance` table of
+            the model: each step's noise is Analytic-DPM's optimal one for this ``eta`` (with
+            ``eta = 0``, Analytic-DDIM: the direction of eq. 12 with ``sigma = 0`` plus the
+            optimal noise); ``None`` for eq. 16's.
 
     Each step goes to the next timestep of :attr:`timesteps` and the last one to ``abar = 1``,
     so with ``eta = 0`` the trajectory is diffusers' ``DDIMScheduler`` with
@@ -93,14 +98,16 @@ class DDIMSampler(Sampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        variance: AnalyticVariance | None = None,
     ) -> None:
+        self.analytic = analytic_table(variance, schedule, allow_strings=False)
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
             raise TypeError(f"eta must be a float in [0, 1]; got {type(eta).__name__}")
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1]; got {eta!r}")
         self.eta = float(eta)
         self.spacing = check_choice("spacing", spacing, SPACINGS)
-        self._uses_noise = self.eta > 0
+        self._uses_noise = self.eta > 0 or self.analytic is not None
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
@@ -112,7 +119,13 @@ class DDIMSampler(Sampler):
     def _coefficient_table(self) -> torch.Tensor:
         abar = self.schedule.alphas_cumprod.cpu()[self._timesteps]
         abar_next = torch.cat([abar[1:], abar.new_ones(1)])  # the last step lands on abar = 1
-        return ddim_coefficients(abar, abar_next, self.eta)
+        table = ddim_coefficients(abar, abar_next, self.eta)
+        if self.analytic is not None:  # the noise std becomes Analytic-DPM's optimal one
+            variances = self.analytic.step_variances(
+                self._timesteps, self.eta, 1.0 if self.clip_denoised else None, self.clip_denoised
+            )
+            table[:, 4] = variances.sqrt()
+        return table
 
     def _update(
         self,

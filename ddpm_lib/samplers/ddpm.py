@@ -20,6 +20,7 @@ import torch
 
 from .._checks import check_choice
 from ..schedule import VARIANCE_TYPES, NoiseSchedule
+from .analytic_variance import AnalyticVariance, analytic_table
 from .base import SPACINGS, Sampler, _DeviceTables, check_num_steps
 
 
@@ -41,7 +42,9 @@ class DDPMSampler(Sampler):
         schedule: the forward process the model was trained with.
         variance: ``"fixed_small"`` (beta-tilde_t), ``"fixed_large"`` (beta_t), ``"learned"``
             (the model's second half is log sigma^2) or ``"learned_range"`` (Improved DDPM
-            eq. 15); the learned ones need a model output with ``2C`` channels.
+            eq. 15); the learned ones need a model output with ``2C`` channels. Or an
+            :class:`~ddpm_lib.samplers.analytic_variance.AnalyticVariance` table of the model:
+            Analytic-DPM's optimal variance of each (respaced) step.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` before forming the mean.
         num_steps: ``None`` for all ``T`` steps; fewer gives respaced DDPM.
@@ -57,7 +60,7 @@ class DDPMSampler(Sampler):
     def __init__(
         self,
         schedule: NoiseSchedule,
-        variance: str = "fixed_small",
+        variance: str | AnalyticVariance = "fixed_small",
         prediction: str = "eps",
         clip_denoised: bool = True,
         num_steps: int | None = None,
@@ -67,6 +70,9 @@ class DDPMSampler(Sampler):
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
+        self.analytic = analytic_table(variance, schedule)
+        if self.analytic is not None:
+            variance = "fixed_small"  # the mean; the variance comes from the table
         self.variance = check_choice("variance", variance, VARIANCE_TYPES)
         self.spacing = check_choice("spacing", spacing, SPACINGS)
         if num_steps is None and timesteps is None:
@@ -92,6 +98,11 @@ class DDPMSampler(Sampler):
 
     def _coefficient_table(self) -> torch.Tensor:
         # the update reads the respaced schedule's own tables through p_mean_variance
+        if self.analytic is not None:  # one column: Analytic-DPM's noise std of each step
+            variances = self.analytic.step_variances(
+                self._timesteps, 1.0, 1.0 if self.clip_denoised else None, self.clip_denoised
+            )
+            return variances.sqrt()[:, None]
         return torch.zeros(self.num_steps, 0, dtype=torch.float64)
 
     def _update_schedule(self) -> NoiseSchedule:
@@ -122,6 +133,8 @@ class DDPMSampler(Sampler):
             mean = schedule.q_posterior(x0, x_t, t)[0]
         if noise is None:
             return mean, x0, state
+        if self.analytic is not None:  # the table's std is 0 on the last step
+            return mean + coefficients[0] * noise, x0, state
         if isinstance(t, int):
             nonzero = float(t > 0)
         else:  # no noise on the last step; a mask, not `if t > 0`, keeps the loop sync-free
