@@ -21,7 +21,9 @@ from ddpm_lib.samplers import (
     DDPMSampler,
     DEISSampler,
     DPMSolverSampler,
+    AnalyticVariance,
     PNDMSampler,
+    SDESampler,
     UniPCSampler,
 )
 
@@ -44,6 +46,11 @@ SAMPLERS = {
     "unipc-bh2": lambda s: UniPCSampler(s, 12, final_step="solver"),
     "pndm": lambda s: PNDMSampler(s, 12, spacing="quadratic"),
     "deis": lambda s: DEISSampler(s, 12, prediction="v"),
+    "ddpm-analytic": lambda s: DDPMSampler(s, num_steps=12,
+                                           variance=AnalyticVariance.gaussian(s, 0.5)),
+    "sde-euler-maruyama": lambda s: SDESampler(s, 12, method="euler_maruyama"),
+    "sde-predictor-corrector": lambda s: SDESampler(s, 12, method="predictor_corrector"),
+    "sde-heun": lambda s: SDESampler(s, 12, method="heun"),
 }
 
 
