@@ -140,7 +140,7 @@ class AutoencoderLoss:
 
     @property
     def adversarial(self) -> bool:
-        """Whether the adversarial term is active at the current :attr:`step`."""
+        """Whether the adversarial term is active at the current ``step``."""
         return self.discriminator is not None and self.step >= self.adversarial_start
 
     # ------------------------------------------------------------------ the loss
