@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from typing_extensions import Self
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # torch depends on typing_extensions
+    from typing_extensions import Self
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel"]
 
