@@ -121,6 +121,7 @@ class DDPMSampler(Sampler):
             mean = schedule.q_posterior(x0, x_t, t)[0]
         if noise is None:
             return mean, x0, state
+        nonzero: float | torch.Tensor
         if isinstance(t, int):
             nonzero = float(t > 0)
         else:  # no noise on the last step; a mask, not `if t > 0`, keeps the loop sync-free
