@@ -17,6 +17,8 @@ sampler's own error separates its samples from exact draws of the data.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -36,6 +38,9 @@ class GaussianOracle(nn.Module):
     Called as ``oracle(x_t, t)`` like any model; the output is shaped like ``x_t``.
     """
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(
         self,
         schedule: NoiseSchedule,
@@ -51,7 +56,7 @@ class GaussianOracle(nn.Module):
         if bool((self.std < 0).any()):
             raise ValueError(f"std must be >= 0; got {std!r}")
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         t = check_timesteps(t, self.schedule.num_timesteps, x_t.shape[0], x_t.device)
         x = x_t.double()
         abar = gather(self.schedule.alphas_cumprod, t, x)

@@ -211,6 +211,7 @@ def _train(args: argparse.Namespace) -> None:
         learn_sigma=learn_sigma,
         norm_groups=math.gcd(32, base_channels),
     )
+    loss_fn: HybridLoss | SimpleLoss
     if learn_sigma:
         loss_fn = HybridLoss(schedule, prediction=options["prediction"])
     else:
@@ -235,7 +236,8 @@ def _train(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / _TRAIN_ARGS_FILE).write_text(json.dumps(options, indent=2) + "\n")
         start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
-        print(f"ddpm-lib train: {start}; {len(dataset)} images {channels}x{height}x{width}, "
+        num_images = len(dataset)  # type: ignore[arg-type]  # every built dataset is sized
+        print(f"ddpm-lib train: {start}; {num_images} images {channels}x{height}x{width}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"device {trainer.device}, {trainer.dist.world_size} process(es) -> {out}",
               file=sys.stderr)
@@ -271,7 +273,8 @@ def _sample(args: argparse.Namespace) -> None:
         raise CLIError(str(error)) from None
     schedule = loaded.schedule
     steps = args.steps
-    common = {"prediction": loaded.prediction}
+    common: dict[str, Any] = {"prediction": loaded.prediction}
+    sampler: DDPMSampler | DDIMSampler | DPMSolverSampler
     analytic = None
     if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
         from ddpm_lib.samplers import AnalyticVariance
@@ -293,7 +296,7 @@ def _sample(args: argparse.Namespace) -> None:
     num_classes = loaded.num_classes
     if args.label is not None and num_classes is None:
         raise CLIError("--class needs a class-conditional model; this one is unconditional")
-    if args.label is not None and not 0 <= args.label < num_classes:
+    if args.label is not None and num_classes is not None and not 0 <= args.label < num_classes:
         raise CLIError(f"--class must be in [0, {num_classes - 1}]; got {args.label}")
     if args.guidance_scale is not None and num_classes is None:
         raise CLIError("--guidance-scale needs a class-conditional model; this one is unconditional")
@@ -303,8 +306,9 @@ def _sample(args: argparse.Namespace) -> None:
         labels = (torch.full((args.num,), args.label) if args.label is not None
                   else torch.arange(args.num) % num_classes)
     images = []
-    image_shape = (loaded.model.config["in_channels"], loaded.model.config["image_size"],
-                   loaded.model.config["image_size"])
+    config: dict[str, Any] = getattr(loaded.model, "config", {})
+    image_shape = (int(config["in_channels"]), int(config["image_size"]),
+                   int(config["image_size"]))
     inpaint = _inpaint_inputs(args, image_shape, device)
     for start in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - start)
@@ -321,6 +325,7 @@ def _sample(args: argparse.Namespace) -> None:
             batch = sampler.sample(loaded.model, (count, *image_shape), generator=generator,
                                    model_kwargs=kwargs, guidance_scale=args.guidance_scale,
                                    progress=not args.no_progress)
+        assert isinstance(batch, torch.Tensor)  # no trajectory was asked for
         images.append(batch.float().cpu())
     samples = torch.cat(images)
     written = []
@@ -331,11 +336,12 @@ def _sample(args: argparse.Namespace) -> None:
     if args.npz is not None:
         import numpy as np
 
-        arrays = {"arr_0": tensor_to_uint8(samples).permute(0, 2, 3, 1).numpy()}  # (N, H, W, C)
-        if num_classes is not None:
-            arrays["arr_1"] = labels.numpy()
+        uint8 = tensor_to_uint8(samples).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
         Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.npz, **arrays)
+        if num_classes is not None:
+            np.savez(args.npz, arr_0=uint8, arr_1=labels.numpy())
+        else:
+            np.savez(args.npz, arr_0=uint8)
         written.append(args.npz)
     print(f"ddpm-lib sample: {args.num} samples from {loaded.source} -> {', '.join(written)}",
           file=sys.stderr)

@@ -128,7 +128,12 @@ def _unet_kwargs(config: Any) -> dict[str, Any]:
     )
 
 
-def _copy(dst: nn.Module, src: nn.Module) -> None:
+# The copy helpers walk our module tree and diffusers' side by side through submodule
+# attribute names (``dst.norm1``, ``src.time_emb_proj``) that nn.Module's typing cannot see,
+# so both sides are typed Any.
+
+
+def _copy(dst: Any, src: Any) -> None:
     """Copy ``src``'s weight/bias into ``dst`` (Linear, Conv2d, GroupNorm or Embedding)."""
     with torch.no_grad():
         for name in ("weight", "bias"):
@@ -144,7 +149,7 @@ def _copy(dst: nn.Module, src: nn.Module) -> None:
             target.copy_(source)
 
 
-def _copy_resnet(dst: nn.Module, src: nn.Module) -> None:
+def _copy_resnet(dst: Any, src: Any) -> None:
     _copy(dst.norm1, src.norm1)
     _copy(dst.conv1, src.conv1)
     _copy(dst.emb_proj, src.time_emb_proj)
@@ -156,7 +161,7 @@ def _copy_resnet(dst: nn.Module, src: nn.Module) -> None:
         _copy(dst.skip, src.conv_shortcut)
 
 
-def _copy_attention(dst: nn.Module, src: nn.Module) -> None:
+def _copy_attention(dst: Any, src: Any) -> None:
     if getattr(src, "group_norm", None) is None:
         raise _unsupported("attention group_norm", None, "a GroupNorm")
     if dst.num_heads != src.heads:
@@ -169,8 +174,8 @@ def _copy_attention(dst: nn.Module, src: nn.Module) -> None:
     _copy(dst.proj_out, src.to_out[0])
 
 
-def _copy_level(dst_level: nn.Module, src_block: nn.Module, resample_name: str) -> None:
-    attentions = getattr(src_block, "attentions", None)
+def _copy_level(dst_level: Any, src_block: Any, resample_name: str) -> None:
+    attentions: Any = getattr(src_block, "attentions", None)
     for j, block in enumerate(dst_level.blocks):
         _copy_resnet(block.res, src_block.resnets[j])
         if block.attn is not None:
@@ -206,7 +211,8 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
     config = _unwrap_config(unet2dmodel)
     kwargs = _unet_kwargs(config)
     reference = next(unet2dmodel.parameters())
-    model = unet_class(**kwargs).to(dtype=reference.dtype, device=reference.device)
+    unet = unet_class(**kwargs).to(dtype=reference.dtype, device=reference.device)
+    model: Any = unet  # walked by submodule names, as in the helpers above
     src = unet2dmodel
 
     _copy(model.conv_in, src.conv_in)
@@ -227,7 +233,7 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
         _copy_level(level, src_block, "upsamplers")
     _copy(model.out.norm, src.conv_norm_out)
     _copy(model.out.conv, src.conv_out)
-    return model.train(unet2dmodel.training)
+    return unet.train(unet2dmodel.training)
 
 
 # ---------------------------------------------------------------------------- autoencoder

@@ -284,7 +284,10 @@ def _check_output_channels(
     )
 
 
-def _simple_target(schedule: NoiseSchedule, prediction: str, x0, noise, t) -> torch.Tensor:
+def _simple_target(
+    schedule: NoiseSchedule, prediction: str, x0: torch.Tensor, noise: torch.Tensor,
+    t: torch.Tensor,
+) -> torch.Tensor:
     if prediction == "eps":
         return noise
     if prediction == "x0":
@@ -295,24 +298,26 @@ def _simple_target(schedule: NoiseSchedule, prediction: str, x0, noise, t) -> to
 
 
 class SimpleLoss(_DiffusionLoss):
-    """The DDPM simple loss (Ho et al. 2020, eq. 14) and its x0 / v variants.
+    r"""The DDPM simple loss (Ho et al. 2020, eq. 14) and its x0 / v variants.
 
-    Per sample, with ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``:
+    Per sample, with :math:`x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon`:
 
-    ========== ========================================== ====================================
-    prediction per-sample loss (mean over dimensions)     min-SNR-gamma weight ``w_t``
-    ========== ========================================== ====================================
-    ``"eps"``  ``||eps - eps_theta(x_t, t)||^2``           ``min(SNR_t, gamma) / SNR_t``
-    ``"x0"``   ``||x0 - x0_theta(x_t, t)||^2``             ``min(SNR_t, gamma)``
-    ``"v"``    ``||v - v_theta(x_t, t)||^2``               ``min(SNR_t, gamma) / (SNR_t + 1)``
-    ========== ========================================== ====================================
+    ========== ========================================================== ===========================================================
+    prediction per-sample loss (mean over dimensions)                     min-SNR-:math:`\gamma` weight :math:`w_t`
+    ========== ========================================================== ===========================================================
+    ``"eps"``  :math:`\lVert \epsilon - \epsilon_\theta(x_t, t) \rVert^2` :math:`\min(\mathrm{SNR}_t, \gamma) / \mathrm{SNR}_t`
+    ``"x0"``   :math:`\lVert x_0 - x_{0,\theta}(x_t, t) \rVert^2`         :math:`\min(\mathrm{SNR}_t, \gamma)`
+    ``"v"``    :math:`\lVert v - v_\theta(x_t, t) \rVert^2`               :math:`\min(\mathrm{SNR}_t, \gamma) / (\mathrm{SNR}_t + 1)`
+    ========== ========================================================== ===========================================================
 
-    with ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022) and
-    ``SNR_t = abar_t / (1 - abar_t)``. Min-SNR-gamma (Hang et al. 2023) weights the *x0*
-    error by ``min(SNR_t, gamma)``; since ``||eps - eps_hat||^2 = SNR_t ||x0 - x0_hat||^2`` and
-    ``||v - v_hat||^2 = (SNR_t + 1) ||x0 - x0_hat||^2``, the weights above make the three
-    objectives the same function of the model's x0 estimate. The eps weight is evaluated as
-    ``min(1, gamma / SNR_t)``, which is 1 (not 0/0) where ``SNR_t = 0``.
+    with :math:`v = \sqrt{\bar\alpha_t}\, \epsilon - \sqrt{1 - \bar\alpha_t}\, x_0` (Salimans & Ho
+    2022) and :math:`\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)`. Min-SNR-:math:`\gamma`
+    (Hang et al. 2023) weights the *x0* error by :math:`\min(\mathrm{SNR}_t, \gamma)`; since
+    :math:`\lVert \epsilon - \hat\epsilon \rVert^2 = \mathrm{SNR}_t \lVert x_0 - \hat x_0 \rVert^2`
+    and :math:`\lVert v - \hat v \rVert^2 = (\mathrm{SNR}_t + 1) \lVert x_0 - \hat x_0 \rVert^2`,
+    the weights above make the three objectives the same function of the model's x0 estimate.
+    The eps weight is evaluated as :math:`\min(1, \gamma / \mathrm{SNR}_t)`, which is 1 (not
+    0/0) where :math:`\mathrm{SNR}_t = 0`.
 
     Args:
         schedule: the forward process.
@@ -387,14 +392,14 @@ class SimpleLoss(_DiffusionLoss):
 
 
 class VLBLoss(_DiffusionLoss):
-    """The variational bound of a DDPM, one term ``L_t`` per sample, in bits per dimension.
+    r"""The variational bound of a DDPM, one term ``L_t`` per sample, in bits per dimension.
 
     Per sample at timestep ``t`` (0-based):
 
-    - ``t >= 1``: ``KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))`` (DDPM eq. 5), both
+    - ``t >= 1``: :math:`D_{\mathrm{KL}}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))` (DDPM eq. 5), both
       Gaussians, the true posterior from :meth:`NoiseSchedule.q_posterior` and the model's from
       :meth:`NoiseSchedule.p_mean_variance`;
-    - ``t = 0``: ``-log p_theta(x0 | x_1)`` under the discretized Gaussian decoder (eq. 13, 256
+    - ``t = 0``: :math:`-\log p_\theta(x_0 \mid x_1)` under the discretized Gaussian decoder (eq. 13, 256
       bins on ``[-1, 1]``, see :func:`discretized_gaussian_log_likelihood`).
 
     Each is averaged over the dimensions of one sample and divided by ``ln 2``. The prior term

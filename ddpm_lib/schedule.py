@@ -1,17 +1,17 @@
-"""The forward (noising) process of a DDPM and the closed forms derived from it.
+r"""The forward (noising) process of a DDPM and the closed forms derived from it.
 
 Notation (Ho et al. 2020, with 0-based timesteps ``t`` in ``[0, T-1]``; the paper's step
 ``t + 1``):
 
-==========================  ======================================================
-``betas[t]``                beta_t, variance of q(x_t | x_{t-1})
-``alphas[t]``               alpha_t = 1 - beta_t
-``alphas_cumprod[t]``       alpha-bar_t = prod_{s <= t} alpha_s
-``alphas_cumprod_prev[t]``  alpha-bar_{t-1}, with alpha-bar_{-1} = 1
-``posterior_variance[t]``   beta-tilde_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)   (eq. 7)
-``posterior_mean_coef1``    sqrt(abar_{t-1}) beta_t / (1 - abar_t)                   (eq. 7)
-``posterior_mean_coef2``    sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)            (eq. 7)
-==========================  ======================================================
+==========================  ================================================================
+``betas[t]``                :math:`\beta_t`, the variance of :math:`q(x_t \mid x_{t-1})`
+``alphas[t]``               :math:`\alpha_t = 1 - \beta_t`
+``alphas_cumprod[t]``       :math:`\bar\alpha_t = \prod_{s \le t} \alpha_s`
+``alphas_cumprod_prev[t]``  :math:`\bar\alpha_{t-1}`, with :math:`\bar\alpha_{-1} = 1`
+``posterior_variance[t]``   :math:`\tilde\beta_t = \beta_t (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t)` (eq. 7)
+``posterior_mean_coef1``    :math:`\sqrt{\bar\alpha_{t-1}}\, \beta_t / (1 - \bar\alpha_t)` (eq. 7)
+``posterior_mean_coef2``    :math:`\sqrt{\alpha_t}\, (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t)` (eq. 7)
+==========================  ================================================================
 
 Every array is computed once in float64 and cast to the input's dtype only when gathered,
 through :func:`gather`, which never synchronises with the host.
@@ -224,10 +224,10 @@ class NoiseSchedule:
     def cosine(
         cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
     ) -> NoiseSchedule:
-        """Nichol & Dhariwal (2021) eq. 17: abar(t) = cos^2((t/T + s) / (1 + s) * pi / 2).
+        r"""Nichol & Dhariwal (2021) eq. 17: :math:`\bar\alpha(t) = \cos^2\left(\frac{t/T + s}{1 + s} \cdot \frac{\pi}{2}\right)`.
 
-        ``beta_t = 1 - abar(t+1)/abar(t)``, clipped at ``max_beta`` to avoid the singularity
-        at the end of the chain.
+        :math:`\beta_t = 1 - \bar\alpha(t+1) / \bar\alpha(t)`, clipped at ``max_beta`` to avoid
+        the singularity at the end of the chain.
         """
         num_timesteps = _check_num_timesteps(num_timesteps)
         if not s >= 0:
@@ -298,7 +298,7 @@ class NoiseSchedule:
 
     # ------------------------------------------------------------------ forward process
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
-        """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` as a float64 tensor shaped like ``t``."""
+        r"""Signal-to-noise ratio :math:`\bar\alpha_t / (1 - \bar\alpha_t)`, float64, shaped like ``t``."""
         t_tensor = torch.as_tensor(t)
         t_checked = check_timesteps(t_tensor, self.num_timesteps, max(t_tensor.numel(), 1))
         abar = self.alphas_cumprod.to(t_checked.device)[t_checked]
@@ -311,7 +311,7 @@ class NoiseSchedule:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Draw ``x_t ~ q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I)`` (eq. 4).
+        r"""Draw :math:`x_t \sim q(x_t \mid x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)` (eq. 4).
 
         Args:
             x0: clean data ``(B, ...)``.
@@ -334,7 +334,7 @@ class NoiseSchedule:
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The true posterior ``q(x_{t-1} | x_t, x0) = N(mu-tilde, beta-tilde I)`` (eqs. 6-7).
+        r"""The true posterior :math:`q(x_{t-1} \mid x_t, x_0) = \mathcal{N}(\tilde\mu_t, \tilde\beta_t I)` (eqs. 6-7).
 
         Returns ``(mean, variance, log_variance)``: the mean shaped like ``x_t``, the variance
         and its (clipped) log shaped ``(B, 1, ..., 1)`` to broadcast against it.
@@ -359,29 +359,29 @@ class NoiseSchedule:
     def predict_x0_from_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
     ) -> torch.Tensor:
-        """``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (inverse of eq. 4)."""
+        r""":math:`x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\, \epsilon) / \sqrt{\bar\alpha_t}` (inverse of eq. 4)."""
         return self._split(eps, x_t, t, "eps", "eps")[0]
 
     def predict_eps_from_x0(
         self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor
     ) -> torch.Tensor:
-        """``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``; ``eps = x_t`` where ``abar_t = 0``."""
+        r""":math:`\epsilon = (x_t - \sqrt{\bar\alpha_t}\, x_0) / \sqrt{1 - \bar\alpha_t}`; :math:`\epsilon = x_t` where :math:`\bar\alpha_t = 0`."""
         return self._split(x0, x_t, t, "x0", "x0")[1]
 
     def predict_x0_from_v(
         self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
     ) -> torch.Tensor:
-        """``x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v``."""
+        r""":math:`x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, v`."""
         return self._split(v, x_t, t, "v", "v")[0]
 
     def predict_eps_from_v(
         self, x_t: torch.Tensor, t: torch.Tensor | int, v: torch.Tensor
     ) -> torch.Tensor:
-        """``eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v``."""
+        r""":math:`\epsilon = \sqrt{1 - \bar\alpha_t}\, x_t + \sqrt{\bar\alpha_t}\, v`."""
         return self._split(v, x_t, t, "v", "v")[1]
 
     def get_v(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """The v-prediction target ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022)."""
+        r"""The v-prediction target :math:`v = \sqrt{\bar\alpha_t}\, \epsilon - \sqrt{1 - \bar\alpha_t}\, x_0` (Salimans & Ho 2022)."""
         t = self._check_pair(x0, t, "noise", noise, x_name="x0")
         alpha, sigma = self._scales(t, x0)
         return linear_combination(alpha, noise, -sigma, x0)

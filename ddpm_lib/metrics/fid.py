@@ -221,6 +221,8 @@ class FeatureStatistics:
         if self._mean is None:
             self._count, self._mean, self._scatter = other._count, other._mean, other._scatter
         else:
+            assert other._mean is not None and other._scatter is not None  # other._count > 0
+            assert self._scatter is not None  # set together with self._mean
             if other._mean.shape != self._mean.shape:
                 raise ValueError(
                     f"other must have dimension {self._mean.shape[0]}; got {other._mean.shape[0]}"
@@ -271,6 +273,7 @@ class FeatureStatistics:
             raise ValueError(
                 f"the covariance needs at least 2 samples; {self._source} hold {self._count}"
             )
+        assert self._scatter is not None  # self._count >= 2
         return (self._scatter / (self._count - 1)).cpu().numpy()
 
     @property
@@ -291,10 +294,11 @@ class FeatureStatistics:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``."""
-        arrays = {"mu": self.mean, "sigma": self.covariance}
-        if self.num_samples is not None:
-            arrays["num_samples"] = np.asarray(self.num_samples, dtype=np.int64)
-        np.savez_compressed(path, **arrays)
+        if self.num_samples is None:
+            np.savez_compressed(path, mu=self.mean, sigma=self.covariance)
+        else:
+            np.savez_compressed(path, mu=self.mean, sigma=self.covariance,
+                                num_samples=np.asarray(self.num_samples, dtype=np.int64))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
@@ -341,8 +345,8 @@ def _model_device(module: Any) -> torch.device:
     if isinstance(module, torch.nn.Module):
         for tensor in module.parameters():
             return tensor.device
-        for tensor in module.buffers():
-            return tensor.device
+        for buffer in module.buffers():
+            return buffer.device
     return torch.device("cpu")
 
 
@@ -469,7 +473,7 @@ def _accumulate(
         if batch.ndim != 4:
             raise ValueError(f"image batches must be (B, C, H, W); got {tuple(batch.shape)}")
         if num_samples is not None:
-            batch = batch[: num_samples - stats.num_samples]
+            batch = batch[: num_samples - (stats.num_samples or 0)]
         with torch.inference_mode():
             features = extractor(batch.to(device))
         features = _as_features(features)
@@ -481,7 +485,7 @@ def _accumulate(
         stats.update(features)
         if bar is not None:
             bar.update(batch.shape[0])
-        if num_samples is not None and stats.num_samples >= num_samples:
+        if num_samples is not None and (stats.num_samples or 0) >= num_samples:
             break
 
 
@@ -685,7 +689,9 @@ class KernelDistance(NamedTuple):
     subset_size: int
 
 
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float):
+def _mmd2_unbiased(
+    x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float
+) -> torch.Tensor:
     """Unbiased MMD^2 between rows of ``x`` and ``y`` (both ``(m, D)``, float64).
 
     ``k(a, b) = (gamma a.b + coef0)^degree``;

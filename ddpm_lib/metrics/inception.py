@@ -38,7 +38,14 @@ FEATURE_DIM = 2048
 class BasicConv2d(nn.Module):
     """Convolution without bias, batch norm (eps 1e-3, as in TensorFlow), ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False

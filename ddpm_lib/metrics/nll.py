@@ -228,6 +228,7 @@ def nll_bits_per_dim(
             bar.close()
     if count == 0:
         raise ValueError("dataset is empty: no images were evaluated")
+    assert terms_sum is not None  # at least one batch was evaluated
     per_sample = torch.cat(totals).numpy()
     stderr = float(per_sample.std(ddof=1) / math.sqrt(count)) if count > 1 else math.nan
     return BitsPerDim(

@@ -14,6 +14,7 @@ and the PixelCNN++ / Wide-ResNet backbone it builds on.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +174,15 @@ class _GroupNormSiLUDropout(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float, p: float):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        groups: int,
+        eps: float,
+        p: float,
+    ) -> torch.Tensor:
         n, c, hw = _group_norm_shape(x)
         y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
         out = F.silu(y, inplace=True)
@@ -186,7 +195,7 @@ class _GroupNormSiLUDropout(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, mean, rstd, drop = ctx.saved_tensors
         n, c, hw = _group_norm_shape(x)
         # recompute y = GroupNorm(x) (one kernel, bit-identical to the forward's), then turn it

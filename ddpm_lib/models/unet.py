@@ -19,8 +19,8 @@ context is added to ``emb``. The UNet depends on nothing else in ddpm_lib.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ class UNetLevel(nn.Module):
     ``blocks[j]`` is called as ``block(h, emb)``; ``resample`` (a ``Downsample`` on the way
     down, an ``Upsample`` on the way up, ``None`` at the ends) as ``resample(h)``.
     """
+
+    blocks: nn.ModuleList
+    resample: nn.Module | None
 
     def __init__(self, blocks: Sequence[nn.Module], resample: nn.Module | None) -> None:
         super().__init__()
@@ -453,7 +456,7 @@ class UNet(PretrainedModel):
         if y is None:
             raise ValueError(
                 f"this UNet is class-conditional (num_classes={self.num_classes}): pass y, a "
-                f"LongTensor of shape (B,) with labels in [0, {self.num_classes - 1}], or -1 "
+                f"LongTensor of shape (B,) with labels in [0, {(self.num_classes or 0) - 1}], or -1 "
                 "for no label"
             )
         y = self._check_labels(y, t.shape[0])
@@ -539,7 +542,7 @@ class UNet(PretrainedModel):
 
         h = self.conv_in(x)  # (B, C, H, W)
         skips = [h]
-        for level in self.down:
+        for level in cast("Iterable[UNetLevel]", self.down):
             for block in level.blocks:
                 h = self._run(block, h, emb, context, context_mask)
                 skips.append(h)
@@ -548,7 +551,7 @@ class UNet(PretrainedModel):
                 skips.append(h)
         for block in self.mid:
             h = self._run(block, h, emb, context, context_mask)
-        for level in self.up:
+        for level in cast("Iterable[UNetLevel]", self.up):
             for block in level.blocks:
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H_i, W_i)
                 h = self._run(block, h, emb, context, context_mask)
@@ -685,6 +688,7 @@ class UNet(PretrainedModel):
             raise ValueError(f"y must have shape ({batch},) to match the batch; got "
                              f"{tuple(y.shape)}")
         n = self.num_classes
+        assert n is not None  # only class-conditional networks check labels
         if y.device.type == "cpu":
             if y.numel() and (int(y.min()) < -1 or int(y.max()) >= n):
                 raise ValueError(

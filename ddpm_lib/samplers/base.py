@@ -85,7 +85,7 @@ def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps")
     """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
-    if not 1 <= num_steps <= num_timesteps:
+    if not 1 <= int(num_steps) <= num_timesteps:
         raise ValueError(
             f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
             f"got {num_steps}"
@@ -592,7 +592,8 @@ class Sampler:
         nonfinite = torch.full((2,), -1, dtype=torch.long, device=device)
         first = torch.zeros((), dtype=x.dtype, device=device)
         later = torch.ones((), dtype=x.dtype, device=device)
-        samples, predicted_x0 = ([x], []) if return_trajectory else (None, None)
+        samples: list[torch.Tensor] = [x]  # filled when return_trajectory
+        predicted_x0: list[torch.Tensor] = []
         called: list[torch.Tensor] = []  # the model timestep of each call, for the trajectory
 
         # the positions visited: in order, or a plan with jumps back (RePaint resampling)
@@ -614,6 +615,7 @@ class Sampler:
             # a python int, so that the step reads python floats (fewer kernels)
             index = torch.full((batch,), i, dtype=torch.long, device=device) if use_compile else i
             noise = randn(x.shape, generator, device, x.dtype) if self._uses_noise else None
+            continuing: torch.Tensor | float
             if use_compile:
                 continuing = later if follows else first
             else:
@@ -845,7 +847,7 @@ class Sampler:
 
     def _not_a_timestep(self, received: str) -> str:
         shown = self._timestep_list if len(self._timestep_list) <= 12 else (
-            self._timestep_list[:6] + ["..."] + self._timestep_list[-3:]
+            [*self._timestep_list[:6], "...", *self._timestep_list[-3:]]
         )
         return f"t must be one of this sampler's timesteps {shown}; {received}"
 
@@ -878,8 +880,8 @@ class Sampler:
             if (
                 not isinstance(shape, (tuple, list))
                 or len(shape) < 1
-                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
-                           for s in shape)
+                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                           and int(s) > 0 for s in shape)
             ):
                 raise ValueError(f"shape must be a tuple of positive ints (B, ...); got {shape!r}")
             shape = tuple(int(s) for s in shape)
@@ -1051,6 +1053,6 @@ def _model_device(model: Any) -> torch.device:
     if isinstance(model, nn.Module):
         for tensor in model.parameters():
             return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
+        for buffer in model.buffers():
+            return buffer.device
     return torch.device("cpu")

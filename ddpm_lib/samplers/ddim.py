@@ -87,6 +87,9 @@ class DDIMSampler(Sampler):
     only for "leading", and for "trailing" when ``N`` divides ``T``.)
     """
 
+    eta: float
+    spacing: str
+
     def __init__(
         self,
         schedule: NoiseSchedule,

@@ -135,6 +135,7 @@ class DDPMSampler(Sampler):
             return mean, x0, state
         if self.analytic is not None:  # the table's std is 0 on the last step
             return mean + coefficients[0] * noise, x0, state
+        nonzero: float | torch.Tensor
         if isinstance(t, int):
             nonzero = float(t > 0)
         else:  # no noise on the last step; a mask, not `if t > 0`, keeps the loop sync-free

@@ -108,7 +108,8 @@ class GlobalBatchSampler(DistributedSampler):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas - 1}]; got {rank}")
         # DistributedSampler's own fields, kept meaningful for code that reads them.
-        self.dataset = range(dataset_size)
+        self.dataset = range(dataset_size)  # type: ignore[assignment]  # a sized stand-in
+        self.dataset_size = dataset_size
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
@@ -130,7 +131,7 @@ class GlobalBatchSampler(DistributedSampler):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The dataset order of ``epoch`` (the same on every rank and every world size)."""
-        n = len(self.dataset)
+        n = self.dataset_size
         if not self.shuffle:
             return torch.arange(n)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

@@ -62,8 +62,8 @@ class EMA:
     def _pairs_for(
         self, model: nn.Module
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        ema_params = [p for p in self.module.parameters()]
-        params = [p for p in model.parameters()]
+        ema_params: list[torch.Tensor] = [p for p in self.module.parameters()]
+        params: list[torch.Tensor] = [p for p in model.parameters()]
         ema_buffers = [b for b in self.module.buffers()]
         buffers = [b for b in model.buffers()]
         if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):

@@ -59,12 +59,17 @@ SAMPLES_DIR = "samples"
 EXPORT_DIR = "ema_model"
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _optional_positive_int(name: str, value: Any) -> int | None:
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "a positive int" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {expected}; got {value!r}")
+        raise ValueError(f"{name} must be a positive int or None; got {value!r}")
     return value
 
 
@@ -76,7 +81,8 @@ def _non_negative_float(name: str, value: Any) -> float:
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
     """This process's global RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -203,7 +209,7 @@ class Trainer:
             raise ValueError("out_dir must be a folder path; got None")
         self.log_every = _positive_int("log_every", log_every)
         self.checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
-        self.sample_every = _positive_int("sample_every", sample_every, allow_none=True)
+        self.sample_every = _optional_positive_int("sample_every", sample_every)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int; got {seed!r}")
         if num_workers is not None and (
@@ -826,10 +832,11 @@ class Trainer:
         schedule, prediction and variance type go to ``diffusion.json`` beside it, the schedule
         alone also to ``schedule.json``. ``ddpm-lib sample`` / ``fid`` / ``bpd`` read the folder.
         """
-        if not self.dist.is_main or not hasattr(self.ema_model, "save_pretrained"):
+        save_pretrained = getattr(self.ema_model, "save_pretrained", None)
+        if not self.dist.is_main or save_pretrained is None:
             return None
         target = self.out_dir / EXPORT_DIR
-        self.ema_model.save_pretrained(target)
+        save_pretrained(target)
         diffusion = self._meta()["diffusion"]
         (target / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
         if "schedule" in diffusion:

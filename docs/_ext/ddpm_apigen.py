@@ -224,8 +224,17 @@ def _resolve_alias(target: str, aliases: dict[str, str]) -> str | None:
     return None
 
 
+_TYPE_CHECKING_CACHE: dict[str, dict[str, str]] = {}
+
+
 def _type_checking_imports(module: types.ModuleType) -> dict[str, str]:
     """Names imported under ``if TYPE_CHECKING:`` (absent at run time): name -> full path."""
+    if module.__name__ not in _TYPE_CHECKING_CACHE:
+        _TYPE_CHECKING_CACHE[module.__name__] = _parse_type_checking_imports(module)
+    return _TYPE_CHECKING_CACHE[module.__name__]
+
+
+def _parse_type_checking_imports(module: types.ModuleType) -> dict[str, str]:
     import ast
 
     try:
