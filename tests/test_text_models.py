@@ -612,3 +612,22 @@ def test_guidance_rescale_and_interval_compile_into_one_graph(small_schedule, ge
             )
     torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_hf_text_encoder_uses_clip_pooler_output():
+    transformers = pytest.importorskip("transformers")
+    from ddpm_lib import HFTextEncoder
+
+    tokenizer = transformers.ByT5Tokenizer()  # no vocabulary file: nothing downloaded
+    config = transformers.CLIPTextConfig(
+        vocab_size=384, hidden_size=DIM, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=20, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    encoder = HFTextEncoder(transformers.CLIPTextModel(config).eval(), tokenizer, max_length=20)
+    with torch.no_grad():
+        states, mask, pooled = encoder.encode(["red", "蓝色"])
+    # CLIP pools the end-of-text token's state: the last real token here
+    last = mask.sum(1) - 1
+    torch.testing.assert_close(pooled, states[torch.arange(2), last])
