@@ -22,11 +22,14 @@ text encoder is not timed (diffusers' UNet has none): ``context`` is given preco
 Repetitions of all models are interleaved (alternating order) so that load from other
 processes hits every side alike; time is reported as wall-clock and as CPU time of the
 process. Peak memory is the peak of the CPU allocator's bytes during one step above the
-level before it (``peak_step_memory`` of ``bench_unet.py``).
+level before it (``peak_step_memory`` of ``bench_unet.py``); with ``--device cuda``, the
+step's ``torch.cuda.max_memory_allocated`` above the memory allocated before it, and times are
+taken after ``torch.cuda.synchronize()``.
 
 Usage::
 
     python benchmarks/bench_text.py --part b --threads 2 --batch 4 --repeats 7
+    python benchmarks/bench_text.py --part b --device cuda --batch 64 --repeats 20
 """
 
 from __future__ import annotations
@@ -97,19 +100,20 @@ def diffusers_unet(text_attention: str) -> torch.nn.Module:
 def part_b(args: argparse.Namespace) -> None:
     """Forward+backward time and peak memory: ours against diffusers, cross and joint."""
     generator = torch.Generator().manual_seed(0)
-    batch = args.batch
-    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    t = torch.randint(0, 1000, (batch,), generator=generator)
-    context = torch.randn(batch, CONTEXT_LENGTH, CONTEXT_DIM, generator=generator)
-    mask = torch.zeros(batch, CONTEXT_LENGTH, dtype=torch.bool)
+    batch, device = args.batch, torch.device(args.device)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+    context = torch.randn(batch, CONTEXT_LENGTH, CONTEXT_DIM, generator=generator).to(device)
+    mask = torch.zeros(batch, CONTEXT_LENGTH, dtype=torch.bool, device=device)
     mask[:, :REAL_TOKENS] = True
-    pooled = torch.randn(batch, CONTEXT_DIM, generator=generator)
+    pooled = torch.randn(batch, CONTEXT_DIM, generator=generator).to(device)
+    cuda = device.type == "cuda"
 
     torch.manual_seed(0)
     models = {}
     for variant in ("cross", "joint"):
-        models[f"ours-{variant}"] = ours_unet(variant).train()
-        models[f"diffusers-{variant}"] = diffusers_unet(variant).train()
+        models[f"ours-{variant}"] = ours_unet(variant).to(device).train()
+        models[f"diffusers-{variant}"] = diffusers_unet(variant).to(device).train()
 
     def step(name: str, model: torch.nn.Module) -> Callable[[], None]:
         if name.startswith("ours"):
@@ -123,10 +127,22 @@ def part_b(args: argparse.Namespace) -> None:
         def run() -> None:
             call().square().mean().backward()
             model.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
         return run
 
+    def peak_memory(run: Callable[[], None]) -> int:
+        if not cuda:
+            return peak_step_memory(run)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return torch.cuda.max_memory_allocated() - before
+
     tasks = {name: step(name, model) for name, model in models.items()}
-    print(f"part (b): torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, "
+    where = torch.cuda.get_device_name() if cuda else f"CPU, threads {torch.get_num_threads()}"
+    print(f"part (b): torch {torch.__version__}, {where}, batch {batch}, "
           f"{IMAGE_SIZE}x{IMAGE_SIZE}, channels {CHANNELS}, {LAYERS} blocks per level, "
           f"{HEADS} heads, text {CONTEXT_LENGTH} tokens x {CONTEXT_DIM} ({REAL_TOKENS} real)")
     for name, model in models.items():
@@ -142,7 +158,7 @@ def part_b(args: argparse.Namespace) -> None:
             if rep >= args.warmup:
                 times[name].append(time.perf_counter() - start)
                 cpu_times[name].append(time.process_time() - cpu_start)
-    memory = {name: statistics.median(peak_step_memory(tasks[name]) for _ in range(2))
+    memory = {name: statistics.median(peak_memory(tasks[name]) for _ in range(2))
               for name in tasks}
 
     def ms(name: str, table: dict[str, list[float]]) -> float:
@@ -175,6 +191,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per model")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name, part in PARTS.items():

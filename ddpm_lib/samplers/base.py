@@ -367,7 +367,8 @@ class Sampler:
             guidance_rescale: ``phi`` in ``[0, 1]`` of guidance rescale (Lin et al. 2024,
                 Eq. 15-16, diffusers' ``guidance_rescale``): the guided prediction is
                 rescaled to the per-sample standard deviation of the conditional one and
-                mixed with weight ``phi`` (see :func:`rescale_guidance`); 0 (default) is off.
+                mixed with weight ``phi`` (``ddpm_lib.samplers.base.rescale_guidance``); 0
+                (default) is off.
                 Needs ``guidance_scale``.
             guidance_interval: ``(t_lo, t_hi)`` in model timesteps: guidance is applied only
                 at steps with ``t_lo <= t <= t_hi`` and the conditional prediction is used
