@@ -533,13 +533,16 @@ class Sampler:
         kwargs: dict[str, Any],
         guidance_scale: float | None,
     ) -> torch.Tensor:
-        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves."""
+        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves.
+
+        A model whose output has a ``.sample`` tensor (a diffusers model) is unwrapped here.
+        """
         batch = x.shape[0]
         if guidance_scale is None:
-            model_output = model(x, t, **kwargs)
+            model_output = _unwrap(model(x, t, **kwargs))
             self._check_output(model_output, x, batch)
             return model_output
-        model_output = model(torch.cat([x, x]), torch.cat([t, t]), **kwargs)
+        model_output = _unwrap(model(torch.cat([x, x]), torch.cat([t, t]), **kwargs))
         self._check_output(model_output, x, 2 * batch)
         cond, uncond = model_output[:batch], model_output[batch:]
         if not self._learns_variance:
@@ -791,6 +794,15 @@ class Sampler:
             f"(t = {self._timestep_list[position]}); {type(self).__name__} stopped instead of "
             f"returning a non-finite sample"
         )
+
+
+def _unwrap(model_output: Any) -> Any:
+    """The tensor of a diffusers output object (``UNet2DOutput.sample``); anything else as is."""
+    if not isinstance(model_output, torch.Tensor):
+        sample = getattr(model_output, "sample", None)
+        if isinstance(sample, torch.Tensor):
+            return sample
+    return model_output
 
 
 def _check_bool(name: str, value: Any) -> bool:
