@@ -1,5 +1,5 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM and DEIS; step grids in :mod:`~ddpm_lib.samplers.grids`.
+PLMS / iPNDM and DEIS; step grids in ``ddpm_lib.samplers.grids``.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
 guidance, progress, trajectory and compilation live once in :class:`Sampler`.

@@ -139,7 +139,7 @@ class Sampler:
             samplers that do not use a learned variance ignore the second half.
         timesteps: an explicit list of model timesteps instead of the sampler's grid: strictly
             descending ints in ``[0, T - 1]`` (``num_steps`` is then its length, or must equal
-            it). See :mod:`ddpm_lib.samplers.grids`.
+            it). See ``ddpm_lib.samplers.grids``.
 
     A subclass sets ``_uses_noise`` and implements ``_make_timesteps``,
     ``_coefficient_table`` (one float64 row of per-step constants per position) and
