@@ -71,7 +71,7 @@ class PNDMSampler(MultistepSampler):
         clip_denoised: bool = True,
         spacing: str = "logsnr",
         final_step: str = "solver",
-        lower_order_final: bool = False,
+        lower_order_final: bool = True,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
