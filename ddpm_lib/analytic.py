@@ -36,6 +36,9 @@ class GaussianOracle(nn.Module):
     Called as ``oracle(x_t, t)`` like any model; the output is shaped like ``x_t``.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         schedule: NoiseSchedule,

@@ -58,6 +58,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.
     import numpy as np  # numpy's rounding and float arange are what diffusers uses
 
     check_choice("spacing", spacing, SPACINGS[:3])
+    steps: Any
     if spacing == "linspace":
         steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
     elif spacing == "leading":
