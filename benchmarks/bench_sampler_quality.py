@@ -161,11 +161,16 @@ def main() -> None:
                         help="only redraw the table and plot from OUT/results.json")
     parser.add_argument("--trained", default=None,
                         help="a quick start run folder: compare on its trained model instead")
+    parser.add_argument("--per-class", type=int, default=64, help="--trained: samples per class")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="--trained: our samplers without clipping x0 (as diffusers' default)")
+    parser.add_argument("--ours-only", action="store_true", help="--trained: skip diffusers")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     if args.trained:
-        trained_comparison(Path(args.trained), args.nfe if args.nfe != list(NFES) else [5, 10, 20])
+        trained_comparison(Path(args.trained), args.nfe if args.nfe != list(NFES) else [5, 10, 20],
+                           args.per_class, not args.no_clip, args.ours_only)
         return
 
     if args.replot:
@@ -313,7 +318,8 @@ def train_classifier(image_size: int, steps: int = 600) -> ShapeClassifier:
     return classifier.eval()
 
 
-def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
+def trained_comparison(run: Path, nfes: list[int], per_class: int = 64, clip: bool = True,
+                       ours_only: bool = False) -> None:
     from ddpm_lib import UNet
     from ddpm_lib.data import ShapesDataset
 
@@ -340,22 +346,25 @@ def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
+    c = {"clip_denoised": clip}
+    tag = "" if clip else " (no clipping)"
     ours = {
-        "DDIM trailing": lambda n: DDIMSampler(schedule, n),
-        "DPM++ 2M logsnr, solver": lambda n: DPMSolverSampler(schedule, n, spacing="logsnr",
-                                                              final_step="solver"),
-        "UniPC-3 bh2 logsnr, solver": lambda n: UniPCSampler(schedule, n, final_step="solver"),
-        "UniPC-3 bh2 quadratic, solver": lambda n: UniPCSampler(
-            schedule, n, spacing="quadratic", final_step="solver"),
-        "DEIS-3 quadratic, solver": lambda n: DEISSampler(schedule, n, spacing="quadratic",
-                                                          final_step="solver"),
+        "DDIM trailing" + tag: lambda n: DDIMSampler(schedule, n, **c),
+        "DPM++ 2M logsnr, solver" + tag: lambda n: DPMSolverSampler(schedule, n, **c),
+        "UniPC-3 bh2 logsnr, solver" + tag: lambda n: UniPCSampler(schedule, n, order=3, **c),
+        "UniPC-3 bh2 quadratic, solver" + tag: lambda n: UniPCSampler(
+            schedule, n, order=3, spacing="quadratic", **c),
+        "DEIS-3 quadratic, solver" + tag: lambda n: DEISSampler(schedule, n, spacing="quadratic",
+                                                                **c),
+        "iPNDM quadratic, denoise" + tag: lambda n: PNDMSampler(
+            schedule, n, spacing="quadratic", final_step="denoise", **c),
     }
     print("\n| sampler | " + " | ".join(f"NFE {n}: accuracy / FD" for n in nfes) + " |")
     print("|" + "---|" * (len(nfes) + 1))
     rows = {}
     for name, factory in ours.items():
         rows[name] = [factory(n).sample(guided, None, x_T=x_T) for n in nfes]
-    for name, make in diffusers_configs().items():
+    for name, make in ({} if ours_only else diffusers_configs()).items():
         rows[name] = [run_diffusers(make, n, guided, x_T).clamp(-1, 1) for n in nfes]
     for name, outputs in rows.items():
         cells = []
@@ -364,7 +373,7 @@ def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
                 acc = (classifier(out.float()).argmax(1) == labels).float().mean().item()
                 feats = classifier.features(out.float()).double()
             fd = frechet_distance(feats.mean(0).numpy(), torch.cov(feats.T).numpy(), *real_stats)
-            cells.append(f"{acc:.3f} / {fd:.3f}")
+            cells.append(f"{acc:.3f} / {fd:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
