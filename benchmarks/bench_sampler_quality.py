@@ -157,15 +157,28 @@ def main() -> None:
                         help="also the configurations without lower_order_final")
     parser.add_argument("--out", default="runs/bench_sampler_quality")
     parser.add_argument("--plot", default="docs/images/sampler_quality.png")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the table and plot from OUT/results.json")
     parser.add_argument("--trained", default=None,
                         help="a quick start run folder: compare on its trained model instead")
+    parser.add_argument("--per-class", type=int, default=64, help="--trained: samples per class")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="--trained: our samplers without clipping x0 (as diffusers' default)")
+    parser.add_argument("--ours-only", action="store_true", help="--trained: skip diffusers")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     if args.trained:
-        trained_comparison(Path(args.trained), args.nfe if args.nfe != list(NFES) else [5, 10, 20])
+        trained_comparison(Path(args.trained), args.nfe if args.nfe != list(NFES) else [5, 10, 20],
+                           args.per_class, not args.no_clip, args.ours_only)
         return
 
+    if args.replot:
+        saved = json.loads((Path(args.out) / "results.json").read_text())
+        mean = {name: {int(k): tuple(v) for k, v in per.items()} for name, per in saved.items()}
+        print_table(mean, args.nfe)
+        plot(mean, args.nfe, Path(args.plot))
+        return
     schedule = NoiseSchedule.linear(1000)
     ours = our_samplers(schedule, args.explore)
     if args.only is not None:
@@ -233,6 +246,11 @@ def print_table(mean: dict, nfes: list[int]) -> None:
               f"ratio {ours_fd / theirs_fd:.2f}")
 
 
+#: our configurations drawn in the plot (beside the best of ours at each NFE)
+PLOTTED = ("iPNDM quadratic, denoise", "DEIS-3 quadratic, solver", "UniPC-2 bh2 logsnr, solver",
+           "DEIS-3 logsnr, solver", "DPM++ 2M logsnr, solver", "DDIM trailing")
+
+
 def plot(mean: dict, nfes: list[int], path: Path) -> None:
     import matplotlib
 
@@ -240,23 +258,23 @@ def plot(mean: dict, nfes: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    shown = [name for name in mean if name.startswith("diffusers")]
-    # ours: the best of each family at NFE 10
-    families = ("DDIM", "DPM++ 2M", "DPM++ 3M", "UniPC-3", "UniPC-2", "DEIS-3", "iPNDM")
-    for family in families:
-        names = [n for n in mean if n.startswith(family) and min(nfes) in mean[n]]
-        if names:
-            shown.append(min(names, key=lambda n: mean[n][10 if 10 in nfes else nfes[0]][0]))
-    for name in shown:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    theirs = [name for name in mean if name.startswith("diffusers")]
+    ours = [name for name in PLOTTED if name in mean]
+    colours = plt.get_cmap("tab20").colors
+    for k, name in enumerate(theirs + ours):
         style = "--" if name.startswith("diffusers") else "-"
-        ax.plot(nfes, [mean[name][n][0] for n in nfes], style, marker="o", label=name)
-    ax.axhline(mean["exact samples (floor)"][0][0], color="gray", lw=0.8, label="exact draws")
+        ax.plot(nfes, [mean[name][n][0] for n in nfes], style, marker="o", ms=4,
+                color=colours[k % len(colours)], label=name)
+    envelope = [best(mean, n, None)[1] for n in nfes]
+    ax.plot(nfes, envelope, "-", color="black", lw=2.5, label="ours: best at each NFE")
+    ax.axhline(mean["exact samples (floor)"][0][0], color="gray", lw=0.8,
+               label="exact draws (noise floor)")
     ax.set_yscale("log")
     ax.set_xlabel("model calls (NFE)")
     ax.set_ylabel("Fréchet distance to the exact law")
-    ax.set_title("Gaussian mixture, exact predictor (d = 2, 4, 8; mean)")
-    ax.legend(fontsize=7)
+    ax.set_title("Gaussian mixture, exact predictor (d = 2, 4, 8; mean); dashed: diffusers")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
@@ -300,7 +318,8 @@ def train_classifier(image_size: int, steps: int = 600) -> ShapeClassifier:
     return classifier.eval()
 
 
-def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
+def trained_comparison(run: Path, nfes: list[int], per_class: int = 64, clip: bool = True,
+                       ours_only: bool = False) -> None:
     from ddpm_lib import UNet
     from ddpm_lib.data import ShapesDataset
 
@@ -327,22 +346,25 @@ def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
+    c = {"clip_denoised": clip}
+    tag = "" if clip else " (no clipping)"
     ours = {
-        "DDIM trailing": lambda n: DDIMSampler(schedule, n),
-        "DPM++ 2M logsnr, solver": lambda n: DPMSolverSampler(schedule, n, spacing="logsnr",
-                                                              final_step="solver"),
-        "UniPC-3 bh2 logsnr, solver": lambda n: UniPCSampler(schedule, n, final_step="solver"),
-        "UniPC-3 bh2 quadratic, solver": lambda n: UniPCSampler(
-            schedule, n, spacing="quadratic", final_step="solver"),
-        "DEIS-3 quadratic, solver": lambda n: DEISSampler(schedule, n, spacing="quadratic",
-                                                          final_step="solver"),
+        "DDIM trailing" + tag: lambda n: DDIMSampler(schedule, n, **c),
+        "DPM++ 2M logsnr, solver" + tag: lambda n: DPMSolverSampler(schedule, n, **c),
+        "UniPC-3 bh2 logsnr, solver" + tag: lambda n: UniPCSampler(schedule, n, order=3, **c),
+        "UniPC-3 bh2 quadratic, solver" + tag: lambda n: UniPCSampler(
+            schedule, n, order=3, spacing="quadratic", **c),
+        "DEIS-3 quadratic, solver" + tag: lambda n: DEISSampler(schedule, n, spacing="quadratic",
+                                                                **c),
+        "iPNDM quadratic, denoise" + tag: lambda n: PNDMSampler(
+            schedule, n, spacing="quadratic", final_step="denoise", **c),
     }
     print("\n| sampler | " + " | ".join(f"NFE {n}: accuracy / FD" for n in nfes) + " |")
     print("|" + "---|" * (len(nfes) + 1))
     rows = {}
     for name, factory in ours.items():
         rows[name] = [factory(n).sample(guided, None, x_T=x_T) for n in nfes]
-    for name, make in diffusers_configs().items():
+    for name, make in ({} if ours_only else diffusers_configs()).items():
         rows[name] = [run_diffusers(make, n, guided, x_T).clamp(-1, 1) for n in nfes]
     for name, outputs in rows.items():
         cells = []
@@ -351,7 +373,7 @@ def trained_comparison(run: Path, nfes: list[int], per_class: int = 64) -> None:
                 acc = (classifier(out.float()).argmax(1) == labels).float().mean().item()
                 feats = classifier.features(out.float()).double()
             fd = frechet_distance(feats.mean(0).numpy(), torch.cov(feats.T).numpy(), *real_stats)
-            cells.append(f"{acc:.3f} / {fd:.3f}")
+            cells.append(f"{acc:.3f} / {fd:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -328,3 +328,21 @@ def test_history_restarts_when_a_step_loop_skips(small_schedule, oracle):
     first = sampler.step(oracle(x, t[4].expand(3)), t[4], x)
     fresh = DPMSolverSampler(small_schedule, 8, order=1, timesteps=t.tolist())
     torch.testing.assert_close(first, fresh.step(oracle(x, t[4].expand(3)), t[4], x))
+
+
+def test_a_diffusers_model_works_without_an_adapter(small_schedule):
+    """A diffusers UNet2DModel (its output has .sample) is unwrapped at the model call."""
+    diffusers = pytest.importorskip("diffusers")
+    from ddpm_lib import DiffusersAdapter
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
+        block_out_channels=(8, 8), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    ).eval()
+    for sampler in (UniPCSampler(small_schedule, 4), DDIMSampler(small_schedule, 3)):
+        x_T = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+        direct = sampler.sample(unet, None, x_T=x_T)
+        adapted = sampler.sample(DiffusersAdapter(unet), None, x_T=x_T)
+        torch.testing.assert_close(direct, adapted, rtol=0, atol=0)

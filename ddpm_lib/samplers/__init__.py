@@ -1,5 +1,5 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM, DEIS and the score-SDE samplers; step grids in :mod:`~ddpm_lib.samplers.grids`;
+PLMS / iPNDM, DEIS and the score-SDE samplers; step grids in ``ddpm_lib.samplers.grids``;
 Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,

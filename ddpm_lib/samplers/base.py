@@ -211,7 +211,7 @@ class Sampler:
             samplers that do not use a learned variance ignore the second half.
         timesteps: an explicit list of model timesteps instead of the sampler's grid: strictly
             descending ints in ``[0, T - 1]`` (``num_steps`` is then its length, or must equal
-            it). See :mod:`ddpm_lib.samplers.grids`.
+            it). See ``ddpm_lib.samplers.grids``.
 
     A subclass sets ``_uses_noise`` and implements ``_make_timesteps``,
     ``_coefficient_table`` (one float64 row of per-step constants per position) and
@@ -723,13 +723,16 @@ class Sampler:
         guidance_scale: float | None,
         guidance: GuidanceOptions | None = None,
     ) -> torch.Tensor:
-        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves."""
+        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves.
+
+        A model whose output has a ``.sample`` tensor (a diffusers model) is unwrapped here.
+        """
         batch = x.shape[0]
         if guidance_scale is None:
-            model_output = model(x, t, **kwargs)
+            model_output = _unwrap(model(x, t, **kwargs))
             self._check_output(model_output, x, batch)
             return model_output
-        model_output = model(torch.cat([x, x]), torch.cat([t, t]), **kwargs)
+        model_output = _unwrap(model(torch.cat([x, x]), torch.cat([t, t]), **kwargs))
         self._check_output(model_output, x, 2 * batch)
         cond, uncond = model_output[:batch], model_output[batch:]
         if not self._learns_variance:
@@ -982,6 +985,15 @@ class Sampler:
             f"(t = {self._timestep_list[position]}); {type(self).__name__} stopped instead of "
             f"returning a non-finite sample"
         )
+
+
+def _unwrap(model_output: Any) -> Any:
+    """The tensor of a diffusers output object (``UNet2DOutput.sample``); anything else as is."""
+    if not isinstance(model_output, torch.Tensor):
+        sample = getattr(model_output, "sample", None)
+        if isinstance(sample, torch.Tensor):
+            return sample
+    return model_output
 
 
 def _check_bool(name: str, value: Any) -> bool:

@@ -73,7 +73,7 @@ class DDIMSampler(Sampler):
             in diffusers' ``DDIMScheduler``).
         spacing: ``"trailing"`` (default; starts at ``T - 1``), ``"leading"`` or
             ``"linspace"``: the timesteps of diffusers' ``DDIMScheduler`` for that spacing;
-            or a grid of :mod:`ddpm_lib.samplers.grids` (``"logsnr"``, ``"karras"``,
+            or a grid of ``ddpm_lib.samplers.grids`` (``"logsnr"``, ``"karras"``,
             ``"quadratic"``).
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
         variance: an :class:`~ddpm_lib.samplers.analytic_variance.AnalyticVariance` table of

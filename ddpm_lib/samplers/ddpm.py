@@ -50,7 +50,7 @@ class DDPMSampler(Sampler):
         num_steps: ``None`` for all ``T`` steps; fewer gives respaced DDPM.
         spacing: how the respaced timesteps are chosen (``"linspace"``: evenly, both ends, as
             Improved DDPM; ``"trailing"``; ``"leading"``; ``"logsnr"``, ``"karras"``,
-            ``"quadratic"``), see :mod:`ddpm_lib.samplers.grids`.
+            ``"quadratic"``), see ``ddpm_lib.samplers.grids``.
         dynamic_threshold: Imagen's percentile thresholding of ``x0`` instead of clipping.
         timesteps: explicit descending timesteps of the respaced chain instead of a grid.
     """

@@ -77,7 +77,7 @@ class DEISSampler(MultistepSampler):
         order: 1 (DDIM), 2 or 3.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`.
+        spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
         final_step: ``"denoise"`` (the last step goes to ``sigma = 0``: the last ``x0``) or
             ``"solver"`` (to the level of ``t = 0``, as diffusers' ``DEISMultistepScheduler``).
         lower_order_final: lower the order over the last steps.

@@ -14,7 +14,7 @@ With ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``, the half log-SN
       x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) m_0
             + alpha_t ((e^{-h} - 1) / h + 1) D1 - alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) D2
 
-The weights are computed once per run in float64 (:mod:`~ddpm_lib.samplers.multistep`).
+The weights are computed once per run in float64 (``ddpm_lib.samplers.multistep``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DPMSolverSampler(MultistepSampler):
         num_steps: number of steps (model calls); default 20.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`; default ``"logsnr"``
+        spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``); default ``"logsnr"``
             (uniform in log-SNR, measured best from 10 calls up). ``"linspace"`` and
             ``"leading"`` give the timesteps of diffusers' ``DPMSolverMultistepScheduler``
             (``num_steps + 1`` points, the final 0 dropped); ``"logsnr"`` / ``"karras"`` those
@@ -73,7 +73,7 @@ class DPMSolverSampler(MultistepSampler):
         order: 1, 2 (2M, Algorithm 2) or 3 (3M).
         final_step: ``"solver"`` (default: a full-order step to the level of ``t = 0``; every
             call then advances the ODE) or ``"denoise"`` (the last step goes to ``sigma = 0``:
-            the last call's ``x0``); see :mod:`~ddpm_lib.samplers.multistep`.
+            the last call's ``x0``); see ``ddpm_lib.samplers.multistep``.
         lower_order_final: lower the order over the last steps (``min(order, N - i)``).
 
     The solver carries its previous ``x0`` estimates between steps; :meth:`step` remembers

@@ -1,6 +1,6 @@
 """Step grids: which of the ``T`` training timesteps a sampler calls the model at.
 
-Every sampler takes ``spacing=`` (one of :data:`SPACINGS`) or an explicit ``timesteps=[...]``.
+Every sampler takes ``spacing=`` (one of ``SPACINGS``) or an explicit ``timesteps=[...]``.
 The grids, with ``lambda_t = log(alpha_t / sigma_t) = 0.5 log(abar_t / (1 - abar_t))`` the half
 log-SNR (it decreases with ``t``):
 
@@ -58,6 +58,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> torch.
     import numpy as np  # numpy's rounding and float arange are what diffusers uses
 
     check_choice("spacing", spacing, SPACINGS[:3])
+    steps: Any
     if spacing == "linspace":
         steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
     elif spacing == "leading":
@@ -84,7 +85,7 @@ def grid_timesteps(alphas_cumprod: torch.Tensor, num_steps: int, spacing: str) -
     Args:
         alphas_cumprod: ``(T,)`` the schedule's ``abar_t``, decreasing.
         num_steps: ``N``, ``1 <= N <= T``.
-        spacing: one of :data:`SPACINGS` (see the module docstring for the formulas).
+        spacing: one of ``SPACINGS`` (see the module docstring for the formulas).
 
     Returns:
         ``(N,)`` long tensor of distinct timesteps in ``[0, T - 1]``, descending. A one-step

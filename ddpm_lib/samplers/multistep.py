@@ -1,7 +1,7 @@
 """What the multistep ODE solvers share: levels, order schedule, history and the linear update.
 
-DPM-Solver++ (:mod:`~ddpm_lib.samplers.dpm_solver`), UniPC (:mod:`~ddpm_lib.samplers.unipc`),
-DEIS (:mod:`~ddpm_lib.samplers.deis`) and PLMS / iPNDM (:mod:`~ddpm_lib.samplers.pndm`) each
+DPM-Solver++ (``ddpm_lib.samplers.dpm_solver``), UniPC (``ddpm_lib.samplers.unipc``),
+DEIS (``ddpm_lib.samplers.deis``) and PLMS / iPNDM (``ddpm_lib.samplers.pndm``) each
 move from the level of one model call to the next by a step that is *linear* in the current
 sample and in the model's last few outputs ``m_i, m_{i-1}, ...`` (``x0`` estimates for the
 data-prediction solvers, ``eps`` for the others):

@@ -48,7 +48,7 @@ class PNDMSampler(MultistepSampler):
         order: the Adams-Bashforth order, 1-4 (4 is PLMS).
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`.
+        spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
         final_step: ``"denoise"`` (the last step lands on ``sigma = 0``: the last ``x0``) or
             ``"solver"`` (a full-order step to the level of ``t = 0``).
         lower_order_final: lower the order over the last steps.
@@ -71,7 +71,7 @@ class PNDMSampler(MultistepSampler):
         clip_denoised: bool = True,
         spacing: str = "logsnr",
         final_step: str = "solver",
-        lower_order_final: bool = False,
+        lower_order_final: bool = True,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,

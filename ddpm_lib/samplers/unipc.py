@@ -1,6 +1,6 @@
 """UniPC (Zhao et al. 2023): a multistep predictor (UniP) with a free corrector (UniC).
 
-Data-prediction form, with the notation of :mod:`~ddpm_lib.samplers.dpm_solver`. A step of
+Data-prediction form, with the notation of ``ddpm_lib.samplers.dpm_solver``. A step of
 order ``p`` from level ``s`` to ``t`` (``h = lambda_t - lambda_s``, the ``x0`` estimates
 ``m_0`` at ``s`` and ``m_k`` at the ``k``-th previous level, ``r_k = (lambda_{s_k} -
 lambda_s) / h``, ``D_k = (m_k - m_0) / r_k``) is (Algorithm 2 of the paper, "B(h)" variants)
@@ -97,7 +97,7 @@ class UniPCSampler(MultistepSampler):
         num_steps: number of steps (model calls); default 10.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
-        spacing: one of :data:`~ddpm_lib.samplers.grids.SPACINGS`.
+        spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
         order: the predictor's order, 1-3 (the corrector adds one); default 2.
         variant: ``"bh1"`` (``B(h) = h``, best for unconditional sampling in the paper) or
