@@ -170,7 +170,7 @@ class GaussianMixtureOracle(nn.Module):
         log_joint = torch.log(self.weights.to(x.device)) + log_normal.flatten(2).sum(-1)  # (B, K)
         return torch.softmax(log_joint, dim=1), mean, var
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         t = check_timesteps(t, self.schedule.num_timesteps, x_t.shape[0], x_t.device)
         self._check_event(x_t)
         x = x_t.double()

@@ -221,6 +221,8 @@ class Sampler:
 
     #: whether a step adds fresh Gaussian noise (then it is drawn for every step)
     _uses_noise: bool = False
+    #: the step grid (``SPACINGS``) that ``_make_timesteps`` places; set by each subclass
+    spacing: str = "linspace"
     #: ``num_steps`` when neither it nor ``timesteps`` is given
     default_num_steps: int = 50
 
