@@ -22,6 +22,9 @@ _EXPORTS = {
 
     "UNet": "ddpm_lib.models.unet",
     "unet_from_diffusers": "ddpm_lib.interop",
+    "AutoencoderKL": "ddpm_lib.models.autoencoder",
+    "DiagonalGaussian": "ddpm_lib.models.autoencoder",
+    "autoencoder_from_diffusers": "ddpm_lib.interop",
     "DiffusersAdapter": "ddpm_lib.interop",
 
     "DDPMSampler": "ddpm_lib.samplers",

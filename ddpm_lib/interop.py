@@ -4,6 +4,9 @@
   :class:`ddpm_lib.UNet` with the same outputs, so weights such as the released
   ``google/ddpm-cifar10-32`` (loaded by the user from disk with
   ``UNet2DModel.from_pretrained(local_dir)``) can be used with every part of ddpm_lib.
+* :func:`autoencoder_from_diffusers` converts a diffusers ``AutoencoderKL`` (for example
+  Stable Diffusion's VAE) into a :class:`ddpm_lib.AutoencoderKL` with the same encoder
+  moments and decoder outputs.
 * :class:`DiffusersAdapter` (or :func:`wrap_diffusers_model`) makes a diffusers model callable
   as ``model(x_t, t, y=None) -> Tensor``, the model contract of ddpm_lib's samplers and losses.
 
@@ -12,14 +15,22 @@ diffusers is imported only inside these functions; it is not a dependency of ddp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .models.unet import UNet
 
-__all__ = ["DiffusersAdapter", "unet_from_diffusers", "wrap_diffusers_model"]
+if TYPE_CHECKING:
+    from .models.autoencoder import AutoencoderKL
+
+__all__ = [
+    "DiffusersAdapter",
+    "autoencoder_from_diffusers",
+    "unet_from_diffusers",
+    "wrap_diffusers_model",
+]
 
 _DOWN_TYPES = {"DownBlock2D": False, "AttnDownBlock2D": True}
 _UP_TYPES = {"UpBlock2D": False, "AttnUpBlock2D": True}
@@ -217,6 +228,157 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
     _copy(model.out.norm, src.conv_norm_out)
     _copy(model.out.conv, src.conv_out)
     return model.train(unet2dmodel.training)
+
+
+# ---------------------------------------------------------------------------- autoencoder
+def _autoencoder_kwargs(config: Any) -> dict[str, Any]:
+    """Translate a diffusers AutoencoderKL config into ddpm_lib.AutoencoderKL arguments."""
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+
+    def unsupported(key: str, value: Any, expected: str) -> ValueError:
+        return ValueError(
+            f"cannot convert this diffusers AutoencoderKL: {key}={value!r} is not supported "
+            f"(expected {expected}); ddpm_lib.AutoencoderKL covers the LDM / Stable Diffusion "
+            "layout (DownEncoderBlock2D / UpDecoderBlock2D, SiLU, GroupNorm)"
+        )
+
+    down = list(get("down_block_types"))
+    up = list(get("up_block_types"))
+    if any(name != "DownEncoderBlock2D" for name in down):
+        raise unsupported("down_block_types", down, "only 'DownEncoderBlock2D'")
+    if any(name != "UpDecoderBlock2D" for name in up):
+        raise unsupported("up_block_types", up, "only 'UpDecoderBlock2D'")
+    block_out = list(get("block_out_channels"))
+    if len(down) != len(block_out) or len(up) != len(block_out):
+        raise unsupported(
+            "down_block_types / up_block_types", (down, up),
+            f"one block per entry of block_out_channels ({len(block_out)})",
+        )
+    if get("act_fn", "silu") != "silu":
+        raise unsupported("act_fn", get("act_fn"), "'silu'")
+    base = block_out[0]
+    if any(c % base for c in block_out):
+        raise unsupported("block_out_channels", block_out, "multiples of the first entry")
+    in_channels, out_channels = get("in_channels"), get("out_channels")
+    return dict(
+        in_channels=in_channels,
+        latent_channels=get("latent_channels"),
+        base_channels=base,
+        channel_mults=[c // base for c in block_out],
+        num_res_blocks=get("layers_per_block"),
+        attention=bool(get("mid_block_add_attention", True)),
+        norm_groups=get("norm_num_groups", 32),
+        out_channels=None if out_channels == in_channels else out_channels,
+        norm_eps=1e-6,
+        num_heads=1,
+        use_quant_conv=bool(get("use_quant_conv", True)),
+        use_post_quant_conv=bool(get("use_post_quant_conv", True)),
+    )
+
+
+def _copy_resnets(dst_blocks: Any, src_resnets: Any) -> None:
+    if len(dst_blocks) != len(src_resnets):
+        raise ValueError(
+            f"residual block count differs: diffusers {len(src_resnets)}, ddpm_lib {len(dst_blocks)}"
+        )
+    for dst, src in zip(dst_blocks, src_resnets):
+        if getattr(src, "time_emb_proj", None) is not None:
+            raise ValueError("diffusers resnet has a time embedding; an autoencoder's has none")
+        _copy_resnet(dst, src)
+
+
+def _copy_mid(dst_mid: Any, src_mid: Any) -> None:
+    attentions = [a for a in (src_mid.attentions or []) if a is not None]
+    dst = list(dst_mid)
+    expected = len(src_mid.resnets) + len(attentions)
+    if len(dst) != expected or len(src_mid.resnets) != 2:
+        raise ValueError(
+            f"middle block layout differs: diffusers {len(src_mid.resnets)} resnets and "
+            f"{len(attentions)} attention(s), ddpm_lib {len(dst)} blocks"
+        )
+    _copy_resnet(dst[0], src_mid.resnets[0])
+    if attentions:
+        _copy_attention(dst[1], attentions[0])
+    _copy_resnet(dst[-1], src_mid.resnets[1])
+
+
+def autoencoder_from_diffusers(
+    vae: Any, *, autoencoder_class: type[AutoencoderKL] | None = None
+) -> AutoencoderKL:
+    """Convert a diffusers ``AutoencoderKL`` into a :class:`ddpm_lib.AutoencoderKL`.
+
+    The two have the same layout (encoder and decoder of residual blocks, middle attention,
+    ``quant_conv`` / ``post_quant_conv``), so the conversion renames weights (the attention's
+    separate q, k, v projections are stacked into one). The result encodes to the same mean and
+    standard deviation and decodes to the same images, up to float rounding; it keeps the
+    input's train/eval mode, dtype and device.
+
+    Stable Diffusion's VAE (loaded by the user from a local folder with
+    ``diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae")``) works this way. Its
+    latents are multiplied by ``vae.config.scaling_factor`` (0.18215 for SD 1.x / 2.x) before
+    diffusion and divided by it before decoding; :class:`ddpm_lib.AutoencoderKL` itself works
+    with unscaled latents, and the factor belongs to the latent-diffusion wrapper.
+
+    Args:
+        vae: a ``diffusers.AutoencoderKL``.
+        autoencoder_class: the class to build (a subclass of :class:`ddpm_lib.AutoencoderKL`
+            with the same layout); default :class:`ddpm_lib.AutoencoderKL`.
+
+    Raises:
+        TypeError: ``vae`` is not a diffusers ``AutoencoderKL``.
+        ValueError: a setting we cannot convert (block types, activation, channel layout),
+            named in the message.
+    """
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+    from .models.autoencoder import AutoencoderKL
+
+    if not isinstance(vae, DiffusersAutoencoderKL):
+        raise TypeError(
+            f"autoencoder_from_diffusers expects a diffusers AutoencoderKL; got {type(vae).__name__}"
+        )
+    vae_: Any = vae  # diffusers is untyped
+    cls = AutoencoderKL if autoencoder_class is None else autoencoder_class
+    reference = next(vae_.parameters())
+    model: Any = cls(**_autoencoder_kwargs(vae_.config)).to(dtype=reference.dtype, device=reference.device)
+
+    encoder: Any = model.encoder
+    src: Any = vae_.encoder
+    _copy(encoder.conv_in, src.conv_in)
+    for level, block in zip(encoder.down, src.down_blocks):
+        _copy_resnets(level.blocks, block.resnets)
+        samplers = getattr(block, "downsamplers", None)
+        if (level.resample is None) != (samplers is None):
+            raise ValueError("downsampling layout differs between diffusers and ddpm_lib")
+        if samplers is not None:
+            if samplers[0].padding != 0:
+                raise ValueError(f"downsample padding {samplers[0].padding} is not supported (0)")
+            _copy(level.resample.conv, samplers[0].conv)
+    _copy_mid(encoder.mid, src.mid_block)
+    _copy(encoder.out.norm, src.conv_norm_out)
+    _copy(encoder.out.conv, src.conv_out)
+
+    decoder: Any = model.decoder
+    src = vae_.decoder
+    _copy(decoder.conv_in, src.conv_in)
+    _copy_mid(decoder.mid, src.mid_block)
+    for level, block in zip(decoder.up, src.up_blocks):
+        _copy_resnets(level.blocks, block.resnets)
+        samplers = getattr(block, "upsamplers", None)
+        if (level.resample is None) != (samplers is None):
+            raise ValueError("upsampling layout differs between diffusers and ddpm_lib")
+        if samplers is not None:
+            _copy(level.resample.conv, samplers[0].conv)
+    _copy(decoder.out.norm, src.conv_norm_out)
+    _copy(decoder.out.conv, src.conv_out)
+
+    for name in ("quant_conv", "post_quant_conv"):
+        ours, theirs = getattr(model, name), getattr(vae_, name, None)
+        if (ours is None) != (theirs is None):
+            raise ValueError(f"{name} present in only one of diffusers and ddpm_lib")
+        if ours is not None and theirs is not None:
+            _copy(ours, theirs)
+    return model.train(vae_.training)
 
 
 class DiffusersAdapter(nn.Module):

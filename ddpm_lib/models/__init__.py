@@ -1,5 +1,7 @@
-"""Networks: the DDPM :class:`UNet` and the blocks it is built from (see ``layers``)."""
+"""Networks: the DDPM :class:`UNet`, the latent-diffusion :class:`AutoencoderKL` and the blocks
+they are built from (see ``layers``)."""
 
+from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
 from .layers import (
     AttentionBlock,
     ClassEmbedding,
@@ -13,14 +15,19 @@ from .layers import (
     sinusoidal_embedding,
     zero_module,
 )
+from .pretrained import PretrainedModel
 from .unet import UNet, UNetLevel
 
 __all__ = [
     "AttentionBlock",
+    "AutoencoderKL",
+    "AutoencoderOutput",
     "ClassEmbedding",
+    "DiagonalGaussian",
     "Downsample",
     "GroupNormAct",
     "OutputHead",
+    "PretrainedModel",
     "ResAttnBlock",
     "ResBlock",
     "TimestepEmbedding",

@@ -269,18 +269,22 @@ class ResBlock(nn.Module):
     where ``skip`` is a 1x1 convolution when the channel count changes and the identity
     otherwise. The second convolution starts at zero, so the block starts as ``skip``.
 
-    Call: ``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, E)`` -> ``(B, C_out, H, W)``.
+    With ``emb_channels=None`` the block takes no embedding (no ``emb_proj``; the autoencoder's
+    blocks, diffusers' ``ResnetBlock2D`` with ``temb_channels=None``).
+
+    Call: ``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, E)`` (or ``None`` without ``emb_channels``)
+    -> ``(B, C_out, H, W)``.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, emb_channels: int, *, dropout: float = 0.0,
-        norm_groups: int = 32, norm_eps: float = 1e-6,
+        self, in_channels: int, out_channels: int, emb_channels: int | None, *,
+        dropout: float = 0.0, norm_groups: int = 32, norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = GroupNormAct(norm_groups, in_channels, norm_eps, activation=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_channels, out_channels)
+        self.emb_proj = None if emb_channels is None else nn.Linear(emb_channels, out_channels)
         # GroupNorm, SiLU and dropout as one fused layer
         self.norm2 = GroupNormAct(
             norm_groups, out_channels, norm_eps, activation=True, dropout=dropout
@@ -290,11 +294,14 @@ class ResBlock(nn.Module):
             nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(self.norm1(x))  # (B, C_out, H, W)
-        emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)  # (B, C_out)
-        # conv outputs are not saved by autograd, so adding in place is safe and saves a copy
-        h = h.add_(emb_out[:, :, None, None])
+        if self.emb_proj is not None:
+            if emb is None:
+                raise TypeError("this ResBlock was built with emb_channels: pass emb (B, E)")
+            emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)  # (B, C_out)
+            # conv outputs are not saved by autograd, so adding in place is safe and saves a copy
+            h = h.add_(emb_out[:, :, None, None])
         h = self.conv2(self.norm2(h))
         skip = x if self.skip is None else self.skip(x)
         return h.add_(skip.to(h.dtype))

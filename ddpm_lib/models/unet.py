@@ -17,10 +17,7 @@ Attention is used at level ``i`` when its resolution ``image_size / 2^i`` is lis
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +33,9 @@ from .layers import (
     TimestepEmbedding,
     Upsample,
 )
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
 
 __all__ = ["UNet", "UNetLevel"]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class UNetLevel(nn.Module):
@@ -80,7 +75,7 @@ def _check_int_tuple(name: str, value: Any, minimum: int, allow_empty: bool) -> 
     return tuple(value)
 
 
-class UNet(nn.Module):
+class UNet(PretrainedModel):
     """DDPM UNet predicting ``eps`` (or ``x0`` / ``v``) from ``x_t`` and the timestep.
 
     Args:
@@ -231,7 +226,7 @@ class UNet(nn.Module):
                 )
 
         # ---- configuration ---------------------------------------------------------------
-        self._config: dict[str, Any] = dict(
+        self._config = dict(
             in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
             channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
             attention_resolutions=list(attention_resolutions), image_size=image_size,
@@ -242,7 +237,6 @@ class UNet(nn.Module):
             downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
             freq_shift=freq_shift,
         )
-        self._extra_config: dict[str, Any] = {}
         self.in_channels = in_channels
         self.out_channels = out_channels if out_channels is not None else in_channels
         self.learn_sigma = learn_sigma
@@ -524,133 +518,6 @@ class UNet(nn.Module):
         config["gradient_checkpointing"] = bool(self.gradient_checkpointing)
         config.update(self._extra_config)
         return config
-
-    def register_config(self, **kwargs: Any) -> None:
-        """Record constructor arguments that a subclass adds, so that they are saved by
-        :meth:`save_pretrained` and passed back by :meth:`from_pretrained`. Values must be
-        JSON-serialisable."""
-        json.dumps(kwargs)
-        self._extra_config.update(kwargs)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """dtype of the parameters."""
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the parameters."""
-        return next(self.parameters()).device
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if
-        needed). The weights are written to a temporary file and renamed, so an interrupted
-        save never leaves a truncated ``model.safetensors`` behind."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": type(self).__name__, **self.config}
-        tmp_config = directory / (CONFIG_NAME + ".tmp")
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        os.replace(tmp_config, directory / CONFIG_NAME)
-
-    @classmethod
-    def load_config(cls, directory: str | os.PathLike) -> dict[str, Any]:
-        """Read ``config.json`` from ``directory`` and return the constructor arguments.
-
-        Raises ``FileNotFoundError`` if it is missing and ``ValueError`` if it is not valid
-        JSON or was written for another class.
-        """
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} must hold a JSON object; got {type(config).__name__}")
-        class_name = config.pop("_class_name", cls.__name__)
-        if class_name != cls.__name__:
-            raise ValueError(
-                f"{path} describes a {class_name}, not a {cls.__name__}; load it with "
-                f"{class_name}.from_pretrained"
-            )
-        return config
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | os.PathLike,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> UNet:
-        """Rebuild a model written by :meth:`save_pretrained` (this class or a subclass).
-
-        The weights are read with safetensors, which never executes pickled code. ``dtype``
-        defaults to the saved dtype. A missing file raises ``FileNotFoundError``; a truncated
-        file, or tensors whose names or shapes do not match the configuration, raise
-        ``ValueError`` naming the file and the tensors.
-        """
-        config = cls.load_config(directory)
-        path = Path(directory) / CONFIG_NAME
-        try:
-            model = cls(**config)
-        except TypeError as error:
-            raise ValueError(f"{path} does not match {cls.__name__}'s arguments: {error}") from None
-        model.load_weights(Path(directory) / WEIGHTS_NAME)
-        if dtype is not None:
-            model.to(dtype=dtype)
-        if device is not None:
-            model.to(device=device)
-        return model.eval()
-
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load a ``.safetensors`` file into this model, checking every name and shape.
-
-        Floating-point weights take the file's dtype when all of them share one.
-        """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be "
-                             "truncated or corrupt") from None
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in expected
-            if k in state and state[k].shape != expected[k].shape
-        ]
-        if missing or unexpected or wrong:
-            lines = []
-            if missing:
-                lines.append(f"missing tensors: {', '.join(missing[:8])}"
-                             + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
-            if unexpected:
-                lines.append(f"unexpected tensors: {', '.join(unexpected[:8])}"
-                             + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
-            if wrong:
-                lines.append("shape mismatch: " + "; ".join(wrong[:8]))
-            raise ValueError(f"{path} does not match {type(self).__name__}({self.config}): "
-                             + " | ".join(lines))
-        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-        if len(dtypes) == 1:
-            self.to(dtype=dtypes.pop())
-        self.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())

@@ -1,0 +1,258 @@
+"""AutoencoderKL: shapes, the posterior's closed forms, saving, bad input, diffusers parity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lib import AutoencoderKL, DiagonalGaussian
+from ddpm_lib.models.layers import ResBlock
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**overrides) -> AutoencoderKL:
+    config = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
+    config.update(overrides)
+    return AutoencoderKL(**config)
+
+
+def randomize(model: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    """Perturb every parameter (zero-initialised convolutions would hide wiring mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+# ------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("mults, factor", [((1, 2), 2), ((1, 2, 2), 4), ((1, 1, 2, 2), 8)])
+def test_encode_decode_shapes(mults, factor, generator):
+    ae = tiny(channel_mults=mults, latent_channels=3)
+    assert ae.downsampling_factor == factor
+    x = torch.randn(2, 3, 16, 24, generator=generator)
+    posterior = ae.encode(x)
+    assert isinstance(posterior, DiagonalGaussian)
+    latent = (2, 3, 16 // factor, 24 // factor)
+    for tensor in (posterior.mean, posterior.std, posterior.logvar, posterior.var):
+        assert tensor.shape == latent
+    z = posterior.sample(generator)
+    assert z.shape == latent
+    assert ae.decode(z).shape == (2, 3, 16, 24)
+    reconstruction, returned = ae(x, generator=generator)
+    assert reconstruction.shape == x.shape and returned.mean.shape == latent
+    assert posterior.kl().shape == (2,)
+
+
+def test_forward_uses_mode_without_sampling_and_backpropagates(generator):
+    ae = randomize(tiny())
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    out = ae(x, sample_posterior=False)
+    torch.testing.assert_close(out.sample, ae.decode(ae.encode(x).mean))
+    sampled = ae(x, generator=torch.Generator().manual_seed(1)).sample
+    assert not torch.allclose(sampled, out.sample)
+    (sampled.square().mean() + out.posterior.kl().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ae.parameters())
+
+
+def test_out_channels_and_no_attention_or_quant_convs(generator):
+    ae = tiny(in_channels=1, out_channels=2, attention=False, use_quant_conv=False,
+              use_post_quant_conv=False)
+    assert ae.quant_conv is None and ae.post_quant_conv is None
+    assert not any("qkv" in key for key in ae.state_dict())
+    assert ae(torch.randn(1, 1, 8, 8, generator=generator)).sample.shape == (1, 2, 8, 8)
+
+
+# ------------------------------------------------------------------------------- posterior
+def test_kl_and_nll_match_closed_forms(generator):
+    mean = torch.randn(3, 2, 4, 4, generator=generator, dtype=torch.float64)
+    logvar = torch.randn(3, 2, 4, 4, generator=generator, dtype=torch.float64)
+    posterior = DiagonalGaussian(mean, logvar)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    expected_kl = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
+    torch.testing.assert_close(posterior.kl(), expected_kl)
+    z = posterior.sample(generator)
+    torch.testing.assert_close(posterior.nll(z), -q.log_prob(z).flatten(1).sum(1))
+    # N(0, I) itself has zero KL; KL grows with |mean|
+    assert DiagonalGaussian(torch.zeros(2, 4), torch.zeros(2, 4)).kl().abs().max() == 0
+    assert torch.equal(posterior.mode(), mean)
+
+
+def test_logvar_is_clamped_like_ldm():
+    posterior = DiagonalGaussian(torch.zeros(1, 2), torch.tensor([[-100.0, 100.0]]))
+    assert posterior.logvar.tolist() == [[-30.0, 20.0]]
+
+
+def test_sample_is_reproducible_and_has_the_posterior_law():
+    mean = torch.tensor([[[[1.5]], [[-2.0]]]]).expand(1, 2, 64, 64)
+    logvar = torch.tensor([[[[0.0]], [[-1.0]]]]).expand(1, 2, 64, 64)
+    posterior = DiagonalGaussian(mean, logvar)
+    first = posterior.sample(torch.Generator().manual_seed(3))
+    again = posterior.sample(torch.Generator().manual_seed(3))
+    other = posterior.sample(torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # 4096 draws per channel: the sample mean is within 5 standard errors
+    drawn_mean = first.mean(dim=(0, 2, 3))
+    drawn_std = first.std(dim=(0, 2, 3))
+    std = torch.tensor([1.0, torch.exp(torch.tensor(-0.5)).item()])
+    assert ((drawn_mean - torch.tensor([1.5, -2.0])).abs() < 5 * std / 64).all()
+    assert ((drawn_std / std - 1).abs() < 0.06).all()
+
+
+def test_kl_is_float32_under_bf16():
+    posterior = DiagonalGaussian(torch.ones(1, 2, dtype=torch.bfloat16),
+                                 torch.zeros(1, 2, dtype=torch.bfloat16))
+    assert posterior.kl().dtype == torch.float32
+    assert posterior.kl().item() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------- saving
+def test_save_and_load_are_bitwise(tmp_path, generator):
+    ae = randomize(tiny(latent_channels=3, attention=True))
+    ae.save_pretrained(tmp_path / "ae")
+    config = json.loads((tmp_path / "ae" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKL" and config["latent_channels"] == 3
+    loaded = AutoencoderKL.from_pretrained(tmp_path / "ae")
+    assert loaded.config == ae.config
+    for key, value in ae.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    ae.eval()
+    with torch.no_grad():
+        assert torch.equal(ae(x, sample_posterior=False).sample,
+                           loaded(x, sample_posterior=False).sample)
+    assert AutoencoderKL(**ae.config).config == ae.config
+
+
+def test_load_rejects_other_models_and_mismatched_weights(tmp_path):
+    from ddpm_lib import UNet
+
+    UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+         image_size=8, norm_groups=4).save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match="describes a UNet"):
+        AutoencoderKL.from_pretrained(tmp_path / "unet")
+    tiny().save_pretrained(tmp_path / "a")
+    tiny(base_channels=16).save_pretrained(tmp_path / "b")
+    (tmp_path / "a" / "model.safetensors").write_bytes(
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(ValueError, match="shape mismatch"):
+        AutoencoderKL.from_pretrained(tmp_path / "a")
+
+
+class WideSkipAutoencoder(AutoencoderKL):
+    """A subclass that swaps one factory and adds a constructor argument."""
+
+    def __init__(self, *args, skip_dropout: float = 0.0, **kwargs):
+        self.skip_dropout = skip_dropout
+        super().__init__(*args, **kwargs)
+        self.register_config(skip_dropout=skip_dropout)
+
+    def make_res_block(self, in_channels, out_channels, level, part):
+        return ResBlock(in_channels, out_channels, None, dropout=self.skip_dropout,
+                        norm_groups=self.norm_groups)
+
+
+def test_subclass_overrides_a_factory_and_round_trips(tmp_path):
+    ae = WideSkipAutoencoder(base_channels=8, channel_mults=(1, 2), norm_groups=4,
+                             skip_dropout=0.25)
+    assert ae.encoder.down[0].blocks[0].norm2.dropout == 0.25
+    ae.save_pretrained(tmp_path)
+    loaded = WideSkipAutoencoder.from_pretrained(tmp_path)
+    assert loaded.skip_dropout == 0.25 and loaded.config == ae.config
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_bad_input_says_what_to_change():
+    ae = tiny(channel_mults=(1, 2, 2))  # f = 4
+    with pytest.raises(ValueError, match="divisible by the downsampling factor f = 4"):
+        ae.encode(torch.zeros(1, 3, 10, 8))
+    with pytest.raises(ValueError, match=r"in_channels=3.*\(1, 1, 8, 8\)"):
+        ae.encode(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(TypeError, match="floating-point"):
+        ae.encode(torch.zeros(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"latent_channels=4.*\(1, 3, 2, 2\)"):
+        ae.decode(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="latent_channels=4"):
+        ae.decode(torch.zeros(4, 2, 2))
+    with pytest.raises(ValueError, match="norm_groups=32 must divide"):
+        AutoencoderKL(base_channels=8)
+    with pytest.raises(ValueError, match="channel_mults must not be empty"):
+        tiny(channel_mults=())
+    with pytest.raises(TypeError, match="attention must be a bool"):
+        tiny(attention=1)
+
+
+def test_resblock_without_embedding_keeps_unet_layout():
+    block = ResBlock(4, 8, None, norm_groups=2)
+    assert block.emb_proj is None and block(torch.zeros(1, 4, 2, 2)).shape == (1, 8, 2, 2)
+    with_emb = ResBlock(4, 8, 16, norm_groups=2)
+    assert "emb_proj.weight" in with_emb.state_dict()
+    with pytest.raises(TypeError, match="pass emb"):
+        with_emb(torch.zeros(1, 4, 2, 2))
+
+
+# ------------------------------------------------------------------------------- diffusers
+def diffusers_vae(**overrides):
+    diffusers = pytest.importorskip("diffusers")
+    config = dict(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
+        layers_per_block=2, latent_channels=4, norm_num_groups=4,
+    )
+    config.update(overrides)
+    torch.manual_seed(0)
+    return randomize(diffusers.AutoencoderKL(**config), seed=1, scale=0.1).eval()
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"mid_block_add_attention": False, "use_quant_conv": False, "use_post_quant_conv": False,
+     "layers_per_block": 1},
+    {"in_channels": 1, "out_channels": 2, "block_out_channels": (8, 8), "latent_channels": 2,
+     "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2},
+])
+def test_diffusers_conversion_has_equal_outputs(overrides, generator):
+    from ddpm_lib import autoencoder_from_diffusers
+
+    vae = diffusers_vae(**overrides)
+    ae = autoencoder_from_diffusers(vae)
+    assert not ae.training
+    channels = vae.config.in_channels
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    assert ae.downsampling_factor == factor
+    # 32x32 reaches the fused transposed-convolution path of Upsample as well
+    x = torch.rand(2, channels, 32, 32, generator=generator) * 2 - 1
+    z = torch.randn(2, vae.config.latent_channels, 32 // factor, 32 // factor, generator=generator)
+    with torch.no_grad():
+        theirs = vae.encode(x).latent_dist
+        ours = ae.encode(x)
+        torch.testing.assert_close(ours.mean, theirs.mean, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours.std, theirs.std, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ae.decode(z), vae.decode(z).sample, atol=1e-4, rtol=0)
+    assert ours.mean.abs().max() > 0.1  # not a trivially zero comparison
+
+
+@pytest.mark.parametrize("overrides, setting", [
+    ({"act_fn": "gelu"}, "act_fn='gelu'"),
+    ({"block_out_channels": (8, 12, 16)}, "block_out_channels"),
+])
+def test_diffusers_configuration_we_cannot_convert_is_named(overrides, setting):
+    from ddpm_lib import autoencoder_from_diffusers
+
+    vae = diffusers_vae(**overrides, norm_num_groups=4)
+    with pytest.raises(ValueError, match=setting):
+        autoencoder_from_diffusers(vae)
+
+
+def test_diffusers_conversion_rejects_other_types():
+    from ddpm_lib import UNet, autoencoder_from_diffusers
+
+    with pytest.raises(TypeError, match="diffusers AutoencoderKL"):
+        autoencoder_from_diffusers(UNet(base_channels=8, channel_mults=(1,), image_size=8,
+                                        attention_resolutions=(), norm_groups=4))
