@@ -369,3 +369,82 @@ def test_latent_dataset_is_exported():
 
     assert ddpm_lib.LatentDataset is LatentDataset
     assert "LatentDiffusion" in dir(ddpm_lib)
+
+
+# ----------------------------------------------------------------------------- the real autoencoder
+
+
+def _real_autoencoder():
+    from ddpm_lib import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, latent_channels=4, base_channels=8, channel_mults=(1, 2),
+                         num_res_blocks=1, attention=False, norm_groups=4)
+
+
+def test_with_autoencoder_kl_save_load_and_cache(tmp_path):
+    ae = _real_autoencoder().eval()
+    latents = LatentDiffusion(ae)
+    assert (latents.in_channels, latents.latent_channels, latents.downsampling_factor) == (3, 4, 2)
+    dataset = _labelled(6)
+    latents.fit_scale_factor(dataset)
+    data = latents.encode_dataset(dataset, tmp_path / "cache", progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(data.latents, ae.encode(dataset.tensors[0]).mean
+                                   * latents.scale_factor, rtol=1e-6, atol=1e-6)
+    model = LatentDiffusion(ae, latents.scale_factor, unet=_tiny_unet(4),
+                            schedule=NoiseSchedule.linear(20))
+    model.save_pretrained(tmp_path / "ldm")
+    loaded = LatentDiffusion.from_pretrained(tmp_path / "ldm")  # classes found by name
+    assert type(loaded.autoencoder) is type(ae) and loaded.scale_factor == model.scale_factor
+    a, b = ae.state_dict(), loaded.autoencoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.decode(z), loaded.decode(z))
+    # the loaded autoencoder hashes the same: the cache stays valid
+    again = LatentDiffusion(loaded.autoencoder, loaded.scale_factor).encode_dataset(
+        dataset, tmp_path / "cache", progress=False)
+    assert again.from_cache
+
+
+def test_cli_trains_on_latents_and_samples_decoded_images(tmp_path, capsys):
+    from PIL import Image
+
+    from ddpm_lib.cli import main
+
+    ae = _real_autoencoder()
+    ae.save_pretrained(tmp_path / "ae")
+    out = tmp_path / "ldm"
+    tiny = ["--image-size", "8", "--dataset-size", "16", "--batch-size", "8",
+            "--base-channels", "8", "--channel-mults", "1", "--num-res-blocks", "1",
+            "--attention-resolutions", "", "--num-timesteps", "20", "--log-every", "2",
+            "--checkpoint-every", "2", "--sample-every", "2", "--num-samples", "4",
+            "--warmup-steps", "1", "--no-progress"]
+    assert main(["train", "--autoencoder", str(tmp_path / "ae"), "--out", str(out),
+                 "--steps", "2", "--class-conditional", *tiny]) == 0
+    assert "scale factor" in capsys.readouterr().err
+    assert (out / "latents" / CACHE_FILE).is_file() and (out / "unet" / "config.json").is_file()
+    meta = json.loads((out / "checkpoints" / "step_000000002" / "meta.json").read_text())
+    assert meta["image_shape"] == [4, 4, 4] and meta["trainer"]["random_flip"] is False
+    assert Image.open(out / "samples" / "step_000000002.png").size[0] > 4 * 4 * 16
+    # resuming reads the latents from the cache
+    assert main(["train", "--autoencoder", str(tmp_path / "ae"), "--out", str(out),
+                 "--steps", "4", *tiny]) == 0
+    assert "latents read from" in capsys.readouterr().err
+    # sample decodes: 8x8 RGB images, from the run folder and from a saved latent model
+    import numpy as np
+
+    LatentDiffusion.from_pretrained(out).save_pretrained(tmp_path / "model")
+    for source in (out, tmp_path / "model"):
+        npz = tmp_path / f"{source.name}.npz"
+        assert main(["sample", str(source), "--num", "4", "--steps", "3", "--no-progress",
+                     "--out", str(tmp_path / f"{source.name}.png"), "--npz", str(npz)]) == 0
+        assert np.load(npz)["arr_0"].shape == (4, 8, 8, 3)
+    # another autoencoder cannot continue this run
+    other = _real_autoencoder()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    other.save_pretrained(tmp_path / "other")
+    assert main(["train", "--autoencoder", str(tmp_path / "other"), "--out", str(out),
+                 "--steps", "6", "--no-progress"]) == 2
+    assert "started with another autoencoder" in capsys.readouterr().err
