@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ from ddpm_lib.data import ShapesDataset  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _example() -> object:
+def _example() -> Any:
     sys.path.insert(0, str(EXAMPLE))
     import latent_diffusion  # examples/latent_diffusion.py: the configurations
 
@@ -112,8 +113,9 @@ def part_b(args: argparse.Namespace) -> None:
         latent_opt = torch.optim.Adam(latent_unet.parameters(), lr=1e-4)
         pixel_opt = torch.optim.Adam(pixel_unet.parameters(), lr=1e-4)
         times: dict[str, list[float]] = {"ls": [], "ps": [], "lt": [], "pt": []}
-        with torch.no_grad():
-            sample_latent(), sample_pixel()  # warm-up
+        with torch.no_grad():  # warm-up
+            sample_latent()
+            sample_pixel()
         for _ in range(args.repeats):
             with torch.no_grad():
                 times["ls"] += _times(sample_latent, 1)

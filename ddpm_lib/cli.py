@@ -1035,15 +1035,15 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
     autoencoder = AutoencoderKL(
         in_channels=image.shape[0], latent_channels=args.latent_channels,
         base_channels=args.base_channels, channel_mults=channel_mults,
-        num_res_blocks=args.num_res_blocks,
+        num_res_blocks=args.num_res_blocks, norm_groups=math.gcd(32, args.base_channels),
     )
     factor = 2 ** (len(channel_mults) - 1)
     if image.shape[1] % factor or image.shape[2] % factor:
         raise CLIError(f"--image-size {image.shape[1]} is not a multiple of the downsampling "
                        f"factor {factor} of --channel-mults {args.channel_mults}")
-    loss_options: dict[str, Any] = {"kl_weight": args.kl_weight}
+    loss_options: dict[str, Any] = {"kl_weight": args.kl_weight, "l2_weight": args.l2_weight}
     if args.adversarial_start is not None:
-        loss_options["adversarial_start"] = args.adversarial_start
+        loss_options.update(discriminator=True, adversarial_start=args.adversarial_start)
     loss_fn = AutoencoderLoss(**loss_options)
     trainer = Trainer(
         autoencoder, loss_fn, dataset, batch_size=args.batch_size, lr=args.lr,
@@ -1131,8 +1131,11 @@ def _add_train_autoencoder_parser(subparsers: Any) -> None:
                         help="residual blocks per resolution (default: 1)")
     parser.add_argument("--kl-weight", type=float, default=1e-6,
                         help="weight of the KL term (default: 1e-6, LDM's KL-f4/f8)")
+    parser.add_argument("--l2-weight", type=float, default=0.0,
+                        help="weight of an extra mean squared error term (default: 0, L1 only)")
     parser.add_argument("--adversarial-start", type=int, default=None, metavar="STEP",
-                        help="turn on the PatchGAN discriminator after this step (default: off)")
+                        help="add a PatchGAN discriminator, switched on after this step "
+                        "(LDM: 50001; default: no discriminator)")
     parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
                         help="steps between checkpoints (default: 1000)")

@@ -68,7 +68,7 @@ def _class_path(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _import_class(path: str, what: str, where: Path) -> type:
+def _import_class(path: str, what: str, where: Path) -> Any:
     module_name, _, name = path.rpartition(".")
     if not module_name.startswith("ddpm_lib"):
         raise ValueError(
@@ -339,10 +339,10 @@ class LatentDiffusion:
             if not callable(getattr(autoencoder, method, None)):
                 raise TypeError(f"autoencoder must have an {method}() method; "
                                 f"{type(autoencoder).__name__} has none")
-        self.autoencoder = autoencoder
+        self.autoencoder: Any = autoencoder
         self.in_channels, self.latent_channels, self.downsampling_factor = _geometry(autoencoder)
         self.scale_factor = _check_scale_factor(scale_factor)
-        self.unet = unet
+        self.unet: Any = unet
         self.schedule = schedule
         self.prediction = prediction
 
@@ -768,8 +768,8 @@ class LatentDiffusion:
         cls,
         directory: str | os.PathLike,
         *,
-        autoencoder_class: type | None = None,
-        unet_class: type | None = None,
+        autoencoder_class: Any = None,
+        unet_class: Any = None,
         load_unet: bool = True,
         device: str | torch.device | None = None,
     ) -> LatentDiffusion:

@@ -448,3 +448,26 @@ def test_cli_trains_on_latents_and_samples_decoded_images(tmp_path, capsys):
     assert main(["train", "--autoencoder", str(tmp_path / "other"), "--out", str(out),
                  "--steps", "6", "--no-progress"]) == 2
     assert "started with another autoencoder" in capsys.readouterr().err
+
+
+def test_cli_trains_an_autoencoder_then_a_latent_model_on_it(tmp_path, capsys):
+    pytest.importorskip("ddpm_lib.autoencoder_loss")
+    from ddpm_lib.cli import main
+
+    ae_run = tmp_path / "ae"
+    assert main(["train-autoencoder", "--out", str(ae_run), "--image-size", "24",
+                 "--dataset-size", "16", "--batch-size", "4", "--base-channels", "8",
+                 "--channel-mults", "1,2", "--steps", "2", "--checkpoint-every", "2",
+                 "--warmup-steps", "1", "--adversarial-start", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "reconstruction PSNR" in err and (ae_run / "reconstructions.png").is_file()
+    assert (ae_run / "ema_model" / "config.json").is_file()
+    out = tmp_path / "ldm"
+    assert main(["train", "--autoencoder", str(ae_run), "--out", str(out), "--image-size", "24",
+                 "--dataset-size", "8", "--batch-size", "4", "--base-channels", "8",
+                 "--channel-mults", "1", "--attention-resolutions", "", "--num-timesteps", "10",
+                 "--steps", "1", "--sample-every", "100", "--no-progress"]) == 0
+    assert LatentDiffusion.from_pretrained(out).unet.config["in_channels"] == 4
+    assert main(["train-autoencoder", "--out", str(tmp_path / "x"), "--data", "shapes",
+                 "--image-size", "10", "--channel-mults", "1,2,2", "--base-channels", "8"]) == 2
+    assert "not a multiple of the downsampling factor 4" in capsys.readouterr().err
