@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,6 +57,26 @@ def diffusers_ddpm_cifar10(dropout: float = 0.1) -> torch.nn.Module:
         layers_per_block=2, attention_head_dim=None, norm_eps=1e-6, downsample_padding=0,
         flip_sin_to_cos=False, freq_shift=1, dropout=dropout,
     )
+
+
+def interleaved_times(
+    tasks: dict[Any, Callable[[], None]], warmup: int, repeats: int
+) -> tuple[dict[Any, list[float]], dict[Any, list[float]]]:
+    """Run every task ``warmup + repeats`` times, interleaved (the order reversed on every
+    other round, so load from other processes hits all alike); returns the wall-clock and the
+    process CPU seconds of the timed runs, per task."""
+    times: dict[Any, list[float]] = {key: [] for key in tasks}
+    cpu_times: dict[Any, list[float]] = {key: [] for key in tasks}
+    order = list(tasks)
+    for rep in range(warmup + repeats):
+        for key in order if rep % 2 == 0 else order[::-1]:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            tasks[key]()
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            if rep >= warmup:
+                times[key].append(elapsed)
+                cpu_times[key].append(cpu)
+    return times, cpu_times
 
 
 def peak_step_memory(step: Callable[[], None]) -> int:
@@ -160,18 +181,7 @@ def main() -> None:
         for name, model in models.items()
         for kind in ("forward", "forward+backward")
     }
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
-    cpu_times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
-    order = list(tasks)
-    for rep in range(args.warmup + args.repeats):
-        sequence = order if rep % 2 == 0 else order[::-1]
-        for key in sequence:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            tasks[key]()
-            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-            if rep >= args.warmup:
-                times[key].append(elapsed)
-                cpu_times[key].append(cpu)
+    times, cpu_times = interleaved_times(tasks, args.warmup, args.repeats)
 
     memory = {}
     for name, model in models.items():

@@ -19,6 +19,7 @@ _EXPORTS = {
     "SimpleLoss": "ddpm_lib.losses",
     "VLBLoss": "ddpm_lib.losses",
     "HybridLoss": "ddpm_lib.losses",
+    "AutoencoderLoss": "ddpm_lib.autoencoder_loss",
 
     "UNet": "ddpm_lib.models.unet",
     "unet_from_diffusers": "ddpm_lib.interop",

@@ -80,6 +80,39 @@ def make_trainer(out_dir, *, conditional=True, dropout=0.1, batch_size=8, **over
     return Trainer(model, TinyLoss(schedule), dataset, **kwargs)
 
 
+def make_autoencoder_trainer(out_dir, **overrides):
+    """A tiny AutoencoderKL trained with the PatchGAN discriminator on from step 2."""
+    from ddpm_lib.autoencoder_loss import AutoencoderLoss
+    from ddpm_lib.models.autoencoder import AutoencoderKL
+    from ddpm_lib.training import Trainer
+
+    torch.manual_seed(1234)
+    model = AutoencoderKL(base_channels=8, channel_mults=(1, 2), norm_groups=4, latent_channels=2)
+    loss = AutoencoderLoss(
+        kl_weight=1e-3, discriminator=dict(base_channels=8, num_layers=1, norm_groups=4),
+        adversarial_start=2, discriminator_lr=1e-3,
+    )
+    dataset = ShapesDataset(size=20, image_size=8, seed=0)
+    kwargs = dict(
+        batch_size=4, lr=2e-3, warmup_steps=2, ema_decay=0.9, out_dir=out_dir, log_every=2,
+        checkpoint_every=3, progress=False, tensorboard=False, seed=3,
+    )
+    kwargs.update(overrides)
+    return Trainer(model, loss, dataset, **kwargs)
+
+
+def autoencoder_state_of(trainer) -> dict[str, torch.Tensor]:
+    """state_of plus the discriminator's weights and Adam moments."""
+    out = state_of(trainer)
+    loss_state = trainer.loss_fn.state_dict()
+    out.update({f"disc.{k}": v.clone() for k, v in loss_state["discriminator"].items()})
+    for index, moments in loss_state["optimizer"]["state"].items():
+        for key, value in moments.items():
+            out[f"disc_adam.{index}.{key}"] = torch.as_tensor(value).clone()
+    out["loss_step"] = torch.tensor(loss_state["step"])
+    return out
+
+
 def state_of(trainer) -> dict[str, torch.Tensor]:
     """Model and EMA weights, flattened into one dict of tensors."""
     out = {f"model.{k}": v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
@@ -94,6 +127,10 @@ def main(argv: list[str]) -> None:
         trainer = make_trainer(out_dir)
         trainer.train(steps)
         torch.save(state_of(trainer), Path(out_dir) / "final.pt")
+    elif mode == "autoencoder":  # the same with AutoencoderKL + AutoencoderLoss(discriminator)
+        trainer = make_autoencoder_trainer(out_dir)
+        trainer.train(steps)
+        torch.save(autoencoder_state_of(trainer), Path(out_dir) / "final.pt")
     elif mode == "ddp":  # under torchrun: half the steps, then a new Trainer resumes (no dropout)
         import torch.distributed as dist
 

@@ -256,3 +256,194 @@ def test_diffusers_conversion_rejects_other_types():
     with pytest.raises(TypeError, match="diffusers AutoencoderKL"):
         autoencoder_from_diffusers(UNet(base_channels=8, channel_mults=(1,), image_size=8,
                                         attention_resolutions=(), norm_groups=4))
+
+
+# ------------------------------------------------------------------------------- the loss
+class FixedAutoencoder(nn.Module):
+    """Returns a given reconstruction and posterior: the loss's arithmetic in isolation."""
+
+    def __init__(self, reconstruction, posterior):
+        super().__init__()
+        self.reconstruction, self.posterior = reconstruction, posterior
+
+    def forward(self, x, sample_posterior=True, generator=None):
+        return self.reconstruction, self.posterior
+
+
+def test_loss_is_l1_plus_l2_plus_kl_per_image_value(generator):
+    from ddpm_lib import AutoencoderLoss
+
+    x = torch.rand(3, 2, 4, 4, generator=generator) * 2 - 1
+    reconstruction = torch.rand(3, 2, 4, 4, generator=generator) * 2 - 1
+    posterior = DiagonalGaussian(torch.randn(3, 1, 2, 2, generator=generator),
+                                 torch.randn(3, 1, 2, 2, generator=generator))
+    model = FixedAutoencoder(reconstruction, posterior)
+    loss_fn = AutoencoderLoss(kl_weight=0.1, l2_weight=0.5)
+    per_sample = loss_fn(model, x, reduction="none")
+    error = (reconstruction - x).flatten(1)
+    expected = error.abs().mean(1) + 0.5 * error.square().mean(1) + 0.1 * posterior.kl() / 32
+    torch.testing.assert_close(per_sample, expected)
+    torch.testing.assert_close(loss_fn(model, x), expected.mean())
+    torch.testing.assert_close(loss_fn(model, x, reduction="sum"), expected.sum())
+
+
+def tiny_pair(start=0, **loss_kwargs):
+    from ddpm_lib import AutoencoderLoss
+
+    torch.manual_seed(0)
+    ae = randomize(tiny(latent_channels=2), seed=2, scale=0.05)
+    loss_fn = AutoencoderLoss(
+        kl_weight=1e-2, adversarial_start=start,
+        discriminator=dict(base_channels=8, num_layers=1, norm_groups=4), discriminator_lr=1e-2,
+        **loss_kwargs,
+    )
+    return ae, loss_fn
+
+
+def test_adversarial_term_uses_ldm_adaptive_weight(generator):
+    ae, loss_fn = tiny_pair(discriminator_weight=0.7)
+    x = torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1
+    total = loss_fn(ae, x, reduction="none", generator=torch.Generator().manual_seed(5))
+    # the same quantities by hand
+    reconstruction, posterior = ae(x, generator=torch.Generator().manual_seed(5))
+    rec = (reconstruction - x).abs().flatten(1).mean(1)
+    adv = -loss_fn.discriminator(reconstruction).flatten(1).mean(1)
+    last = ae.decoder.out.conv.weight
+    g_rec = torch.autograd.grad(rec.mean(), last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv.mean(), last, retain_graph=True)[0]
+    weight = 0.7 * g_rec.norm() / (g_adv.norm() + 1e-4)
+    expected = rec + 1e-2 * posterior.kl() / x[0].numel() + weight * adv
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(loss_fn.last_adaptive_weight, weight)
+    # the generator's backward leaves the discriminator's gradients alone
+    total.mean().backward()
+    assert all(p.grad is None for p in loss_fn.discriminator.parameters())
+    # evaluation: no adversarial term, no pending discriminator step
+    ae.eval()
+    loss_fn._pending = None
+    with torch.no_grad():
+        evaluated = loss_fn(ae, x, reduction="none", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(evaluated, (rec + 1e-2 * posterior.kl() / x[0].numel()).detach())
+    assert loss_fn._pending is None
+
+
+def test_discriminator_takes_one_hinge_adam_step_after_the_start(generator):
+    import copy
+
+    ae, loss_fn = tiny_pair(start=1)
+    x = torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1
+    before = copy.deepcopy(loss_fn.discriminator)
+    loss_fn(ae, x).backward()
+    loss_fn.update()  # step 0 < start: no adversarial term, no discriminator step
+    assert loss_fn.step == 1
+    for a, b in zip(before.parameters(), loss_fn.discriminator.parameters()):
+        assert torch.equal(a, b)
+    reference = copy.deepcopy(loss_fn.discriminator)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    generator_state = torch.Generator().manual_seed(9)
+    loss_fn(ae, x, generator=generator_state)
+    reconstruction = ae(x, generator=torch.Generator().manual_seed(9)).sample.detach()
+    loss_fn.update()
+    hinge = 0.5 * (torch.relu(1 - reference(x)).mean() + torch.relu(1 + reference(reconstruction)).mean())
+    hinge.backward()
+    optimizer.step()
+    assert loss_fn.step == 2
+    torch.testing.assert_close(loss_fn.last_discriminator_loss, hinge.detach())
+    changed = []
+    for a, b, c in zip(reference.parameters(), loss_fn.discriminator.parameters(),
+                       before.parameters()):
+        torch.testing.assert_close(a, b)
+        changed.append(not torch.equal(b, c))
+    # all but the last bias, whose hinge gradient is 0.5 * (P(fake > -1) - P(real < 1)) = 0 here
+    assert changed[:-1] == [True] * (len(changed) - 1)
+
+
+def test_loss_state_round_trip_and_mismatch():
+    from ddpm_lib import AutoencoderLoss
+
+    ae, loss_fn = tiny_pair()
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    loss_fn(ae, x).backward()
+    loss_fn.update()
+    state = loss_fn.state_dict()
+    _, other = tiny_pair()
+    other.load_state_dict(state)
+    assert other.step == 1
+    for key, value in loss_fn.discriminator.state_dict().items():
+        assert torch.equal(value, other.discriminator.state_dict()[key])
+    assert other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
+    with pytest.raises(ValueError, match="has a discriminator but this loss has none"):
+        AutoencoderLoss().load_state_dict(state)
+    assert AutoencoderLoss().state_dict() == {"step": 0}
+
+
+def test_loss_bad_arguments():
+    from ddpm_lib import AutoencoderLoss
+
+    with pytest.raises(ValueError, match="kl_weight"):
+        AutoencoderLoss(kl_weight=-1.0)
+    with pytest.raises(TypeError, match="discriminator must be"):
+        AutoencoderLoss(discriminator="patch")
+    with pytest.raises(ValueError, match="adversarial_start"):
+        AutoencoderLoss(adversarial_start=-1)
+    ae = tiny()
+    with pytest.raises(ValueError, match="reduction"):
+        AutoencoderLoss()(ae, torch.zeros(1, 3, 8, 8), reduction="avg")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['y'\]"):
+        AutoencoderLoss()(ae, torch.zeros(1, 3, 8, 8), y=torch.zeros(1))
+    from ddpm_lib.models import PatchDiscriminator
+
+    with pytest.raises(ValueError, match="too small"):
+        PatchDiscriminator(base_channels=8, norm_groups=4, num_layers=3)(torch.zeros(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------- the Trainer
+def test_trainer_trains_the_autoencoder(tmp_path):
+    from ddpm_lib import AutoencoderLoss, Trainer
+    from ddpm_lib.data import ShapesDataset
+
+    torch.manual_seed(0)
+    ae = tiny(latent_channels=2)
+    dataset = ShapesDataset(size=32, image_size=8, seed=0)
+    images = torch.stack([dataset[i][0] for i in range(16)])
+
+    def error(model):
+        model.eval()
+        with torch.no_grad():
+            return (model(images, sample_posterior=False).sample - images).abs().mean().item()
+
+    before = error(ae)
+    trainer = Trainer(ae, AutoencoderLoss(kl_weight=1e-4), dataset, batch_size=8, lr=3e-3,
+                      warmup_steps=5, out_dir=tmp_path, log_every=10, checkpoint_every=1000,
+                      progress=False, tensorboard=False, ema_decay=0.9)
+    trainer.train(60)
+    after = error(trainer.model)
+    assert after < 0.6 * before, (before, after)
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] < logged[0]
+    # the Trainer exported the EMA autoencoder, which loads back as an AutoencoderKL
+    assert AutoencoderKL.from_pretrained(tmp_path / "ema_model").config == ae.config
+
+
+@pytest.mark.slow
+def test_resume_with_the_discriminator_across_a_restart_is_bitwise(tmp_path):
+    """8 steps at once == 4 steps, a new process, 4 more (autoencoder, EMA, discriminator and
+    its Adam moments, loss step), with the adversarial phase starting at step 2."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import autoencoder_state_of, make_autoencoder_trainer
+    from test_training import _assert_bitwise_equal, _run_helper
+
+    torch.set_num_threads(1)
+    reference = make_autoencoder_trainer(tmp_path / "once")
+    reference.train(8)
+    expected = autoencoder_state_of(reference)
+    assert reference.loss_fn.step == 8 and reference.loss_fn.last_discriminator_loss is not None
+
+    _run_helper("autoencoder", tmp_path / "split", 4)
+    half = torch.load(tmp_path / "split" / "final.pt", weights_only=True)
+    assert not torch.equal(half["disc.layers.0.weight"], expected["disc.layers.0.weight"])
+    _run_helper("autoencoder", tmp_path / "split", 8)
+    _assert_bitwise_equal(torch.load(tmp_path / "split" / "final.pt", weights_only=True), expected)

@@ -2,6 +2,7 @@
 they are built from (see ``layers``)."""
 
 from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
+from .discriminator import PatchDiscriminator
 from .layers import (
     AttentionBlock,
     ClassEmbedding,
@@ -27,6 +28,7 @@ __all__ = [
     "Downsample",
     "GroupNormAct",
     "OutputHead",
+    "PatchDiscriminator",
     "PretrainedModel",
     "ResAttnBlock",
     "ResBlock",

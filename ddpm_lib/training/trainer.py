@@ -118,7 +118,10 @@ class Trainer:
         loss_fn: ``loss_fn(model, x0, t=None, noise=None, **model_kwargs) -> loss``, e.g.
             :class:`ddpm_lib.SimpleLoss`. When it has a ``schedule`` (or ``num_timesteps``) the
             Trainer draws ``t`` and ``noise`` itself (needed for world-size-invariant runs);
-            otherwise it passes ``generator=`` and lets the loss draw them.
+            otherwise it passes ``generator=`` and lets the loss draw them. A loss with state
+            of its own (e.g. :class:`ddpm_lib.AutoencoderLoss`' discriminator) exposes
+            ``state_dict()`` / ``load_state_dict()``, which checkpoints save and restore, and
+            ``update()``, called after every optimizer step of the model.
         dataset: items are images ``(C, H, W)`` in ``[-1, 1]``, ``(image, label)`` pairs (as
             torchvision datasets give; more fields are ignored) or ``(image,)`` (TensorDataset).
             A dataset whose ``unbounded_values`` attribute is true (latents,
@@ -488,6 +491,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        update = getattr(self.loss_fn, "update", None)
+        if callable(update):  # a loss with trainable parts of its own (a discriminator)
+            update()
         self.ema.update(self.model)
         self._loss_sum += loss.detach().double()
         self._loss_count += 1
@@ -721,6 +727,9 @@ class Trainer:
             "loss_count": self._loss_count,
             "lr_schedule": {"lr": self.lr, "warmup_steps": self.warmup_steps},
         }
+        loss_state = getattr(self.loss_fn, "state_dict", None)
+        if callable(loss_state):
+            state["loss_fn"] = loss_state()
         weights = {
             "model": unwrap_model(self.model).state_dict(),
             "ema": self.ema.module.state_dict(),
@@ -769,6 +778,11 @@ class Trainer:
             raise ValueError(f"checkpoint {path}: optimizer state does not fit: {error}") from error
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        if "loss_fn" in state and callable(getattr(self.loss_fn, "load_state_dict", None)):
+            try:
+                self.loss_fn.load_state_dict(state["loss_fn"])  # type: ignore[attr-defined]
+            except (ValueError, RuntimeError, KeyError) as error:
+                raise ValueError(f"checkpoint {path}: the loss's state does not fit: {error}") from error
         self.ema.num_updates = int(state["ema_num_updates"])
         self._generator.set_state(state["generator"])
         rng_states = state["rng"]
