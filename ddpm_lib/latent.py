@@ -293,7 +293,10 @@ class DecodingSampler:
         return latents  # a trajectory: left to the caller
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["sampler"], name)
+        sampler = self.__dict__.get("sampler")
+        if sampler is None:  # during unpickling / copying, before __init__ ran
+            raise AttributeError(name)
+        return getattr(sampler, name)
 
     def __repr__(self) -> str:
         return f"DecodingSampler({self.sampler!r})"
@@ -736,7 +739,7 @@ class LatentDiffusion:
         ``directory/autoencoder/`` and, when :attr:`unet` is set, ``directory/unet/``, each
         written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
         and ``diffusion.json`` so that ``ddpm-lib sample`` and
-        :func:`ddpm_lib.training.checkpoint.load_trained_model` read it as a pretrained model.
+        ``load_trained_model`` read it as a pretrained model.
         """
         self._require_scale("save")
         directory = Path(directory)

@@ -13,16 +13,20 @@ machine stops training early instead of running long). Outputs, under ``runs/lat
 
 and it prints the reconstruction PSNR and the wall time of sampling in latent space (decoding
 included) against a pixel-space UNet of the same width at 32x32, with the same sampler and
-steps. Running it again resumes each stage from its last checkpoint. ``DDPM_LIB_QUICK=1``
-shrinks everything to a few seconds (the outputs are then noise)::
+steps. Running it again resumes each stage from its last checkpoint (if the autoencoder
+trains further, e.g. with a larger ``--ae-minutes``, its latents are encoded again and the
+latent UNet starts afresh). ``DDPM_LIB_QUICK=1`` shrinks everything to a few seconds (the
+outputs are then noise)::
 
     python examples/latent_diffusion.py
+    python examples/latent_diffusion.py --ae-minutes 30 --ae-steps 20000   # a better autoencoder
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,8 +128,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     psnr, reconstructed = reconstruction_psnr(latents, images)
     pairs = torch.stack([images[:32], reconstructed[:32]], 1).flatten(0, 1)
     save_grid(pairs, out / "reconstructions.png", nrow=16, upscale=2)
-    latent_data = latents.encode_dataset(dataset, out / "unet" / "latents", batch_size=128,
+    latent_data = latents.encode_dataset(dataset, out / "latents", batch_size=128,
                                          progress=progress)
+    if not latent_data.from_cache and (out / "unet").exists():
+        # the autoencoder has changed since the latent UNet was trained: start that one afresh
+        shutil.rmtree(out / "unet")
     print(f"autoencoder: {ae_trainer.step} steps, reconstruction PSNR {psnr:.2f} dB on "
           f"{len(images)} held-out images; scale factor {latents.scale_factor:.4f}; latents "
           f"{tuple(latent_data.latents.shape[1:])}")
