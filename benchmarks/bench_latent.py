@@ -17,7 +17,8 @@
   outputs checked to agree). One training step on each side: encode, draw a posterior sample
   from a seeded generator, decode, ``mean|x - x_rec| + 1e-6 * KL`` and its backward. Medians
   of interleaved repetitions (wall-clock and process CPU time) and the peak memory of one step
-  (CPU allocator, from ``torch.profiler``; see ``bench_unet.peak_step_memory``), printed as
+  (CPU allocator, from ``torch.profiler``, see ``bench_unet.peak_step_memory``; on CUDA
+  ``torch.cuda.max_memory_allocated`` above the level before the step), printed as
   ratios ours / diffusers: below 1 means ours is faster / smaller. ``--breakdown`` adds where
   each side's step time goes.
 
@@ -27,6 +28,7 @@ Usage::
     python benchmarks/bench_latent.py --part b --threads 1
     python benchmarks/bench_latent.py --part c --threads 2 --batch 4 --image-size 32
     python benchmarks/bench_latent.py --part c --image-size 64 --repeats 10 --breakdown
+    python benchmarks/bench_latent.py --part c --device cuda --batch 8 --image-size 256 --bf16
 """
 
 from __future__ import annotations
@@ -72,25 +74,44 @@ def part_c(args: argparse.Namespace) -> None:
     """Our AutoencoderKL vs diffusers' forward+backward: time and peak memory ratios."""
     torch.manual_seed(0)
     mults = tuple(args.channel_mults)
+    device = torch.device(args.device)
     theirs = diffusers_autoencoder(args.base_channels, mults, args.num_res_blocks,
-                                   args.latent_channels, args.norm_groups)
+                                   args.latent_channels, args.norm_groups).to(device)
     ours = autoencoder_from_diffusers(theirs)
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, args.image_size, args.image_size, generator=generator) * 2 - 1
+    x = x.to(device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def step_ours() -> None:
-        posterior = ours.encode(x)
-        z = posterior.sample(torch.Generator().manual_seed(1))
-        loss = (ours.decode(z) - x).abs().mean() + 1e-6 * posterior.kl().mean()
+        with autocast:
+            posterior = ours.encode(x)
+            z = posterior.sample(torch.Generator(device).manual_seed(1))
+            loss = (ours.decode(z) - x).abs().mean() + 1e-6 * posterior.kl().mean()
         loss.backward()
         ours.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
 
     def step_theirs() -> None:
-        posterior = theirs.encode(x).latent_dist
-        z = posterior.sample(torch.Generator().manual_seed(1))
-        loss = (theirs.decode(z).sample - x).abs().mean() + 1e-6 * posterior.kl().mean()
+        with autocast:
+            posterior = theirs.encode(x).latent_dist
+            z = posterior.sample(torch.Generator(device).manual_seed(1))
+            loss = (theirs.decode(z).sample - x).abs().mean() + 1e-6 * posterior.kl().mean()
         loss.backward()
         theirs.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def peak_memory(step: Callable[[], None]) -> int:
+        if not cuda:
+            return peak_step_memory(step)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        return torch.cuda.max_memory_allocated(device) - before
 
     ours.train(), theirs.train()
     with torch.no_grad():
@@ -98,7 +119,8 @@ def part_c(args: argparse.Namespace) -> None:
         b = theirs.decode(theirs.encode(x).latent_dist.mean).sample
         diff = (a - b).abs().max().item()
     params = sum(p.numel() for p in ours.parameters())
-    print(f"part c: AutoencoderKL forward+backward, torch {torch.__version__}, threads "
+    print(f"part c: AutoencoderKL forward+backward on {device}"
+          f"{' (bf16 autocast)' if args.bf16 else ''}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, batch {args.batch}, {args.image_size}x{args.image_size}, "
           f"base_channels {args.base_channels}, channel_mults {list(mults)}, num_res_blocks "
           f"{args.num_res_blocks}, f = {ours.downsampling_factor}")
@@ -106,19 +128,26 @@ def part_c(args: argparse.Namespace) -> None:
 
     tasks: dict[str, Callable[[], None]] = {"ours": step_ours, "diffusers": step_theirs}
     times, cpu_times = interleaved_times(tasks, args.warmup, args.repeats)
-    memory = {name: statistics.median(peak_step_memory(step) for _ in range(3))
+    memory = {name: statistics.median(peak_memory(step) for _ in range(3))
               for name, step in tasks.items()}
-    print(f"\nmedians of {args.repeats} interleaved repetitions")
-    print(f"{'':12s}{'wall ms':>10s}{'CPU ms':>10s}{'peak MiB':>10s}")
+    print(f"\n{args.repeats} interleaved repetitions: median and minimum (the minimum is the "
+          "least disturbed by other processes)")
+    print(f"{'':12s}{'wall ms':>10s}{'CPU ms':>10s}{'min wall':>10s}{'min CPU':>10s}"
+          f"{'peak MiB':>10s}")
     for name in tasks:
         print(f"{name:12s}{1e3 * statistics.median(times[name]):10.1f}"
-              f"{1e3 * statistics.median(cpu_times[name]):10.1f}{memory[name] / 2**20:10.1f}")
-    wall = statistics.median(times["ours"]) / statistics.median(times["diffusers"])
-    cpu = statistics.median(cpu_times["ours"]) / statistics.median(cpu_times["diffusers"])
-    print(f"ours / diffusers: time {wall:.3f}x wall, {cpu:.3f}x CPU; peak memory "
-          f"{memory['ours'] / memory['diffusers']:.3f}x")
+              f"{1e3 * statistics.median(cpu_times[name]):10.1f}{1e3 * min(times[name]):10.1f}"
+              f"{1e3 * min(cpu_times[name]):10.1f}{memory[name] / 2**20:10.1f}")
 
-    if args.breakdown:
+    def ratio(table: dict[str, list[float]], stat: Callable[[list[float]], float]) -> float:
+        return stat(table["ours"]) / stat(table["diffusers"])
+
+    print(f"ours / diffusers: time {ratio(times, statistics.median):.3f}x wall, "
+          f"{ratio(cpu_times, statistics.median):.3f}x CPU (medians), "
+          f"{ratio(times, min):.3f}x wall, {ratio(cpu_times, min):.3f}x CPU (minima); "
+          f"peak memory {memory['ours'] / memory['diffusers']:.3f}x")
+
+    if args.breakdown and not cuda:
         rounds: dict[str, list[dict[str, float]]] = {"ours": [], "diffusers": []}
         for rep in range(5):
             for name in ("ours", "diffusers") if rep % 2 == 0 else ("diffusers", "ours"):
@@ -245,6 +274,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--breakdown", action="store_true",
                         help="part c: profile where each side's step time goes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (part c)")
+    parser.add_argument("--bf16", action="store_true", help="part c: under bf16 autocast")
     parser.add_argument("--base-channels", type=int, default=64)
     parser.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2, 2])
     parser.add_argument("--num-res-blocks", type=int, default=1)

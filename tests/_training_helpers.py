@@ -131,6 +131,18 @@ def main(argv: list[str]) -> None:
         trainer = make_autoencoder_trainer(out_dir)
         trainer.train(steps)
         torch.save(autoencoder_state_of(trainer), Path(out_dir) / "final.pt")
+    elif mode == "autoencoder-ddp":  # under torchrun; rank 1 starts from another discriminator
+        import torch.distributed as dist
+
+        trainer = make_autoencoder_trainer(out_dir, checkpoint_every=100)
+        if trainer.dist.rank == 1:
+            with torch.no_grad():
+                for parameter in trainer.loss_fn.discriminator.parameters():
+                    parameter.add_(0.1)
+        trainer.train(steps)
+        torch.save(autoencoder_state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")
+        dist.barrier()
+        dist.destroy_process_group()
     elif mode == "ddp":  # under torchrun: half the steps, then a new Trainer resumes (no dropout)
         import torch.distributed as dist
 

@@ -447,3 +447,54 @@ def test_resume_with_the_discriminator_across_a_restart_is_bitwise(tmp_path):
     assert not torch.equal(half["disc.layers.0.weight"], expected["disc.layers.0.weight"])
     _run_helper("autoencoder", tmp_path / "split", 8)
     _assert_bitwise_equal(torch.load(tmp_path / "split" / "final.pt", weights_only=True), expected)
+
+
+@pytest.mark.slow
+def test_ddp_keeps_autoencoder_and_discriminator_replicas_identical(tmp_path):
+    """2 gloo ranks under torchrun; rank 1's discriminator starts perturbed: rank 0's initial
+    weights are broadcast and the discriminator's gradients averaged, so every replica ends
+    equal (autoencoder, EMA, discriminator and its Adam moments)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs gloo")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_training_ddp import HELPER, REPO, _free_port
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        str(HELPER), "autoencoder-ddp", str(tmp_path), "4",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and "disc_adam.0.exp_avg" in rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_with_the_discriminator(tmp_path, precision):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import make_autoencoder_trainer
+
+    trainer = make_autoencoder_trainer(tmp_path, mixed_precision=precision)
+    trainer.train(4)
+    loss_fn = trainer.loss_fn
+    assert torch.isfinite(loss_fn.last_discriminator_loss)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    scaler = loss_fn.state_dict()["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # float16 needs the discriminator's own scaler
