@@ -56,7 +56,7 @@ from ddpm_lib.interop import autoencoder_from_diffusers  # noqa: E402
 def diffusers_autoencoder(
     base_channels: int, channel_mults: tuple[int, ...], num_res_blocks: int,
     latent_channels: int, norm_groups: int,
-) -> torch.nn.Module:
+) -> Any:
     """diffusers' AutoencoderKL with the given layout (random weights)."""
     from diffusers import AutoencoderKL
 

@@ -67,9 +67,9 @@ class AutoencoderLoss:
         kl_weight: weight of the KL term (LDM's ``kl_weight``; 1e-6 in its KL-f4/f8 models).
         l2_weight: weight of an extra mean squared error term (0: L1 only, as LDM).
         discriminator: ``None`` (no adversarial term), ``True`` (a default
-            :class:`ddpm_lib.models.PatchDiscriminator` for the images' channels), a dict of
-            :class:`~ddpm_lib.models.PatchDiscriminator` arguments, or any ``nn.Module`` mapping
-            images to logits.
+            :class:`ddpm_lib.models.PatchDiscriminator` for RGB images), a dict of
+            :class:`~ddpm_lib.models.PatchDiscriminator` arguments (``in_channels`` for other
+            images), or any ``nn.Module`` mapping images to logits.
         adversarial_start: optimizer steps after which the adversarial term and the
             discriminator's training start (LDM: 50001).
         discriminator_weight: the factor of the adaptive weight (LDM: 0.5).
@@ -140,7 +140,7 @@ class AutoencoderLoss:
 
     @property
     def adversarial(self) -> bool:
-        """Whether the adversarial term is active at the current :attr:`step`."""
+        """Whether the adversarial term is active at the current ``step``."""
         return self.discriminator is not None and self.step >= self.adversarial_start
 
     # ------------------------------------------------------------------ the loss

@@ -85,7 +85,7 @@ class PatchDiscriminator(nn.Module):
 
     @property
     def min_size(self) -> int:
-        """The smallest image side the network accepts: ``3 * 2^num_layers``."""
+        """The smallest image side the network accepts, ``3 * 2^num_layers``."""
         return 3 * 2**self.num_layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # torch depends on typing_extensions
+    from typing_extensions import Self
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-_Model = TypeVar("_Model", bound="PretrainedModel")
-
 
 class PretrainedModel(nn.Module):
     """An ``nn.Module`` that can be rebuilt from its configuration and saved to a folder.
@@ -40,7 +43,7 @@ class PretrainedModel(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor keyword arguments: ``type(self)(**model.config)`` rebuilds it."""
+        """A dict of the constructor keyword arguments; ``type(self)(**model.config)`` rebuilds it."""
         config = dict(self._config)
         config.update(self._extra_config)
         return config
@@ -105,12 +108,12 @@ class PretrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[_Model],
+        cls,
         directory: str | os.PathLike,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> _Model:
+    ) -> Self:
         """Rebuild a model written by :meth:`save_pretrained` (this class or a subclass).
 
         The weights are read with safetensors, which never executes pickled code. ``dtype``
