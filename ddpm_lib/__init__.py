@@ -47,6 +47,9 @@ _EXPORTS = {
 
     "Trainer": "ddpm_lib.training",
 
+    "LatentDiffusion": "ddpm_lib.latent",
+    "LatentDataset": "ddpm_lib.latent",
+
     "frechet_distance": "ddpm_lib.metrics",
     "nll_bits_per_dim": "ddpm_lib.metrics",
 }

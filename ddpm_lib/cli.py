@@ -1,4 +1,4 @@
-"""The ``ddpm-lib`` command line: ``train``, ``sample``, ``fid`` and ``bpd``.
+"""The ``ddpm-lib`` command line: ``train``, ``sample``, ``fid``, ``bpd`` and ``train-autoencoder``.
 
 Run ``ddpm-lib --help`` (or ``python -m ddpm_lib.cli --help``). Each sub-command is defined by
 a ``_add_<name>_parser(subparsers)`` function that registers its options and sets
@@ -88,6 +88,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "guidance_scale": None,
     "seed": 0,
     "num_workers": None,
+    "autoencoder": None,
 }
 _TRAIN_ARGS_FILE = "cli_args.json"
 
@@ -183,6 +184,10 @@ def _train(args: argparse.Namespace) -> None:
         size=options["dataset_size"],
         seed=options["seed"],
     )
+    latent = None
+    if options["autoencoder"]:
+        latent, dataset = _latent_dataset(options, dataset, out, args.no_progress)
+        options["no_flip"] = True  # a mirrored latent is not the latent of the mirrored image
     first = dataset[0]
     image = first[0] if isinstance(first, (tuple, list)) else first
     channels, height, width = image.shape
@@ -218,7 +223,9 @@ def _train(args: argparse.Namespace) -> None:
         loss_fn = SimpleLoss(schedule, prediction=options["prediction"])
     sampler = DDPMSampler(schedule, variance="learned_range" if learn_sigma else "fixed_small",
                           prediction=options["prediction"],
-                          num_steps=min(100, options["num_timesteps"]))
+                          num_steps=min(100, options["num_timesteps"]), clip_denoised=latent is None)
+    if latent is not None:
+        sampler = latent.decoding_sampler(sampler)  # sample grids show decoded images
     torch.manual_seed(options["seed"])  # the model's dropout; the Trainer seeds everything else
     trainer = Trainer(
         model, loss_fn, dataset,
@@ -242,6 +249,10 @@ def _train(args: argparse.Namespace) -> None:
               f"device {trainer.device}, {trainer.dist.world_size} process(es) -> {out}",
               file=sys.stderr)
     trainer.train(options["steps"])
+    if latent is not None and trainer.dist.is_main:
+        latent.unet, latent.schedule = trainer.ema_model, schedule
+        latent.prediction = options["prediction"]
+        latent.save_pretrained(out)  # out/unet/: the EMA UNet beside out/autoencoder/
     if trainer.dist.is_main:
         print(f"ddpm-lib train: done at step {trainer.step}; checkpoint "
               f"{trainer.latest_checkpoint()}, EMA model {out / 'ema_model'}, "
@@ -267,13 +278,14 @@ def _sample(args: argparse.Namespace) -> None:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise CLIError(f"--device: not a device: {args.device!r}") from None
+    latent, unet_source = _latent_model(args.source, device)
     try:
-        loaded = load_trained_model(args.source, use_ema=not args.no_ema, device=device)
+        loaded = load_trained_model(unet_source, use_ema=not args.no_ema, device=device)
     except CheckpointError as error:
         raise CLIError(str(error)) from None
     schedule = loaded.schedule
     steps = args.steps
-    common: dict[str, Any] = {"prediction": loaded.prediction}
+    common: dict[str, Any] = {"prediction": loaded.prediction, "clip_denoised": latent is None}
     sampler: DDPMSampler | DDIMSampler | DPMSolverSampler
     analytic = None
     if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
@@ -309,6 +321,8 @@ def _sample(args: argparse.Namespace) -> None:
     config: dict[str, Any] = getattr(loaded.model, "config", {})
     image_shape = (int(config["in_channels"]), int(config["image_size"]),
                    int(config["image_size"]))
+    if latent is not None and args.inpaint is not None:
+        raise CLIError("--inpaint works on pixel-space runs; this run samples latents")
     inpaint = _inpaint_inputs(args, image_shape, device)
     for start in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - start)
@@ -326,6 +340,8 @@ def _sample(args: argparse.Namespace) -> None:
                                    model_kwargs=kwargs, guidance_scale=args.guidance_scale,
                                    progress=not args.no_progress)
         assert isinstance(batch, torch.Tensor)  # no trajectory was asked for
+        if latent is not None:
+            batch = latent.decode(batch)
         images.append(batch.float().cpu())
     samples = torch.cat(images)
     written = []
@@ -425,6 +441,10 @@ def _add_train_parser(subparsers: Any) -> None:
                       help="do not flip images left-right at random")
     data.add_argument("--num-workers", type=int, default=None, metavar="N",
                       help="data loading processes (default: 0 on CPU, up to 8 per GPU)")
+    data.add_argument("--autoencoder", default=None, metavar="RUN",
+                      help="train in the latent space of this autoencoder (a train-autoencoder "
+                      "--out folder or a pretrained autoencoder folder): the dataset is encoded "
+                      "once into OUT/latents/, no flips")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--out", required=True, metavar="DIR",
@@ -965,11 +985,244 @@ def _add_bpd_parser(subparsers: Any) -> None:
     parser.set_defaults(func=_run_bpd)
 
 
+# ----------------------------------------------------------------------------- latent diffusion
+
+def _load_autoencoder(source: str) -> Any:
+    """An autoencoder from a ``train-autoencoder`` run folder (its ``ema_model/``) or a
+    pretrained autoencoder folder (``config.json`` + ``model.safetensors``)."""
+    from pathlib import Path
+
+    from ddpm_lib import AutoencoderKL
+
+    folder = Path(source)
+    if not folder.exists():
+        raise FileNotFoundError(f"--autoencoder {source!r} does not exist")
+    for candidate in (folder / "ema_model", folder / "autoencoder", folder):
+        if (candidate / "config.json").is_file():
+            try:
+                return AutoencoderKL.from_pretrained(candidate)
+            except (ValueError, TypeError, OSError) as error:
+                raise CLIError(f"--autoencoder: cannot load {candidate}: {error}") from None
+    raise CLIError(
+        f"--autoencoder {source!r} is neither a train-autoencoder run (with ema_model/) nor an "
+        "autoencoder folder (with config.json); train one with ddpm-lib train-autoencoder"
+    )
+
+
+def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress: bool) -> Any:
+    """``(LatentDiffusion, latent dataset)`` for ``train --autoencoder``.
+
+    The scale factor is fitted once and saved with the autoencoder in ``out``
+    (``latent_diffusion.json``, ``autoencoder/``); a resumed run reuses both, and refuses an
+    ``--autoencoder`` that differs from the one the run started with. The latents are cached in
+    ``out/latents/``.
+    """
+    import torch
+
+    from ddpm_lib.latent import CONFIG_FILE, LatentDiffusion, autoencoder_fingerprint
+
+    autoencoder = _load_autoencoder(options["autoencoder"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autoencoder.to(device).eval()
+    if (out / CONFIG_FILE).is_file():
+        saved = LatentDiffusion.from_pretrained(out, load_unet=False)
+        if autoencoder_fingerprint(saved.autoencoder) != autoencoder_fingerprint(autoencoder):
+            raise CLIError(
+                f"{out} was started with another autoencoder than {options['autoencoder']}; "
+                "use a new --out to train on this one"
+            )
+        latent = LatentDiffusion(autoencoder, saved.scale_factor)
+    else:
+        latent = LatentDiffusion(autoencoder)
+        latent.fit_scale_factor(dataset, batch_size=options["batch_size"],
+                                progress=not no_progress)
+        latent.save_pretrained(out)
+    print(f"ddpm-lib train: latent space of {options['autoencoder']} (f="
+          f"{latent.downsampling_factor}, {latent.latent_channels} channels), scale factor "
+          f"{latent.scale_factor:.5f}", file=sys.stderr)
+    data = latent.encode_dataset(dataset, out / "latents", batch_size=options["batch_size"],
+                                 progress=not no_progress)
+    if data.from_cache:
+        print(f"ddpm-lib train: latents read from {data.cache_path}", file=sys.stderr)
+    return latent, data
+
+
+def _latent_model(source: str, device: Any) -> tuple[Any, str]:
+    """``(LatentDiffusion or None, where the UNet is)`` for ``sample``: a latent run folder or a
+    saved :class:`ddpm_lib.LatentDiffusion` decodes its samples with its autoencoder."""
+    from pathlib import Path
+
+    from ddpm_lib.latent import CONFIG_FILE, LatentDiffusion
+
+    folder = Path(source)
+    if not (folder / CONFIG_FILE).is_file():
+        return None, source
+    try:
+        latent = LatentDiffusion.from_pretrained(folder, load_unet=False, device=device)
+    except (ValueError, TypeError, OSError, KeyError) as error:
+        raise CLIError(f"{source}: cannot load the autoencoder of this latent model: {error}") from None
+    if latent.scale_factor is None:
+        raise CLIError(f"{folder / CONFIG_FILE} has no scale factor")
+    unet_source = folder if (folder / "checkpoints").is_dir() else folder / "unet"
+    return latent, str(unet_source)
+
+
+def _run_train_autoencoder(args: argparse.Namespace) -> None:
+    with _OneLineWarnings("train-autoencoder"):
+        _train_autoencoder(args)
+
+
+def _reconstruction_psnr(autoencoder: Any, images: Any) -> float:
+    """Mean PSNR in dB of ``decode(encode(x).mode())`` over images in ``[-1, 1]`` (peak 2)."""
+    import torch
+
+    with torch.no_grad():
+        reconstructed = autoencoder.decode(autoencoder.encode(images).mode()).clamp(-1, 1)
+    mse = (reconstructed - images).square().flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(4.0 / mse)).mean())
+
+
+def _train_autoencoder(args: argparse.Namespace) -> None:
+    import math
+    from pathlib import Path
+
+    import torch
+
+    from ddpm_lib.data import build_dataset, save_grid
+    from ddpm_lib import AutoencoderKL, AutoencoderLoss
+    from ddpm_lib.training import Trainer
+
+    out = Path(args.out)
+    if args.data != "shapes" and not Path(args.data).is_dir():
+        raise CLIError(f"--data must be 'shapes' or a folder of images; {args.data!r} is neither")
+    if args.data != "shapes" and args.image_size is None:
+        raise CLIError("--data FOLDER needs --image-size")
+    dataset = build_dataset(args.data, image_size=args.image_size or 32, class_labels=False,
+                            size=args.dataset_size, seed=args.seed)
+    first = dataset[0]
+    image = first[0] if isinstance(first, (tuple, list)) else first
+    channel_mults = _int_list("channel_mults", args.channel_mults)
+    torch.manual_seed(args.seed)
+    autoencoder = AutoencoderKL(
+        in_channels=image.shape[0], latent_channels=args.latent_channels,
+        base_channels=args.base_channels, channel_mults=channel_mults,
+        num_res_blocks=args.num_res_blocks, norm_groups=math.gcd(32, args.base_channels),
+    )
+    factor = 2 ** (len(channel_mults) - 1)
+    if image.shape[1] % factor or image.shape[2] % factor:
+        raise CLIError(f"--image-size {image.shape[1]} is not a multiple of the downsampling "
+                       f"factor {factor} of --channel-mults {args.channel_mults}")
+    loss_options: dict[str, Any] = {"kl_weight": args.kl_weight, "l2_weight": args.l2_weight}
+    if args.adversarial_start is not None:
+        loss_options.update(discriminator=True, adversarial_start=args.adversarial_start)
+    loss_fn = AutoencoderLoss(**loss_options)
+    trainer = Trainer(
+        autoencoder, loss_fn, dataset, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+        mixed_precision=args.mixed_precision, out_dir=out, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, sample_every=None, seed=args.seed,
+        num_workers=args.num_workers, random_flip=True, progress=not args.no_progress,
+    )
+    if trainer.dist.is_main:
+        start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
+        print(f"ddpm-lib train-autoencoder: {start}; {len(dataset)} images "
+              f"{'x'.join(map(str, image.shape))} -> latents {args.latent_channels}x"
+              f"{image.shape[1] // factor}x{image.shape[2] // factor} (f={factor}), "
+              f"{sum(p.numel() for p in autoencoder.parameters()) / 1e6:.2f}M parameters -> {out}",
+              file=sys.stderr)
+    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    trainer.train(args.steps, max_seconds=max_seconds)
+    if trainer.dist.is_main:
+        # held-out images: the same generator with another seed (or the first of the folder)
+        held_out = (build_dataset("shapes", image_size=image.shape[1], size=16, seed=args.seed + 1)
+                    if args.data == "shapes" else dataset)
+        images = torch.stack([held_out[i][0] if isinstance(held_out[i], (tuple, list))
+                              else held_out[i] for i in range(min(16, len(held_out)))])
+        model = trainer.ema_model.eval()
+        images = images.to(next(model.parameters()).device)
+        psnr = _reconstruction_psnr(model, images)
+        with torch.no_grad():
+            reconstructed = model.decode(model.encode(images).mode())
+        pairs = torch.stack([images, reconstructed], 1).flatten(0, 1)  # original, reconstruction
+        grid = save_grid(pairs, out / "reconstructions.png", nrow=8,
+                         upscale=max(1, 64 // image.shape[1]))
+        print(f"ddpm-lib train-autoencoder: done at step {trainer.step}; reconstruction PSNR "
+              f"{psnr:.2f} dB on {len(images)} held-out images ({grid}: original, "
+              f"reconstruction); EMA autoencoder {out / 'ema_model'} "
+              f"(use: ddpm-lib train --autoencoder {out} ...)", file=sys.stderr)
+        if not math.isfinite(psnr):
+            raise CLIError("the reconstructions are not finite; lower --lr")
+
+
+def _add_train_autoencoder_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train-autoencoder",
+        help="train a KL autoencoder for latent diffusion (resumes by itself)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train an AutoencoderKL (Rombach et al. 2022) with AutoencoderLoss (L1 reconstruction,\n"
+            "KL term, optional PatchGAN discriminator) on the built-in shapes or a folder of\n"
+            "images. Checkpoints, log.jsonl and the final EMA autoencoder (OUT/ema_model) go to\n"
+            "--out; at the end OUT/reconstructions.png shows held-out images beside their\n"
+            "reconstructions and the PSNR is printed. Then train a latent diffusion model with\n"
+            "ddpm-lib train --autoencoder OUT."
+        ),
+        epilog=(
+            "example:\n"
+            "  ddpm-lib train-autoencoder --out runs/ae --image-size 32 --channel-mults 1,2,2 \\\n"
+            "      --steps 4000 && ddpm-lib train --autoencoder runs/ae --out runs/ldm \\\n"
+            "      --class-conditional --base-channels 64 --channel-mults 1,2 --steps 20000"
+        ),
+    )
+    parser.add_argument("--data", default="shapes", metavar="SOURCE",
+                        help="'shapes' (built in) or a folder of images (default: shapes)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PX",
+                        help="resize and center-crop to this size (shapes: default 32)")
+    parser.add_argument("--dataset-size", type=int, default=10_000, metavar="N",
+                        help="number of built-in shapes images (default: 10000)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--steps", type=int, default=20_000, help="optimizer steps (default: 20000)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop earlier after this long (a checkpoint is written)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
+    parser.add_argument("--warmup-steps", type=int, default=500,
+                        help="linear learning-rate warm-up (default: 500)")
+    parser.add_argument("--grad-clip", type=float, default=1.0,
+                        help="gradient norm clipping, 0 for none (default: 1)")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="EMA decay of the saved weights (default: 0.999)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--latent-channels", type=int, default=4,
+                        help="channels of the latents (default: 4)")
+    parser.add_argument("--base-channels", type=int, default=64, help="width (default: 64)")
+    parser.add_argument("--channel-mults", default="1,2,2", metavar="LIST",
+                        help="width multiplier per resolution; f = 2^(len - 1) (default: 1,2,2: f=4)")
+    parser.add_argument("--num-res-blocks", type=int, default=1,
+                        help="residual blocks per resolution (default: 1)")
+    parser.add_argument("--kl-weight", type=float, default=1e-6,
+                        help="weight of the KL term (default: 1e-6, LDM's KL-f4/f8)")
+    parser.add_argument("--l2-weight", type=float, default=0.0,
+                        help="weight of an extra mean squared error term (default: 0, L1 only)")
+    parser.add_argument("--adversarial-start", type=int, default=None, metavar="STEP",
+                        help="add a PatchGAN discriminator, switched on after this step "
+                        "(LDM: 50001; default: no discriminator)")
+    parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
+    parser.add_argument("--checkpoint-every", type=int, default=1000,
+                        help="steps between checkpoints (default: 1000)")
+    parser.add_argument("--num-workers", type=int, default=None, metavar="N",
+                        help="data loading processes (default: 0 on CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_run_train_autoencoder)
+
+
 _SUBCOMMANDS: list = [
     _add_train_parser,
     _add_sample_parser,
     _add_fid_parser,
     _add_bpd_parser,
+    _add_train_autoencoder_parser,
 ]
 
 

@@ -130,6 +130,8 @@ class Trainer:
             ``update()``, called after every optimizer step of the model.
         dataset: items are images ``(C, H, W)`` in ``[-1, 1]``, ``(image, label)`` pairs (as
             torchvision datasets give; more fields are ignored) or ``(image,)`` (TensorDataset).
+            A dataset whose ``unbounded_values`` attribute is true (latents,
+            :class:`ddpm_lib.LatentDataset`) is not checked to lie in ``[-1, 1]``.
         batch_size: the global batch (all processes together); split evenly over processes.
         lr: Adam's learning rate after warm-up (2e-4 in DDPM).
         warmup_steps: the learning rate ramps linearly to ``lr`` over this many steps.
@@ -252,11 +254,12 @@ class Trainer:
                 f"{image.dtype} and shape {tuple(image.shape)}"
             )
         low, high = float(image.min()), float(image.max())
-        if low < -1.001 or high > 1.001:
+        bounded = not getattr(dataset, "unbounded_values", False)  # latents are not in [-1, 1]
+        if bounded and (low < -1.001 or high > 1.001):
             raise ValueError(
                 f"dataset images must lie in [-1, 1]; item 0 has values in [{low:.3g}, {high:.3g}]"
             )
-        if low >= 0.0:
+        if bounded and low >= 0.0:
             warnings.warn(
                 f"item 0 of the dataset has values in [{low:.3g}, {high:.3g}]: images should be "
                 "in [-1, 1], not [0, 1] (use x * 2 - 1)",

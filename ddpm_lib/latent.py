@@ -1,0 +1,937 @@
+r"""Diffusion in the latent space of an autoencoder (Latent Diffusion, Rombach et al. 2022).
+
+A KL-regularised autoencoder (:class:`ddpm_lib.AutoencoderKL`, or any module with the same
+``encode`` / ``decode`` interface) maps an image ``(C, H, W)`` to a latent
+``(latent_channels, H / f, W / f)``; the DDPM runs on the latents, so a sampling step or a
+training step costs a fraction of pixel space at the same image size. :class:`LatentDiffusion`
+is the glue between the two:
+
+- the **scale factor** :math:`s` (LDM's rule, section 4.3.2 and appendix G of the paper):
+  the diffusion model sees :math:`z = s \cdot \mathcal{E}(x)` with
+  :math:`s = 1 / \mathrm{std}(\mathcal{E}(x))`, the standard deviation of the latents of
+  training images over all their elements, so that the latents have unit variance like the
+  :math:`\mathcal{N}(0, I)` prior at :math:`t = T`. Stable Diffusion's VAE uses 0.18215.
+- :meth:`LatentDiffusion.encode` / :meth:`LatentDiffusion.decode`: images in ``[-1, 1]`` to
+  scaled latents and back.
+- :meth:`LatentDiffusion.encode_dataset`: the latents of a whole dataset, computed once and
+  cached on disk (safetensors), keeping labels and captions: a :class:`LatentDataset` that the
+  :class:`ddpm_lib.Trainer` trains on with ``random_flip=False``.
+- :meth:`LatentDiffusion.sample`: any sampler of :mod:`ddpm_lib.samplers` (built with
+  ``clip_denoised=False``: latents are not bounded) on ``(n, latent_channels, H / f, W / f)``,
+  then decode.
+- :meth:`LatentDiffusion.save_pretrained` / :meth:`LatentDiffusion.from_pretrained`: the
+  autoencoder, the scale factor, the denoising network and its noise schedule in one folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
+
+CACHE_FILE = "latents.safetensors"
+CONFIG_FILE = "latent_diffusion.json"
+_CACHE_FORMAT = "ddpm_lib.latents/1"
+_FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_scale_factor(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"scale_factor must be a positive finite number or None; got "
+                        f"{type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale_factor must be a positive finite number; got {value!r}")
+    return float(value)
+
+
+def _class_path(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_class(path: str, what: str, where: Path) -> Any:
+    module_name, _, name = path.rpartition(".")
+    if not module_name.startswith("ddpm_lib"):
+        raise ValueError(
+            f"{where} names the {what} class {path!r}, which is not part of ddpm_lib; pass "
+            f"{what}_class= to from_pretrained to load it"
+        )
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{where}: the {what} class {path!r} does not exist in this version of "
+                         f"ddpm_lib; pass {what}_class= to from_pretrained") from None
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor (any dtype, bfloat16 included)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def autoencoder_fingerprint(autoencoder: nn.Module) -> str:
+    """SHA-256 (hex) of an autoencoder's class, configuration and every weight and buffer.
+
+    Two autoencoders with the same fingerprint encode every image identically; any change of
+    a weight, a configuration value or the class changes it.
+    """
+    digest = hashlib.sha256()
+    digest.update(_class_path(autoencoder).encode())
+    config = getattr(autoencoder, "config", None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _hash_value(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(_tensor_bytes(value))
+    elif isinstance(value, (tuple, list)):
+        digest.update(f"L{len(value)}".encode())
+        for part in value:
+            _hash_value(digest, part)
+    else:
+        digest.update(f"{type(value).__name__}:{value!r}".encode())
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """SHA-256 (hex) identifying a dataset: its class, length, ``repr`` (memory addresses
+    removed) and the contents of its first, middle and last items."""
+    digest = hashlib.sha256()
+    size = len(dataset)
+    digest.update(f"{_class_path(dataset)}|{size}|".encode())
+    digest.update(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(dataset)).encode())
+    for index in sorted({0, size // 2, size - 1}):
+        _hash_value(digest, dataset[index])
+    return digest.hexdigest()
+
+
+def _item_image(item: Any) -> tuple[torch.Tensor, list[Any]]:
+    """``(image, extra fields)`` of a dataset item: ``image``, ``(image,)``, ``(image, ...)``."""
+    if isinstance(item, torch.Tensor):
+        return item, []
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        return item[0], list(item[1:])
+    raise TypeError(
+        "dataset items must be an image tensor (C, H, W), (image,), (image, label) or "
+        f"(image, caption: str); got {type(item).__name__}"
+    )
+
+
+def _field_kind(value: Any, position: int) -> str:
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bool):
+        return "int"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return "float" if value.is_floating_point() else "int"
+    try:
+        import numpy as np
+
+        if isinstance(value, np.integer):
+            return "int"
+        if isinstance(value, np.floating):
+            return "float"
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(
+        f"field {position} of the dataset items must be a label (int), a number or a caption "
+        f"(str) to be kept with the latents; got {type(value).__name__}"
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The bytes go to a temporary sibling (``.<name>.tmp-<pid>``), are flushed and ``fsync``-ed,
+    then the file is renamed over ``path`` with :func:`os.replace` (atomic on POSIX) and the
+    folder is ``fsync``-ed so the rename is durable.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class LatentDataset(Dataset):
+    """The latents of an image dataset: items shaped like the source's, image replaced.
+
+    Item ``i`` is ``latent`` when the source's items were bare images, otherwise a tuple
+    ``(latent, *fields)`` with the source's other fields (class labels as ``int``, captions as
+    ``str``, numbers as ``float``). ``latent`` is a float32 tensor
+    ``(latent_channels, H / f, W / f)`` already multiplied by the scale factor. Built by
+    :meth:`LatentDiffusion.encode_dataset`; the :class:`ddpm_lib.Trainer` accepts it (latents
+    are not bounded to ``[-1, 1]``; train with ``random_flip=False``: a mirrored latent is not
+    the latent of the mirrored image).
+
+    Attributes:
+        latents: all latents, ``(N, latent_channels, h, w)`` float32.
+        fields: the other fields, one list of ``N`` values per field.
+        classes: the source dataset's ``classes`` (class names), if it had them.
+        scale_factor: the factor the latents were multiplied by.
+        cache_path: the cache file these latents were read from or written to.
+        from_cache: ``True`` when they were read from an existing cache (no encoder call).
+    """
+
+    #: Tells the :class:`ddpm_lib.Trainer` that items are latents, not images in ``[-1, 1]``.
+    unbounded_values = True
+
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        fields: Sequence[Sequence[Any]] = (),
+        *,
+        wrapped: bool = True,
+        classes: Sequence[str] | None = None,
+        scale_factor: float | None = None,
+        cache_path: Path | None = None,
+        from_cache: bool = False,
+    ) -> None:
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
+            raise ValueError("latents must be a tensor (N, C, h, w); got "
+                             f"{getattr(latents, 'shape', type(latents).__name__)}")
+        for position, field in enumerate(fields, start=1):
+            if len(field) != len(latents):
+                raise ValueError(f"field {position} has {len(field)} values for "
+                                 f"{len(latents)} latents")
+        if not wrapped and fields:
+            raise ValueError("bare latents (wrapped=False) cannot carry other fields")
+        self.latents = latents
+        self.fields = [list(field) for field in fields]
+        self.wrapped = bool(wrapped)
+        self.classes = list(classes) if classes is not None else None
+        self.scale_factor = scale_factor
+        self.cache_path = cache_path
+        self.from_cache = from_cache
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, index: int) -> Any:
+        latent = self.latents[index]
+        if not self.wrapped:
+            return latent
+        return (latent, *(field[index] for field in self.fields))
+
+    def __repr__(self) -> str:
+        return (f"LatentDataset(size={len(self)}, latent_shape={tuple(self.latents.shape[1:])}, "
+                f"fields={len(self.fields)}, scale_factor={self.scale_factor})")
+
+
+class DecodingSampler:
+    """A sampler of latents that returns decoded images: :meth:`sample` draws latents with
+    ``sampler`` and decodes them with ``latent_diffusion``.
+
+    Give it to the :class:`ddpm_lib.Trainer` (``sampler=``) training on a
+    :class:`LatentDataset` so that its sample grids show images, not latents. Every other
+    attribute is the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: Any, latent_diffusion: LatentDiffusion) -> None:
+        if getattr(sampler, "clip_denoised", False):
+            raise ValueError(
+                "the sampler clamps x0 to [-1, 1] (clip_denoised=True), which corrupts latents; "
+                "build it with clip_denoised=False"
+            )
+        self.sampler = sampler
+        self.latent_diffusion = latent_diffusion
+
+    def sample(self, model: Any, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
+        """``latent_diffusion.decode(sampler.sample(model, shape, **kwargs))``."""
+        latents = self.sampler.sample(model, shape, **kwargs)
+        if isinstance(latents, torch.Tensor):
+            return self.latent_diffusion.decode(latents)
+        return latents  # a trajectory: left to the caller
+
+    def __getattr__(self, name: str) -> Any:
+        sampler = self.__dict__.get("sampler")
+        if sampler is None:  # during unpickling / copying, before __init__ ran
+            raise AttributeError(name)
+        return getattr(sampler, name)
+
+    def __repr__(self) -> str:
+        return f"DecodingSampler({self.sampler!r})"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class LatentDiffusion:
+    r"""An autoencoder, its latent scale factor and (optionally) the diffusion model on latents.
+
+    Args:
+        autoencoder: a module with ``encode(x) -> posterior`` (``.mean``, ``.mode()``,
+            ``.sample(generator)``) and ``decode(z) -> x``, such as
+            :class:`ddpm_lib.AutoencoderKL`. Its geometry is read from attributes or its
+            ``config``: ``in_channels``, ``latent_channels`` and the downsampling factor ``f``
+            (``downsampling_factor``, else ``2 ** (len(channel_mults) - 1)``).
+        scale_factor: :math:`s` in :math:`z = s \cdot \mathcal{E}(x)`; ``None`` until
+            :meth:`fit_scale_factor` sets it (0.18215 for Stable Diffusion's VAE).
+        unet: the denoising network on latents (any module with ``save_pretrained`` /
+            ``from_pretrained`` to be saved with :meth:`save_pretrained`), or ``None``.
+        schedule: its :class:`ddpm_lib.NoiseSchedule`, saved alongside, or ``None``.
+        prediction: what ``unet`` predicts (``"eps"``, ``"x0"``, ``"v"``), saved alongside.
+
+    Raises:
+        TypeError: if ``autoencoder`` is not a module or lacks its geometry.
+        ValueError: if ``scale_factor`` is not positive and finite.
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        scale_factor: float | None = None,
+        *,
+        unet: nn.Module | None = None,
+        schedule: Any = None,
+        prediction: str = "eps",
+    ) -> None:
+        if not isinstance(autoencoder, nn.Module):
+            raise TypeError(f"autoencoder must be a torch.nn.Module; got "
+                            f"{type(autoencoder).__name__}")
+        for method in ("encode", "decode"):
+            if not callable(getattr(autoencoder, method, None)):
+                raise TypeError(f"autoencoder must have an {method}() method; "
+                                f"{type(autoencoder).__name__} has none")
+        self.autoencoder: Any = autoencoder
+        self.in_channels, self.latent_channels, self.downsampling_factor = _geometry(autoencoder)
+        self.scale_factor = _check_scale_factor(scale_factor)
+        self.unet: Any = unet
+        self.schedule = schedule
+        self.prediction = prediction
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def scale_factor(self) -> float | None:
+        """:math:`s`: latents given to the diffusion model are :math:`s \\cdot \\mathcal{E}(x)`."""
+        return self._scale_factor
+
+    @scale_factor.setter
+    def scale_factor(self, value: float | None) -> None:
+        self._scale_factor = _check_scale_factor(value)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the autoencoder's parameters."""
+        parameter = next(self.autoencoder.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> LatentDiffusion:
+        """Move the autoencoder and the UNet (if any) to ``device``; returns ``self``."""
+        self.autoencoder.to(device)
+        if self.unet is not None:
+            self.unet.to(device)
+        return self
+
+    def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, int, int]:
+        """``(latent_channels, H / f, W / f)`` for images of ``image_size`` (int or (H, W))."""
+        height, width = ((image_size, image_size) if isinstance(image_size, int)
+                         else tuple(image_size))
+        f = self.downsampling_factor
+        for name, side in (("height", height), ("width", width)):
+            if isinstance(side, bool) or not isinstance(side, int) or side < 1 or side % f:
+                raise ValueError(
+                    f"image {name} must be a positive multiple of the autoencoder's "
+                    f"downsampling factor f={f}; got {side!r} (resize or crop the images to a "
+                    f"multiple of {f})"
+                )
+        return (self.latent_channels, height // f, width // f)
+
+    # ------------------------------------------------------------------ encode / decode
+    def _require_scale(self, action: str) -> float:
+        if self._scale_factor is None:
+            raise ValueError(
+                f"cannot {action} before the scale factor is known: call "
+                "fit_scale_factor(dataset) or pass scale_factor= (0.18215 for Stable "
+                "Diffusion's VAE)"
+            )
+        return self._scale_factor
+
+    def _check_images(self, images: Any) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor (B, C, H, W); got "
+                            f"{type(images).__name__}")
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor (B, C, H, W) in [-1, 1]; got dtype "
+                             f"{images.dtype} and shape {tuple(images.shape)}")
+        if images.shape[1] != self.in_channels:
+            raise ValueError(f"images must have {self.in_channels} channels for this "
+                             f"autoencoder; got {images.shape[1]} (shape {tuple(images.shape)})")
+        self.latent_shape((int(images.shape[2]), int(images.shape[3])))
+        return images
+
+    def _encode_unscaled(
+        self, images: torch.Tensor, generator: torch.Generator | None, sample: bool
+    ) -> torch.Tensor:
+        posterior = self.autoencoder.encode(images.to(self.device))
+        return posterior.sample(generator) if sample else posterior.mode()
+
+    @torch.no_grad()
+    def encode(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = False,
+    ) -> torch.Tensor:
+        r"""Scaled latents :math:`z = s \cdot \mathcal{E}(x)` of images in ``[-1, 1]``.
+
+        Args:
+            images: ``(B, in_channels, H, W)``, ``H`` and ``W`` multiples of ``f``.
+            generator: draws the posterior sample when ``sample``.
+            sample: ``False``: the posterior mean (deterministic); ``True``: a sample of the
+                posterior :math:`\mathcal{N}(\mu, \sigma^2)` as LDM trains on.
+
+        Returns:
+            ``(B, latent_channels, H / f, W / f)``.
+
+        Raises:
+            ValueError: wrong channel count, a size not divisible by ``f``, or the scale
+                factor not known yet.
+        """
+        scale = self._require_scale("encode")
+        images = self._check_images(images)
+        return self._encode_unscaled(images, generator, sample) * scale
+
+    def _check_latents(self, latents: Any) -> torch.Tensor:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor (B, C, h, w); got "
+                            f"{type(latents).__name__}")
+        if latents.ndim != 4 or not latents.is_floating_point():
+            raise ValueError(f"latents must be a float tensor (B, {self.latent_channels}, h, w); "
+                             f"got dtype {latents.dtype} and shape {tuple(latents.shape)}")
+        if latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"latents must have {self.latent_channels} channels (the autoencoder's "
+                f"latent_channels); got {latents.shape[1]} (shape {tuple(latents.shape)})"
+            )
+        if latents.shape[2] < 1 or latents.shape[3] < 1:
+            raise ValueError(f"latents must have a positive size; got {tuple(latents.shape)}")
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        r"""Images :math:`\mathcal{D}(z / s)` from scaled latents.
+
+        Args:
+            latents: ``(B, latent_channels, h, w)``, as produced by :meth:`encode` or sampled.
+
+        Returns:
+            ``(B, in_channels, h * f, w * f)``, nominally in ``[-1, 1]`` (not clamped).
+
+        Raises:
+            ValueError: wrong channel count, or the scale factor not known yet.
+        """
+        scale = self._require_scale("decode latents")
+        latents = self._check_latents(latents)
+        return self.autoencoder.decode(latents.to(self.device) / scale)
+
+    # ------------------------------------------------------------------ scale factor
+    def _images_of(self, dataset: Any, indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([_item_image(dataset[int(i)])[0] for i in indices])
+
+    @torch.no_grad()
+    def fit_scale_factor(
+        self,
+        dataset: Any,
+        *,
+        num_samples: int = 1024,
+        batch_size: int = 64,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> float:
+        r"""Set :attr:`scale_factor` by LDM's rule, :math:`s = 1 / \mathrm{std}(\mathcal{E}(x))`.
+
+        The standard deviation is the unbiased one (as ``torch.std``) over every element of
+        the unscaled latents of ``num_samples`` images of ``dataset``, taken at evenly spaced
+        indices (all of them if the dataset is smaller), accumulated in float64. LDM computes it
+        on the first training batch; a larger subset gives a steadier value.
+
+        Args:
+            dataset: a dataset of images / ``(image, ...)`` items, or a tensor
+                ``(N, C, H, W)`` of images in ``[-1, 1]``.
+            num_samples: how many images to encode.
+            batch_size: images per encoder call.
+            sample: encode to posterior samples instead of the posterior mean (use what the
+                diffusion model will train on; :meth:`encode_dataset` uses the mean by default).
+            generator: draws those samples.
+            progress: show a progress bar.
+
+        Returns:
+            The new scale factor.
+        """
+        _check_positive_int("num_samples", num_samples)
+        _check_positive_int("batch_size", batch_size)
+        size = len(dataset)
+        if size == 0:
+            raise ValueError("dataset is empty")
+        count = min(num_samples, size)
+        indices = torch.linspace(0, size - 1, count).round().long().unique().tolist()
+        total = torch.zeros((), dtype=torch.float64)
+        total_sq = torch.zeros((), dtype=torch.float64)
+        elements = 0
+        batches = range(0, len(indices), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="scale factor", unit="batch")
+        was_training = self.autoencoder.training
+        self.autoencoder.eval()
+        try:
+            for start in batches:
+                chunk = indices[start:start + batch_size]
+                if isinstance(dataset, torch.Tensor):
+                    images = dataset[chunk]
+                else:
+                    images = self._images_of(dataset, chunk)
+                images = self._check_images(images)
+                z = self._encode_unscaled(images, generator, sample).double().cpu()
+                total += z.sum()
+                total_sq += z.square().sum()
+                elements += z.numel()
+        finally:
+            self.autoencoder.train(was_training)
+        if elements < 2:
+            raise ValueError("the latents of one image hold a single value; cannot take a std")
+        mean = total / elements
+        variance = (total_sq - elements * mean * mean) / (elements - 1)
+        std = float(variance.clamp_min(0).sqrt())
+        if not (math.isfinite(std) and std > 0):
+            raise ValueError(f"the latents have standard deviation {std}; the autoencoder "
+                             "collapses every image to a constant and cannot be used")
+        self.scale_factor = 1.0 / std
+        return self.scale_factor
+
+    # ------------------------------------------------------------------ the dataset cache
+    def cache_key(self, dataset: Any, *, sample: bool = False, seed: int | None = None) -> str:
+        """The hash a cache of ``dataset``'s latents is valid for: the autoencoder's weights and
+        configuration (:func:`autoencoder_fingerprint`), the scale factor, the dataset's
+        identity (class, length, ``repr``, first, middle and last items) and the encoding
+        options."""
+        digest = hashlib.sha256()
+        digest.update(autoencoder_fingerprint(self.autoencoder).encode())
+        digest.update(repr(self._require_scale("encode a dataset")).encode())
+        digest.update(dataset_fingerprint(dataset).encode())
+        digest.update(f"sample={bool(sample)}|seed={seed}".encode())
+        return digest.hexdigest()
+
+    def encode_dataset(
+        self,
+        dataset: Any,
+        cache_dir: str | os.PathLike,
+        batch_size: int = 64,
+        progress: bool = True,
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> LatentDataset:
+        """The latents of every item of ``dataset``, encoded once and cached in ``cache_dir``.
+
+        ``cache_dir/latents.safetensors`` holds the scaled latents (float32), integer and
+        float fields as tensors and captions as JSON in the file's metadata, together with the
+        :meth:`cache_key` it was written for and a SHA-256 of its latents. A later call reads
+        it when the key matches and the file is intact (no encoder call); otherwise (another
+        autoencoder, other weights, another scale factor or dataset, a truncated or corrupted
+        file) the dataset is encoded again and the cache replaced. Writing goes through a
+        temporary file, ``fsync`` and an atomic rename, so a process killed while writing
+        leaves the previous cache or none, never a partial one that is trusted.
+
+        Args:
+            dataset: items ``image``, ``(image,)``, ``(image, label)``, ``(image, caption)``
+                or ``(image, field, ...)`` with int / float / str fields; images
+                ``(in_channels, H, W)`` in ``[-1, 1]``, ``H`` and ``W`` multiples of ``f``.
+            cache_dir: folder of the cache (created), e.g. ``<run>/latents``.
+            batch_size: images per encoder call.
+            progress: show a tqdm progress bar while encoding.
+            sample: cache one posterior sample per image (drawn with a generator seeded by
+                ``seed``) instead of the posterior mean.
+            seed: see ``sample``.
+            num_workers: DataLoader processes reading the images.
+
+        Returns:
+            A :class:`LatentDataset` whose items are shaped like ``dataset``'s.
+        """
+        _check_positive_int("batch_size", batch_size)
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        cache_dir = Path(cache_dir)
+        path = cache_dir / CACHE_FILE
+        key = self.cache_key(dataset, sample=sample, seed=seed if sample else None)
+        classes = getattr(dataset, "classes", None)
+        cached = _read_cache(path, key)
+        if cached is not None:
+            latents, fields, wrapped = cached
+            return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
+                                 scale_factor=self.scale_factor, cache_path=path,
+                                 from_cache=True)
+        latents, fields, wrapped = self._encode_all(
+            dataset, batch_size, progress, sample, seed, num_workers
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _write_cache(path, key, latents, fields, wrapped)
+        return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
+                             scale_factor=self.scale_factor, cache_path=path, from_cache=False)
+
+    @torch.no_grad()
+    def _encode_all(
+        self, dataset: Any, batch_size: int, progress: bool, sample: bool, seed: int,
+        num_workers: int,
+    ) -> tuple[torch.Tensor, list[list[Any]], bool]:
+        from torch.utils.data import DataLoader
+
+        first = dataset[0]
+        _, first_fields = _item_image(first)
+        wrapped = not isinstance(first, torch.Tensor)
+        kinds = [_field_kind(value, position)
+                 for position, value in enumerate(first_fields, start=1)]
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=list)
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="encoding latents", unit="batch")
+        generator = torch.Generator(self.device).manual_seed(seed) if sample else None
+        chunks: list[torch.Tensor] = []
+        fields: list[list[Any]] = [[] for _ in kinds]
+        was_training = self.autoencoder.training
+        self.autoencoder.eval()
+        try:
+            for items in loader:
+                images = []
+                for item in items:
+                    image, extra = _item_image(item)
+                    if len(extra) != len(kinds):
+                        raise ValueError(f"dataset items have {len(kinds) + 1} fields at item 0 "
+                                         f"but {len(extra) + 1} later on")
+                    images.append(image)
+                    for position, (kind, value) in enumerate(zip(kinds, extra)):
+                        fields[position].append(_convert_field(kind, value, position + 1))
+                batch = self.encode(torch.stack(images), generator=generator, sample=sample)
+                chunks.append(batch.float().cpu())
+        finally:
+            self.autoencoder.train(was_training)
+        return torch.cat(chunks), fields, wrapped
+
+    # ------------------------------------------------------------------ sampling
+    def decoding_sampler(self, sampler: Any) -> DecodingSampler:
+        """``sampler`` wrapped so that its ``sample`` returns decoded images
+        (:class:`DecodingSampler`); give it to the :class:`ddpm_lib.Trainer` training on
+        latents so that its sample grids show images."""
+        return DecodingSampler(sampler, self)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        sampler: Any,
+        unet: Any = None,
+        n: int = 16,
+        *,
+        image_size: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        progress: bool = False,
+        return_latents: bool = False,
+        **sample_kwargs: Any,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` latents with ``sampler`` and ``unet`` and decode them to images.
+
+        Args:
+            sampler: any :class:`ddpm_lib.Sampler`, built with ``clip_denoised=False``.
+            unet: the model on latents; default :attr:`unet`.
+            n: number of images.
+            image_size: the images' size in pixels (int or ``(H, W)``, multiples of ``f``);
+                default ``f`` times the ``image_size`` in ``unet.config``.
+            generator, model_kwargs, guidance_scale, progress: passed to ``sampler.sample``;
+                ``sample_kwargs`` too (``unconditional_kwargs=``, ``x_T=``...).
+            return_latents: also return the latents.
+
+        Returns:
+            Images ``(n, in_channels, H, W)`` (not clamped), and the latents
+            ``(n, latent_channels, H / f, W / f)`` if ``return_latents``.
+        """
+        unet = unet if unet is not None else self.unet
+        if unet is None:
+            raise ValueError("no model to sample with: pass unet= or build LatentDiffusion with "
+                             "unet=")
+        _check_positive_int("n", n)
+        if getattr(sampler, "clip_denoised", False):
+            raise ValueError(
+                "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
+                "latents; build it with clip_denoised=False"
+            )
+        if image_size is None:
+            config = getattr(unet, "config", None)
+            side = config.get("image_size") if isinstance(config, dict) else None
+            if not isinstance(side, int):
+                raise ValueError("image_size is needed: the model's config has no image_size")
+            image_size = side * self.downsampling_factor
+        shape = (n, *self.latent_shape(image_size))
+        in_channels = (getattr(unet, "config", None) or {}).get("in_channels")
+        if isinstance(in_channels, int) and in_channels != self.latent_channels:
+            raise ValueError(
+                f"the model takes {in_channels} input channels but the autoencoder's latents "
+                f"have {self.latent_channels}; train the model on this autoencoder's latents"
+            )
+        latents = sampler.sample(unet, shape, generator=generator, model_kwargs=model_kwargs,
+                                 guidance_scale=guidance_scale, progress=progress,
+                                 **sample_kwargs)
+        images = self.decode(latents)
+        return (images, latents) if return_latents else images
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write everything needed to sample into one folder.
+
+        ``directory/latent_diffusion.json`` (scale factor, classes, prediction, schedule),
+        ``directory/autoencoder/`` and, when :attr:`unet` is set, ``directory/unet/``, each
+        written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
+        and ``diffusion.json`` so that ``ddpm-lib sample`` and
+        ``load_trained_model`` read it as a pretrained model.
+        """
+        self._require_scale("save")
+        directory = Path(directory)
+        for name, model in (("autoencoder", self.autoencoder), ("unet", self.unet)):
+            if model is not None and not callable(getattr(model, "save_pretrained", None)):
+                raise TypeError(f"the {name} ({type(model).__name__}) has no save_pretrained()")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.autoencoder.save_pretrained(directory / "autoencoder")
+        diffusion: dict[str, Any] = {"prediction": self.prediction}
+        if self.schedule is not None:
+            diffusion["schedule"] = self.schedule.to_dict()
+        if self.unet is not None:
+            self.unet.save_pretrained(directory / "unet")
+            (directory / "unet" / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
+            if "schedule" in diffusion:
+                (directory / "unet" / "schedule.json").write_text(
+                    json.dumps(diffusion["schedule"]))
+        config = {
+            "format_version": _FORMAT_VERSION,
+            "scale_factor": self.scale_factor,
+            "autoencoder_class": _class_path(self.autoencoder),
+            "unet_class": _class_path(self.unet) if self.unet is not None else None,
+            "diffusion": diffusion,
+        }
+        _write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        autoencoder_class: Any = None,
+        unet_class: Any = None,
+        load_unet: bool = True,
+        device: str | torch.device | None = None,
+    ) -> LatentDiffusion:
+        """Load a folder written by :meth:`save_pretrained` (models in eval mode).
+
+        The classes saved in ``latent_diffusion.json`` are imported when they belong to
+        ddpm_lib; pass ``autoencoder_class`` / ``unet_class`` for your own (any class with
+        ``from_pretrained(folder)``). ``load_unet=False`` loads only the autoencoder and the
+        scale factor.
+
+        Raises:
+            FileNotFoundError: no ``latent_diffusion.json`` in ``directory``.
+            ValueError: a file that is not valid, or a class that cannot be found.
+        """
+        from ddpm_lib.schedule import NoiseSchedule
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: not a folder written by "
+                                    "LatentDiffusion.save_pretrained")
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+        if autoencoder_class is None:
+            autoencoder_class = _import_class(config["autoencoder_class"], "autoencoder",
+                                              config_path)
+        autoencoder = autoencoder_class.from_pretrained(directory / "autoencoder")
+        unet = None
+        if load_unet and config.get("unet_class") and (directory / "unet").is_dir():
+            if unet_class is None:
+                unet_class = _import_class(config["unet_class"], "unet", config_path)
+            unet = unet_class.from_pretrained(directory / "unet")
+        diffusion = config.get("diffusion") or {}
+        schedule = (NoiseSchedule.from_dict(diffusion["schedule"])
+                    if "schedule" in diffusion else None)
+        model = cls(autoencoder, config.get("scale_factor"), unet=unet, schedule=schedule,
+                    prediction=diffusion.get("prediction", "eps"))
+        model.autoencoder.eval()
+        if unet is not None:
+            unet.eval()
+        if device is not None:
+            model.to(device)
+        return model
+
+    def __repr__(self) -> str:
+        return (f"LatentDiffusion(autoencoder={type(self.autoencoder).__name__}, "
+                f"f={self.downsampling_factor}, latent_channels={self.latent_channels}, "
+                f"scale_factor={self.scale_factor}, "
+                f"unet={type(self.unet).__name__ if self.unet is not None else None})")
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:
+    """``(in_channels, latent_channels, f)`` of an autoencoder, from attributes or config."""
+    config = getattr(autoencoder, "config", None)
+    config = config if isinstance(config, Mapping) else {}
+
+    def setting(name: str) -> Any:
+        value = getattr(autoencoder, name, None)
+        return value if value is not None else config.get(name)
+
+    in_channels = setting("in_channels")
+    latent_channels = setting("latent_channels")
+    factor = setting("downsampling_factor")
+    if factor is None and config.get("channel_mults") is not None:
+        factor = 2 ** (len(config["channel_mults"]) - 1)
+    missing = [name for name, value in (("in_channels", in_channels),
+                                        ("latent_channels", latent_channels),
+                                        ("downsampling_factor", factor)) if value is None]
+    if missing:
+        raise TypeError(
+            f"cannot tell the {', '.join(missing)} of {type(autoencoder).__name__}: give it "
+            "attributes (or config entries) in_channels, latent_channels and "
+            "downsampling_factor (or channel_mults)"
+        )
+    return int(in_channels), int(latent_channels), int(factor)
+
+
+def _convert_field(kind: str, value: Any, position: int) -> Any:
+    if kind == "str":
+        if not isinstance(value, str):
+            raise TypeError(f"field {position} is a caption (str) at item 0 but a "
+                            f"{type(value).__name__} later on")
+        return value
+    if isinstance(value, str):
+        raise TypeError(f"field {position} is a number at item 0 but a str later on")
+    return int(value) if kind == "int" else float(value)
+
+
+def _write_cache(
+    path: Path, key: str, latents: torch.Tensor, fields: list[list[Any]], wrapped: bool
+) -> None:
+    from safetensors.torch import save
+
+    latents = latents.float().contiguous()
+    tensors = {"latents": latents}
+    kinds = []
+    captions: dict[str, list[str]] = {}
+    for position, field in enumerate(fields):
+        if field and isinstance(field[0], str):
+            kinds.append("str")
+            captions[str(position)] = field
+        elif field and isinstance(field[0], float):
+            kinds.append("float")
+            tensors[f"field_{position}"] = torch.tensor(field, dtype=torch.float64)
+        else:
+            kinds.append("int")
+            tensors[f"field_{position}"] = torch.tensor(field, dtype=torch.int64)
+    metadata = {
+        "format": _CACHE_FORMAT,
+        "key": key,
+        "latents_sha256": hashlib.sha256(_tensor_bytes(latents)).hexdigest(),
+        "wrapped": json.dumps(wrapped),
+        "kinds": json.dumps(kinds),
+        "captions": json.dumps(captions, ensure_ascii=False),
+    }
+    _write_atomic(path, save(tensors, metadata=metadata))
+
+
+def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[list[Any]], bool] | None:
+    """The cache at ``path`` if it is complete, intact and written for ``key``; else ``None``."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load
+
+        data = path.read_bytes()
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != _CACHE_FORMAT or metadata.get("key") != key:
+            return None
+        tensors = load(data)
+        latents = tensors["latents"]
+        if hashlib.sha256(_tensor_bytes(latents)).hexdigest() != metadata.get("latents_sha256"):
+            return None
+        wrapped = bool(json.loads(metadata["wrapped"]))
+        kinds = json.loads(metadata["kinds"])
+        captions = json.loads(metadata["captions"])
+        fields: list[list[Any]] = []
+        for position, kind in enumerate(kinds):
+            if kind == "str":
+                fields.append(list(captions[str(position)]))
+            elif kind == "float":
+                fields.append([float(v) for v in tensors[f"field_{position}"].tolist()])
+            else:
+                fields.append([int(v) for v in tensors[f"field_{position}"].tolist()])
+            if len(fields[-1]) != len(latents):
+                return None
+        return latents, fields, wrapped
+    except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+        return None
