@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence, Sized
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -1125,7 +1125,7 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
     )
     if trainer.dist.is_main:
         start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
-        print(f"ddpm-lib train-autoencoder: {start}; {len(dataset)} images "
+        print(f"ddpm-lib train-autoencoder: {start}; {len(cast(Sized, dataset))} images "
               f"{'x'.join(map(str, image.shape))} -> latents {args.latent_channels}x"
               f"{image.shape[1] // factor}x{image.shape[2] // factor} (f={factor}), "
               f"{sum(p.numel() for p in autoencoder.parameters()) / 1e6:.2f}M parameters -> {out}",
@@ -1137,8 +1137,8 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
         held_out = (build_dataset("shapes", image_size=image.shape[1], size=16, seed=args.seed + 1)
                     if args.data == "shapes" else dataset)
         images = torch.stack([held_out[i][0] if isinstance(held_out[i], (tuple, list))
-                              else held_out[i] for i in range(min(16, len(held_out)))])
-        model = trainer.ema_model.eval()
+                              else held_out[i] for i in range(min(16, len(cast(Sized, held_out))))])
+        model = cast(AutoencoderKL, trainer.ema_model).eval()
         images = images.to(next(model.parameters()).device)
         psnr = _reconstruction_psnr(model, images)
         with torch.no_grad():
