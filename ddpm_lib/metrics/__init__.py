@@ -35,14 +35,22 @@ from .inception import (
     load_fid_inception,
 )
 from .nll import BitsPerDim, nll_bits_per_dim
-from .prompt import attribute_accuracy, detect_shape_attributes, prompt_accuracy
+from .prompt import (
+    PromptEvaluation,
+    attribute_accuracy,
+    detect_shape_attributes,
+    evaluate_prompt_accuracy,
+    prompt_accuracy,
+)
 
 __all__ = [
     "RECOMMENDED_MIN_SAMPLES",
     "WEIGHTS_ENV",
     "WEIGHTS_FILENAME",
     "WEIGHTS_URL",
+    "PromptEvaluation",
     "attribute_accuracy",
+    "evaluate_prompt_accuracy",
     "detect_shape_attributes",
     "prompt_accuracy",
     "BitsPerDim",
