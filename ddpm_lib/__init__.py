@@ -21,6 +21,9 @@ _EXPORTS = {
     "HybridLoss": "ddpm_lib.losses",
 
     "UNet": "ddpm_lib.models.unet",
+    "TextEncoder": "ddpm_lib.models.text",
+    "HFTextEncoder": "ddpm_lib.models.text",
+    "TextConditionedUNet": "ddpm_lib.models.text",
     "unet_from_diffusers": "ddpm_lib.interop",
     "DiffusersAdapter": "ddpm_lib.interop",
 

@@ -1,8 +1,10 @@
-"""Networks: the DDPM :class:`UNet` and the blocks it is built from (see ``layers``)."""
+"""Networks: the DDPM :class:`UNet`, the blocks it is built from (see ``layers``) and the text
+encoders of text-to-image models (see ``text``)."""
 
 from .layers import (
     AttentionBlock,
     ClassEmbedding,
+    CrossAttentionBlock,
     Downsample,
     GroupNormAct,
     OutputHead,
@@ -10,23 +12,31 @@ from .layers import (
     ResBlock,
     TimestepEmbedding,
     Upsample,
+    multi_head_attention,
     sinusoidal_embedding,
     zero_module,
 )
+from .text import HFTextEncoder, TextConditionedUNet, TextEncoder, TextEncoding
 from .unet import UNet, UNetLevel
 
 __all__ = [
     "AttentionBlock",
     "ClassEmbedding",
+    "CrossAttentionBlock",
     "Downsample",
     "GroupNormAct",
+    "HFTextEncoder",
     "OutputHead",
     "ResAttnBlock",
     "ResBlock",
+    "TextConditionedUNet",
+    "TextEncoder",
+    "TextEncoding",
     "TimestepEmbedding",
     "UNet",
     "UNetLevel",
     "Upsample",
+    "multi_head_attention",
     "sinusoidal_embedding",
     "zero_module",
 ]

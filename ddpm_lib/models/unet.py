@@ -12,7 +12,9 @@ Layout (``L = len(channel_mults)`` levels, ``C_i = base_channels * channel_mults
     ─GroupNorm, SiLU, conv─> (B, out, H, W)     (out doubled when learn_sigma)
 
 Attention is used at level ``i`` when its resolution ``image_size / 2^i`` is listed in
-``attention_resolutions``. The UNet depends on nothing else in ddpm_lib.
+``attention_resolutions``. With ``context_dim`` (text conditioning, GLIDE / Latent Diffusion)
+every attention position and the middle block also attend to context tokens, and the pooled
+context is added to ``emb``. The UNet depends on nothing else in ddpm_lib.
 """
 
 from __future__ import annotations
@@ -29,18 +31,22 @@ from torch import nn
 from .layers import (
     AttentionBlock,
     ClassEmbedding,
+    CrossAttentionBlock,
     Downsample,
     OutputHead,
     ResAttnBlock,
     ResBlock,
     TimestepEmbedding,
     Upsample,
+    zero_module,
 )
 
 __all__ = ["UNet", "UNetLevel"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: how the context tokens enter the attention layers (``UNet(text_attention=...)``)
+TEXT_ATTENTION_CHOICES = ("cross", "joint")
 
 
 class UNetLevel(nn.Module):
@@ -112,18 +118,40 @@ class UNet(nn.Module):
             TensorFlow "SAME"); 1 pads all sides (diffusers' default).
         flip_sin_to_cos, freq_shift: sinusoidal embedding variant (DDPM: ``False``, ``1``;
             diffusers' default: ``True``, ``0``).
+        context_dim: width ``D`` of context tokens (a text encoder's states) to condition on,
+            or ``None``. Then every attention position (``attention_resolutions``) and the
+            middle block attend to the tokens, with padding masked, and the projected pooled
+            context is added to the time embedding (GLIDE, Nichol et al. 2022). Needs at least
+            one attention resolution or uses only the middle block's.
+        text_attention: how the tokens enter the attention when ``context_dim`` is set:
+            ``"joint"`` (default): the text keys and values are concatenated to the
+            self-attention's (GLIDE, :class:`ddpm_lib.models.AttentionBlock` with
+            ``context_dim``); ``"cross"``: a separate cross-attention layer after each
+            self-attention (Latent Diffusion, :class:`ddpm_lib.models.CrossAttentionBlock`).
+            Joint is the default because it measured faster and smaller
+            (``benchmarks/bench_text.py --part b``: 0.96x the time, 0.93x the peak memory and
+            0.95x the parameters of cross; see ``docs/guides/text_to_image.md``).
 
-    Call ``model(x_t, t, y=None)``:
+    Call ``model(x_t, t, y=None, *, context=None, context_mask=None, context_pooled=None)``:
         ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
         tensor is broadcast); ``y``: ``(B,)`` long labels for a class-conditional model.
+        With ``context_dim``: ``context`` ``(B, L, context_dim)`` float, the token states
+        (required); ``context_mask`` ``(B, L)`` bool, ``True`` for real tokens and ``False``
+        for padding (an integer 0/1 mask is accepted; ``None`` means every token is real;
+        each row needs at least one real token); ``context_pooled`` ``(B, context_dim)``, the
+        pooled text vector added (projected) to the time embedding (``None``: the mean of the
+        real tokens). :meth:`ddpm_lib.TextConditionedUNet.encode_prompts` returns exactly
+        these three keyword arguments.
         Returns ``(B, out_channels, H, W)`` (``2 * out_channels`` with ``learn_sigma``).
 
     Subclassing: the network is assembled from factory methods, each of which can be
     overridden without touching ``forward``: :meth:`make_time_embedding`,
     :meth:`make_class_embedding`, :meth:`embed` (how ``t``, ``y`` and any extra keyword
     arguments become the embedding), :meth:`make_input`, :meth:`make_res_block`,
-    :meth:`make_attention`, :meth:`make_downsample`, :meth:`make_upsample` and
-    :meth:`make_output_head`. Attributes a factory needs can be set before calling
+    :meth:`make_attention`, :meth:`make_downsample`, :meth:`make_upsample`,
+    :meth:`make_output_head`, and for text :meth:`make_context_attention` (how the tokens enter
+    at an attention position) and :meth:`make_context_embedding` (how the pooled text enters
+    the embedding). Attributes a factory needs can be set before calling
     ``super().__init__``; constructor arguments a subclass adds should be passed to
     :meth:`register_config` so that :meth:`save_pretrained` / :meth:`from_pretrained` keep them.
     """
@@ -150,6 +178,8 @@ class UNet(nn.Module):
         downsample_padding: int = 0,
         flip_sin_to_cos: bool = False,
         freq_shift: float = 1.0,
+        context_dim: int | None = None,
+        text_attention: str = "joint",
     ) -> None:
         super().__init__()
         # ---- validation: every error names the argument and what to change ----------------
@@ -184,6 +214,13 @@ class UNet(nn.Module):
         _check_bool("flip_sin_to_cos", flip_sin_to_cos)
         if isinstance(freq_shift, bool) or not isinstance(freq_shift, (int, float)):
             raise TypeError(f"freq_shift must be a number; got {freq_shift!r}")
+        if context_dim is not None:
+            _check_int("context_dim", context_dim, 1)
+        if text_attention not in TEXT_ATTENTION_CHOICES:
+            raise ValueError(
+                f"text_attention must be one of {', '.join(map(repr, TEXT_ATTENTION_CHOICES))}; "
+                f"got {text_attention!r}"
+            )
         if base_channels // 2 - freq_shift == 0:
             raise ValueError(
                 f"freq_shift={freq_shift} equals base_channels // 2; the sinusoidal "
@@ -242,6 +279,8 @@ class UNet(nn.Module):
             downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
             freq_shift=freq_shift,
         )
+        if context_dim is not None:  # text options are saved only by text models
+            self._config.update(context_dim=context_dim, text_attention=text_attention)
         self._extra_config: dict[str, Any] = {}
         self.in_channels = in_channels
         self.out_channels = out_channels if out_channels is not None else in_channels
@@ -264,10 +303,14 @@ class UNet(nn.Module):
         self.flip_sin_to_cos = flip_sin_to_cos
         self.freq_shift = freq_shift
         self.gradient_checkpointing = gradient_checkpointing
+        self.context_dim = context_dim
+        self.text_attention = text_attention
 
         # ---- modules, each from an overridable factory -----------------------------------
         self.time_embed = self.make_time_embedding()
         self.class_embed = self.make_class_embedding()
+        if context_dim is not None:
+            self.context_embed = self.make_context_embedding()
         self.conv_in = self.make_input()
 
         skip_channels = [base_channels]
@@ -288,7 +331,7 @@ class UNet(nn.Module):
         last = num_levels - 1
         self.mid = nn.ModuleList(
             [
-                ResAttnBlock(self.make_res_block(ch, ch, last), self.make_attention(ch, last)),
+                ResAttnBlock(self.make_res_block(ch, ch, last), *self._attentions(ch, last)),
                 ResAttnBlock(self.make_res_block(ch, ch, last)),
             ]
         )
@@ -345,13 +388,60 @@ class UNet(nn.Module):
             return None
         return ClassEmbedding(self.num_classes, self.emb_channels)
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def make_context_embedding(self) -> nn.Module:
+        """Module mapping the pooled context ``(B, context_dim)`` to ``(B, emb_channels)``,
+        added to the time embedding (GLIDE's ``transformer_proj``); built only when
+        ``context_dim`` is set. Default: one linear layer initialised to zero, so that the
+        embedding starts independent of the text."""
+        return zero_module(nn.Linear(self.context_dim or 0, self.emb_channels))
+
+    def make_context_attention(self, channels: int, level: int) -> nn.Module:
+        """The layer through which the context tokens enter at an attention position of
+        ``level`` (the middle block uses the last level); built only when ``context_dim`` is
+        set. It is called as ``block(h, context, context_mask)`` with ``h`` ``(B, C, H, W)``,
+        ``context`` ``(B, L, context_dim)`` and ``context_mask`` ``(B, L)`` bool or ``None``,
+        and returns ``(B, C, H, W)``.
+
+        With ``text_attention="cross"`` it is a :class:`ddpm_lib.models.CrossAttentionBlock`
+        placed after the self-attention of :meth:`make_attention`; with ``"joint"`` it is an
+        :class:`ddpm_lib.models.AttentionBlock` whose keys and values also hold the text, used
+        instead of :meth:`make_attention`'s block. Both start as the identity.
+        """
+        heads = channels // self.head_channels if self.head_channels else self.num_heads
+        context_dim = self.context_dim or 0
+        if self.text_attention == "joint":
+            return AttentionBlock(
+                channels, num_heads=heads, norm_groups=self.norm_groups, norm_eps=self.norm_eps,
+                context_dim=context_dim,
+            )
+        if self.text_attention == "cross":
+            return CrossAttentionBlock(
+                channels, context_dim, num_heads=heads, norm_groups=self.norm_groups,
+                norm_eps=self.norm_eps,
+            )
+        raise ValueError(
+            f"text_attention must be one of {TEXT_ATTENTION_CHOICES}; got {self.text_attention!r}"
+        )
+
+    def embed(
+        self, t: torch.Tensor, y: torch.Tensor | None = None,
+        context_pooled: torch.Tensor | None = None, **kwargs: Any,
+    ) -> torch.Tensor:
         """The conditioning embedding ``(B, emb_channels)`` given to every residual block.
 
-        Default: ``time_embed(t) + class_embed(y)``. Override it (together with
-        :meth:`make_class_embedding`) to condition on something else; extra keyword arguments
-        of ``forward`` arrive here.
+        Default: ``time_embed(t) + class_embed(y)``, plus ``context_embed(context_pooled)``
+        for a text model (``context_pooled`` is passed only when ``context_dim`` is set).
+        Override it (together with :meth:`make_class_embedding`) to condition on something
+        else; extra keyword arguments of ``forward`` arrive here.
         """
+        emb = self._embed_time_and_class(t, y, **kwargs)
+        if context_pooled is not None:
+            emb = emb + self.context_embed(context_pooled.to(emb.dtype)).to(emb.dtype)
+        return emb
+
+    def _embed_time_and_class(
+        self, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         if kwargs:
             raise TypeError(
                 f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}; "
@@ -409,49 +499,145 @@ class UNet(nn.Module):
         )
 
     def _res_attn(self, in_channels: int, out_channels: int, level: int) -> ResAttnBlock:
-        attn = self.make_attention(out_channels, level) if level in self.attention_levels else None
-        return ResAttnBlock(self.make_res_block(in_channels, out_channels, level), attn)
+        res = self.make_res_block(in_channels, out_channels, level)
+        if level not in self.attention_levels:
+            return ResAttnBlock(res)
+        return ResAttnBlock(res, *self._attentions(out_channels, level))
+
+    def _attentions(self, channels: int, level: int) -> tuple[nn.Module | None, nn.Module | None]:
+        """``(self-attention, context attention)`` of an attention position."""
+        if self.context_dim is None:
+            return self.make_attention(channels, level), None
+        if self.text_attention == "joint":  # the joint block is the self-attention too
+            return None, self.make_context_attention(channels, level)
+        return self.make_attention(channels, level), self.make_context_attention(channels, level)
 
     # ------------------------------------------------------------------------------------
     # Forward
     # ------------------------------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
-        **kwargs: Any,
+        *, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+        context_pooled: torch.Tensor | None = None, **kwargs: Any,
     ) -> torch.Tensor:
         """Predict from ``x_t`` ``(B, in_channels, H, W)`` at timesteps ``t`` ``(B,)``.
+
+        ``context``, ``context_mask`` and ``context_pooled`` are the text inputs of a model
+        built with ``context_dim`` (see the class docstring).
 
         Returns ``(B, out_channels, H, W)``, or ``(B, 2 * out_channels, H, W)`` with
         ``learn_sigma`` (prediction first, variance values second along dim 1).
         """
         t = self._check_inputs(x, t)
-        emb = self.embed(t, y, **kwargs)  # (B, E)
+        if self.context_dim is None:
+            if context is not None or context_mask is not None or context_pooled is not None:
+                raise ValueError(
+                    "context was given, but this UNet was built without context_dim; build it "
+                    "with context_dim=D (the text encoder's width) to condition on text"
+                )
+            emb = self.embed(t, y, **kwargs)  # (B, E)
+        else:
+            context, context_mask, context_pooled = self._check_context(
+                context, context_mask, context_pooled, x
+            )
+            emb = self.embed(t, y, context_pooled=context_pooled, **kwargs)  # (B, E)
 
         h = self.conv_in(x)  # (B, C, H, W)
         skips = [h]
         for level in self.down:
             for block in level.blocks:
-                h = self._run(block, h, emb)
+                h = self._run(block, h, emb, context, context_mask)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h)  # (B, C_i, H/2, W/2)
                 skips.append(h)
         for block in self.mid:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, context, context_mask)
         for level in self.up:
             for block in level.blocks:
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H_i, W_i)
-                h = self._run(block, h, emb)
+                h = self._run(block, h, emb, context, context_mask)
             if level.resample is not None:
                 h = level.resample(h)  # (B, C_i, 2 H_i, 2 W_i)
         return self.out(h)
 
-    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(
+        self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor,
+        context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        text = () if context is None else (context, context_mask)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(block, h, emb, use_reentrant=False)
-        return block(h, emb)
+            return checkpoint(block, h, emb, *text, use_reentrant=False)
+        return block(h, emb, *text)
+
+    def _check_context(
+        self, context: Any, context_mask: Any, context_pooled: Any, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Validate the text inputs; return them in ``x``'s dtype (mask as bool) and the pooled
+        vector (the masked mean of ``context`` when not given)."""
+        batch, dim = x.shape[0], self.context_dim
+        if not torch.compiler.is_compiling():
+            if context is None:
+                raise ValueError(
+                    f"this UNet was built with context_dim={dim} and needs context=, a tensor "
+                    f"of shape (B, L, {dim}) (e.g. TextConditionedUNet.encode_prompts(prompts); "
+                    "the empty prompt '' is the unconditional input); got None"
+                )
+            if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+                raise TypeError(
+                    f"context must be a floating-point tensor of shape ({batch}, L, {dim}); got "
+                    f"{context.dtype if isinstance(context, torch.Tensor) else type(context).__name__}"
+                )
+            if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != dim:
+                raise ValueError(
+                    f"context must have shape ({batch}, L, {dim}) (batch of x, context_dim="
+                    f"{dim}); got {tuple(context.shape)}"
+                )
+            if context_mask is not None:
+                if not isinstance(context_mask, torch.Tensor) or context_mask.is_floating_point():
+                    raise TypeError(
+                        "context_mask must be a bool (or 0/1 integer) tensor, True for real "
+                        "tokens; got "
+                        + (str(context_mask.dtype) if isinstance(context_mask, torch.Tensor)
+                           else type(context_mask).__name__)
+                    )
+                if context_mask.shape != context.shape[:2]:
+                    raise ValueError(
+                        f"context_mask must have shape {tuple(context.shape[:2])} like context's "
+                        f"first two dimensions; got {tuple(context_mask.shape)}"
+                    )
+            if context_pooled is not None and (
+                not isinstance(context_pooled, torch.Tensor)
+                or context_pooled.shape != (batch, dim)
+            ):
+                raise ValueError(
+                    f"context_pooled must be a tensor of shape ({batch}, {dim}); got "
+                    + (str(tuple(context_pooled.shape)) if isinstance(context_pooled, torch.Tensor)
+                       else type(context_pooled).__name__)
+                )
+        if context_mask is not None:
+            context_mask = context_mask.to(device=x.device, dtype=torch.bool)
+            if torch.compiler.is_compiling():
+                pass
+            elif context_mask.device.type == "cpu":
+                if not bool(context_mask.any(dim=1).all()):
+                    raise ValueError(
+                        "context_mask has a row without any real token (all False); every "
+                        "sample needs at least one (the empty prompt '' still has its "
+                        "begin/end tokens)"
+                    )
+            else:
+                torch._assert_async(context_mask.any(dim=1).all())
+        context = context.to(device=x.device, dtype=x.dtype)
+        if context_pooled is None:
+            if context_mask is None:
+                context_pooled = context.mean(dim=1)
+            else:
+                weights = context_mask.to(context.dtype)[:, :, None]  # (B, L, 1)
+                context_pooled = (context * weights).sum(1) / weights.sum(1)
+        return context, context_mask, context_pooled.to(device=x.device, dtype=x.dtype)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Validate ``x`` and return ``t`` as a ``(B,)`` tensor (shape/dtype checks only)."""

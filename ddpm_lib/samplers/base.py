@@ -139,6 +139,72 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(x0, -s), s) / s
 
 
+class GuidanceOptions(NamedTuple):
+    """How classifier-free guidance is applied beyond its scale (see :meth:`Sampler.sample`).
+
+    Attributes:
+        rescale: ``phi`` of guidance rescale (Lin et al. 2024, Eq. 15-16); 0 turns it off.
+        interval: ``(t_lo, t_hi)``: guide only at model timesteps ``t_lo <= t <= t_hi``
+            (Kynkaanniemi et al. 2024); ``None``: at every step.
+    """
+
+    rescale: float = 0.0
+    interval: tuple[float, float] | None = None
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale of Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps
+    are Flawed", Eq. 15-16 (diffusers' ``rescale_noise_cfg``).
+
+    ``rescaled = guided * std(cond) / std(guided)`` (Eq. 15), with standard deviations per
+    sample over every non-batch dimension, then ``phi * rescaled + (1 - phi) * guided``
+    (Eq. 16). It brings the guided prediction back to the conditional prediction's scale,
+    which counters the over-exposure of large guidance scales.
+
+    Args:
+        guided: the guided prediction ``(B, ...)``.
+        cond: the conditional prediction, same shape.
+        phi: the mixing weight in ``[0, 1]``.
+    """
+    dims = tuple(range(1, guided.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)  # (B, 1, ..., 1)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_guided)
+    return phi * rescaled + (1.0 - phi) * guided
+
+
+def apply_guidance(
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    t: torch.Tensor,
+    guidance_scale: float,
+    options: GuidanceOptions | None = None,
+) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + w (cond - uncond)`` (Ho & Salimans 2022), then the
+    guidance rescale and interval of ``options``.
+
+    Outside the interval the conditional prediction is returned unchanged. The interval test
+    is a ``torch.where`` on ``t``, so nothing synchronises with the device and one compiled
+    graph serves every step.
+
+    Args:
+        cond, uncond: the two predictions ``(B, ...)``.
+        t: ``(B,)`` model timesteps of the step.
+        guidance_scale: ``w``.
+        options: rescale and interval; ``None`` for plain guidance.
+    """
+    guided = uncond + guidance_scale * (cond - uncond)
+    if options is None:
+        return guided
+    if options.rescale:
+        guided = rescale_guidance(guided, cond, options.rescale)
+    if options.interval is not None:
+        low, high = options.interval
+        inside = ((t >= low) & (t <= high)).reshape(-1, *((1,) * (cond.ndim - 1)))  # (B, 1, ..)
+        guided = torch.where(inside, guided, cond)
+    return guided
+
+
 def randn(
     shape: Sequence[int],
     generator: torch.Generator | None,
@@ -284,6 +350,8 @@ class Sampler:
         model_kwargs: Mapping[str, Any] | None = None,
         guidance_scale: float | None = None,
         unconditional_kwargs: Mapping[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
         progress: bool = False,
         return_trajectory: bool = False,
         compile: bool | str = "auto",
@@ -307,6 +375,20 @@ class Sampler:
                 prediction ``uncond + w (cond - uncond)`` is used; ``None`` for no guidance.
             unconditional_kwargs: the unconditional half's model kwargs, replacing those of
                 ``model_kwargs`` by name; by default every ``y`` becomes ``-1`` (the null class).
+                For a text model, the encoded negative prompts (``""`` for none), e.g.
+                ``model.encode_prompts([""] * B)``.
+            guidance_rescale: ``phi`` in ``[0, 1]`` of guidance rescale (Lin et al. 2024,
+                Eq. 15-16, diffusers' ``guidance_rescale``): the guided prediction is
+                rescaled to the per-sample standard deviation of the conditional one and
+                mixed with weight ``phi`` (``ddpm_lib.samplers.base.rescale_guidance``); 0
+                (default) is off.
+                Needs ``guidance_scale``.
+            guidance_interval: ``(t_lo, t_hi)`` in model timesteps: guidance is applied only
+                at steps with ``t_lo <= t <= t_hi`` and the conditional prediction is used
+                elsewhere (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval
+                Improves Sample and Distribution Quality"); ``None`` (default): every step.
+                Needs ``guidance_scale``. The model is still called on the ``2B`` batch at
+                every step (no host synchronisation).
             progress: show a tqdm progress bar.
             return_trajectory: also return a :class:`SampleTrajectory`.
             compile: ``"auto"`` compiles the step (model call and update) with
@@ -322,7 +404,7 @@ class Sampler:
         x = self._starting_noise(model, shape, x_T, generator, device, dtype)
         return self._run(
             model, x, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile,
+            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
         )
 
     @torch.no_grad()
@@ -337,6 +419,8 @@ class Sampler:
         model_kwargs: Mapping[str, Any] | None = None,
         guidance_scale: float | None = None,
         unconditional_kwargs: Mapping[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
         progress: bool = False,
         return_trajectory: bool = False,
         compile: bool | str = "auto",
@@ -372,7 +456,7 @@ class Sampler:
         x_t = self.schedule.q_sample(x0, self._timestep_list[start], noise=noise)
         return self._run(
             model, x_t, start, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile,
+            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
         )
 
     def step(
@@ -439,11 +523,14 @@ class Sampler:
         progress: bool,
         return_trajectory: bool,
         compile: bool | str,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
         if not callable(model):
             raise TypeError(f"model must be callable; got {type(model).__name__}")
         use_compile = _resolve_compile(compile, x.device)
         guidance_scale = _check_guidance_scale(guidance_scale)
+        guidance = _check_guidance_options(guidance_scale, guidance_rescale, guidance_interval)
         batch, device = x.shape[0], x.device
         kwargs = self._model_kwargs(model_kwargs, unconditional_kwargs, guidance_scale, batch)
         tables = self._tables(device, x.dtype)
@@ -475,7 +562,7 @@ class Sampler:
             else:
                 continuing = 0.0 if i == start else 1.0
             arguments = (model, x, t, index, noise, state, continuing, nonfinite, tables, kwargs,
-                         guidance_scale)
+                         guidance_scale, guidance)
             if use_compile and i == start:
                 x, x0, state, nonfinite = self._first_compiled_call(step, arguments)
             else:
@@ -506,12 +593,13 @@ class Sampler:
         tables: _DeviceTables,
         kwargs: dict[str, Any],
         guidance_scale: float | None,
+        guidance: GuidanceOptions | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
         """The loop body, compiled as one graph: model call, guidance, update, finiteness flag.
 
         ``t`` is the ``(B,)`` model timestep; ``index`` the position, an int or a ``(B,)`` tensor.
         """
-        model_output = self._call_model(model, x, t, kwargs, guidance_scale)
+        model_output = self._call_model(model, x, t, kwargs, guidance_scale, guidance)
         coefficients = self._coefficients(index, tables, x)
         x_next, x0, state = self._update(
             coefficients, index, tables, model_output, x, noise, state, continuing
@@ -551,6 +639,7 @@ class Sampler:
         t: torch.Tensor,
         kwargs: dict[str, Any],
         guidance_scale: float | None,
+        guidance: GuidanceOptions | None = None,
     ) -> torch.Tensor:
         """Call the model; with guidance, once on ``[x, x]`` and combine the two halves."""
         batch = x.shape[0]
@@ -562,11 +651,11 @@ class Sampler:
         self._check_output(model_output, x, 2 * batch)
         cond, uncond = model_output[:batch], model_output[batch:]
         if not self._learns_variance:
-            return uncond + guidance_scale * (cond - uncond)
+            return apply_guidance(cond, uncond, t, guidance_scale, guidance)
         # guide the prediction half only; keep the conditional variance values
         channels = x.shape[1]
-        guided = uncond[:, :channels] + guidance_scale * (
-            cond[:, :channels] - uncond[:, :channels]
+        guided = apply_guidance(
+            cond[:, :channels], uncond[:, :channels], t, guidance_scale, guidance
         )
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
@@ -769,7 +858,8 @@ class Sampler:
         if not uncond.keys() - cond.keys() and all(uncond[k] is cond[k] for k in cond):
             raise ValueError(
                 "guidance_scale needs a condition to drop: pass model_kwargs={'y': labels} "
-                "(the unconditional half gets y = -1) or unconditional_kwargs"
+                "(the unconditional half gets y = -1) or unconditional_kwargs (for a text "
+                "model: unconditional_kwargs=model.encode_prompts([''] * batch))"
             )
         batched = {}
         for key in cond.keys() | uncond.keys():
@@ -828,6 +918,45 @@ def _check_guidance_scale(guidance_scale: Any) -> float | None:
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite; got {guidance_scale!r}")
     return float(guidance_scale)
+
+
+def _check_guidance_options(
+    guidance_scale: float | None, guidance_rescale: Any, guidance_interval: Any
+) -> GuidanceOptions | None:
+    """Validate ``guidance_rescale`` and ``guidance_interval``; ``None`` when both are off."""
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real):
+        raise TypeError(
+            f"guidance_rescale must be a float in [0, 1]; got {type(guidance_rescale).__name__}"
+        )
+    if not 0.0 <= float(guidance_rescale) <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1]; got {guidance_rescale!r}")
+    interval = None
+    if guidance_interval is not None:
+        if (
+            not isinstance(guidance_interval, (tuple, list))
+            or len(guidance_interval) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in guidance_interval)
+        ):
+            raise TypeError(
+                "guidance_interval must be a pair (t_lo, t_hi) of model timesteps or None; "
+                f"got {guidance_interval!r}"
+            )
+        low, high = (float(v) for v in guidance_interval)
+        if low > high:
+            raise ValueError(
+                f"guidance_interval must have t_lo <= t_hi; got {tuple(guidance_interval)}"
+            )
+        interval = (low, high)
+    if guidance_scale is None and (guidance_rescale or interval is not None):
+        raise ValueError(
+            "guidance_rescale and guidance_interval modify classifier-free guidance and need "
+            f"guidance_scale; got guidance_scale=None with guidance_rescale={guidance_rescale!r}, "
+            f"guidance_interval={guidance_interval!r}"
+        )
+    if not guidance_rescale and interval is None:
+        return None
+    return GuidanceOptions(float(guidance_rescale), interval)
 
 
 def _resolve_compile(compile: Any, device: torch.device) -> bool:

@@ -1,0 +1,576 @@
+"""Text conditioning (GLIDE, Nichol et al. 2022): a byte-level text encoder, an adapter for
+Hugging Face text models, and :class:`TextConditionedUNet`, the text encoder and a
+``UNet(context_dim=...)`` trained and saved as one model.
+
+Every text encoder here maps a list of prompts to a :class:`TextEncoding`:
+
+* ``states`` ``(B, L, D)``: one vector per token (the UNet's ``context``);
+* ``mask`` ``(B, L)`` bool: ``True`` for real tokens, ``False`` for padding (the UNet's
+  ``context_mask``; the convention of :func:`torch.nn.functional.scaled_dot_product_attention`,
+  the opposite of ``nn.Transformer``'s ``key_padding_mask``);
+* ``pooled`` ``(B, D)``: one vector per prompt (the UNet's ``context_pooled``, added to the
+  time embedding).
+
+``L`` is fixed per encoder (prompts are padded to it), so that the encodings of two prompt
+lists always concatenate, as classifier-free guidance does with a conditional and an
+unconditional batch. The empty prompt ``""`` is the unconditional input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .unet import UNet
+
+__all__ = [
+    "HFTextEncoder",
+    "TextConditionedUNet",
+    "TextEncoder",
+    "TextEncoding",
+    "check_prompts",
+]
+
+CONFIG_NAME = "config.json"
+
+
+class TextEncoding(NamedTuple):
+    """What a text encoder returns for ``B`` prompts (see the module docstring).
+
+    Attributes:
+        states: ``(B, L, D)`` per-token states (zero at padding positions for
+            :class:`TextEncoder`).
+        mask: ``(B, L)`` bool, ``True`` for real tokens.
+        pooled: ``(B, D)`` one vector per prompt.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
+    """Return ``prompts`` as a list if it is a non-empty list or tuple of ``str``; raise a
+    ``TypeError`` / ``ValueError`` naming ``name`` otherwise (a bare string is refused: it is
+    almost always a forgotten ``[...]``)."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list or tuple of str (one prompt per sample); got "
+            f"{type(prompts).__name__}" + (f" {prompts!r}: wrap it as [{prompts!r}]"
+                                          if isinstance(prompts, str) else "")
+        )
+    if not prompts:
+        raise ValueError(f"{name} must hold at least one prompt; got an empty {type(prompts).__name__}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"{name}[{i}] must be a str; got {type(prompt).__name__} {prompt!r} (use '' for "
+                "the unconditional prompt)"
+            )
+    return list(prompts)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return value
+
+
+def _utf8_prefix(data: bytes, limit: int) -> bytes:
+    """The longest prefix of the UTF-8 ``data`` of at most ``limit`` bytes that does not cut a
+    character: the cut moves back over continuation bytes (``0b10xxxxxx``)."""
+    if len(data) <= limit:
+        return data
+    cut = limit
+    while cut > 0 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return data[:cut]
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte-level transformer text encoder
+# ---------------------------------------------------------------------------------------------
+class TextEncoder(nn.Module):
+    """A byte-level (UTF-8) transformer text encoder: any language, no vocabulary file.
+
+    Tokenisation: a prompt is encoded to UTF-8 and each byte ``b`` becomes token
+    ``b + BYTE_OFFSET``; ids ``PAD_ID = 0``, ``BOS_ID = 1`` (begin) and ``EOS_ID = 2`` (end)
+    are reserved, so the vocabulary has ``256 + 3`` entries. A sequence is
+    ``[BOS, bytes..., EOS, PAD, ...]`` of fixed length ``max_length + 2``. Prompts longer than
+    ``max_length`` bytes are truncated, with a warning, at the last character boundary (a
+    multi-byte character is never split). ``""`` is ``[BOS, EOS]``.
+
+    Network: learned token and position embeddings, ``num_layers`` pre-norm
+    :class:`torch.nn.TransformerEncoderLayer` (GELU, ``4 * dim`` feed-forward width) with the
+    padding masked out of every attention, a final :class:`torch.nn.LayerNorm`. The pooled
+    vector is the state of the end token (GLIDE uses the last token's state); padding states
+    are set to zero.
+
+    Args:
+        dim: width ``D`` of the token states (the UNet's ``context_dim``).
+        num_layers: transformer layers.
+        num_heads: attention heads; must divide ``dim``.
+        max_length: most UTF-8 bytes read from a prompt (one ASCII character is one byte, a
+            Chinese character three).
+        dropout: dropout inside the transformer layers.
+
+    Call ``encoder(ids, mask)`` with the output of :meth:`tokenize` (on the encoder's device),
+    or :meth:`encode` with a list of prompts; both return a :class:`TextEncoding`.
+    """
+
+    PAD_ID = 0
+    BOS_ID = 1
+    EOS_ID = 2
+    BYTE_OFFSET = 3
+    VOCAB_SIZE = 256 + BYTE_OFFSET
+
+    def __init__(
+        self, dim: int = 256, num_layers: int = 4, num_heads: int = 4, max_length: int = 64,
+        *, dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("dim", dim)
+        _check_positive_int("num_layers", num_layers)
+        _check_positive_int("num_heads", num_heads)
+        _check_positive_int("max_length", max_length)
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+            0.0 <= dropout < 1.0
+        ):
+            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+        self.dim, self.num_layers, self.num_heads = dim, num_layers, num_heads
+        self.max_length, self.dropout = max_length, float(dropout)
+        self.sequence_length = max_length + 2
+        self.token_embedding = nn.Embedding(self.VOCAB_SIZE, dim)
+        self.position_embedding = nn.Embedding(self.sequence_length, dim)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding.weight, std=0.01)
+        layer = nn.TransformerEncoderLayer(
+            dim, num_heads, dim_feedforward=4 * dim, dropout=self.dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(dim)
+
+    # ------------------------------------------------------------------ tokenizer
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Byte-level token ids and mask of ``prompts``, on the CPU.
+
+        Returns:
+            ``(ids, mask)``: ``ids`` ``(B, max_length + 2)`` long, ``mask`` of the same shape,
+            bool, ``True`` for the begin token, the bytes and the end token.
+
+        Raises:
+            TypeError: ``prompts`` is not a list or tuple of ``str``.
+
+        Warns:
+            UserWarning: when a prompt is longer than ``max_length`` UTF-8 bytes (it is
+            truncated at a character boundary).
+        """
+        prompts = check_prompts(prompts)
+        length = self.sequence_length
+        ids = torch.full((len(prompts), length), self.PAD_ID, dtype=torch.long)
+        truncated = []
+        for i, prompt in enumerate(prompts):
+            data = prompt.encode("utf-8")
+            kept = _utf8_prefix(data, self.max_length)
+            if len(kept) < len(data):
+                truncated.append((i, len(data), len(kept)))
+            row = [self.BOS_ID, *(byte + self.BYTE_OFFSET for byte in kept), self.EOS_ID]
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        if truncated:
+            first, full_bytes, kept_bytes = truncated[0]
+            shown = prompts[first].encode("utf-8")[:kept_bytes].decode("utf-8")
+            warnings.warn(
+                f"{len(truncated)} prompt(s) longer than max_length={self.max_length} UTF-8 "
+                f"bytes were truncated (prompt {first}: {full_bytes} bytes, kept the first "
+                f"{kept_bytes}: {shown!r}); build the TextEncoder "
+                "with a larger max_length to keep them whole",
+                UserWarning, stacklevel=2,
+            )
+        return ids, ids != self.PAD_ID
+
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+        """The prompts of token ids ``(B, L)``: the bytes between the begin token and the first
+        end (or pad) token, decoded as UTF-8 (invalid sequences become U+FFFD). Inverts
+        :meth:`tokenize` (for a truncated prompt, it gives the kept prefix)."""
+        rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]
+        prompts = []
+        for row in rows:
+            data = bytearray()
+            for token in row:
+                if token == self.BOS_ID:
+                    continue
+                if token in (self.EOS_ID, self.PAD_ID):
+                    break
+                if not self.BYTE_OFFSET <= token < self.VOCAB_SIZE:
+                    raise ValueError(f"ids holds {token}, not a token id in [0, {self.VOCAB_SIZE})")
+                data.append(token - self.BYTE_OFFSET)
+            prompts.append(data.decode("utf-8", errors="replace"))
+        return prompts
+
+    # ------------------------------------------------------------------ network
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> TextEncoding:
+        """Encode token ids ``(B, L)`` (``L <= max_length + 2``) with their mask ``(B, L)``
+        (``True`` = real token; ``None``: ``ids != PAD_ID``). Returns a :class:`TextEncoding`
+        with states ``(B, L, dim)``, the mask and the end token's state ``(B, dim)``."""
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.long:
+            raise TypeError(
+                "ids must be a (B, L) long tensor of token ids (see TextEncoder.tokenize); got "
+                + (f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor)
+                   else type(ids).__name__)
+            )
+        if ids.shape[1] > self.sequence_length:
+            raise ValueError(
+                f"ids has {ids.shape[1]} tokens; this TextEncoder reads at most "
+                f"max_length + 2 = {self.sequence_length}"
+            )
+        if mask is None:
+            mask = ids != self.PAD_ID
+        mask = mask.to(device=ids.device, dtype=torch.bool)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = self.token_embedding(ids) + self.position_embedding(positions)  # (B, L, D)
+        h = self.transformer(h, src_key_padding_mask=~mask)  # torch: True = padding
+        h = self.final_norm(h)
+        states = h * mask[:, :, None].to(h.dtype)  # (B, L, D), zero at padding
+        last = (mask.long().sum(dim=1) - 1).clamp(min=0)  # (B,) position of the end token
+        pooled = states[torch.arange(states.shape[0], device=ids.device), last]  # (B, D)
+        return TextEncoding(states, mask, pooled)
+
+    def encode(self, prompts: Sequence[str]) -> TextEncoding:
+        """Tokenise ``prompts`` (see :meth:`tokenize`) and encode them on the encoder's device."""
+        ids, mask = self.tokenize(prompts)
+        device = self.token_embedding.weight.device
+        return self(ids.to(device), mask.to(device))
+
+    # ------------------------------------------------------------------ saving
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments: ``TextEncoder(**encoder.config)`` rebuilds it."""
+        return dict(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
+                    max_length=self.max_length, dropout=self.dropout)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``, with the code
+        (and in the format) of :meth:`ddpm_lib.UNet.save_pretrained`."""
+        UNet.save_pretrained(self, directory)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TextEncoder:
+        """Rebuild an encoder written by :meth:`save_pretrained` (checks and errors as
+        :meth:`ddpm_lib.UNet.from_pretrained`)."""
+        loader = UNet.from_pretrained.__func__  # type: ignore[attr-defined]
+        return loader(cls, directory, device=device, dtype=dtype)
+
+    load_config: Any = classmethod(UNet.load_config.__func__)  # type: ignore[attr-defined]
+    load_weights: Any = UNet.load_weights
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face adapter
+# ---------------------------------------------------------------------------------------------
+class HFTextEncoder(nn.Module):
+    """A Hugging Face ``transformers`` text model and its tokenizer, as a text encoder.
+
+    For a CLIP text model (``CLIPTextModel``), a T5 encoder (``T5EncoderModel``) or any model
+    whose output has ``last_hidden_state``. ``transformers`` is imported only when this class
+    is used; nothing is downloaded: pass objects you already have (e.g. from
+    ``CLIPTextModel.from_pretrained(local_dir)``).
+
+    Prompts are padded (or truncated, with a warning) to ``max_length`` tokens. The pooled
+    vector is the model's ``pooler_output`` when it has one (CLIP: the end token's state) and
+    the mean of the real tokens' states otherwise (T5). The model's parameters are trained
+    with the UNet unless you freeze them (``encoder.model.requires_grad_(False)``).
+
+    Args:
+        model: the ``transformers`` text model (``PreTrainedModel``).
+        tokenizer: its tokenizer.
+        max_length: tokens per prompt after padding; ``None``: the tokenizer's
+            ``model_max_length`` when it is at most 512 (CLIP: 77), else 77.
+    """
+
+    model: Any
+    tokenizer: Any
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                f"model must be a transformers PreTrainedModel; got {type(model).__name__}"
+            )
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a transformers tokenizer; got "
+                            f"{type(tokenizer).__name__}")
+        if max_length is None:
+            limit = getattr(tokenizer, "model_max_length", None)
+            max_length = int(limit) if isinstance(limit, int) and 0 < limit <= 512 else 77
+        self.max_length = _check_positive_int("max_length", max_length)
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+        if not isinstance(dim, int):
+            raise ValueError(
+                f"cannot read the width of {type(model).__name__}: its config has neither "
+                "hidden_size nor d_model"
+            )
+        self.dim = dim
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask ``(B, max_length)`` of ``prompts`` (on the CPU); warns when a
+        prompt is truncated."""
+        prompts = check_prompts(prompts)
+        full = self.tokenizer(prompts, truncation=False)["input_ids"]
+        long = [(i, len(ids)) for i, ids in enumerate(full) if len(ids) > self.max_length]
+        if long:
+            i, n = long[0]
+            warnings.warn(
+                f"{len(long)} prompt(s) longer than max_length={self.max_length} tokens were "
+                f"truncated (prompt {i}: {n} tokens)", UserWarning, stacklevel=2,
+            )
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return tokens["input_ids"], tokens["attention_mask"].bool()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        """Encode token ids ``(B, L)`` with their mask (``True`` = real token)."""
+        output = self.model(input_ids=ids, attention_mask=mask.long())
+        states = output.last_hidden_state  # (B, L, D)
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None or pooled.shape != (states.shape[0], states.shape[2]):
+            weights = mask.to(states.dtype)[:, :, None]  # (B, L, 1)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return TextEncoding(states, mask.bool(), pooled)
+
+    def encode(self, prompts: Sequence[str]) -> TextEncoding:
+        """Tokenise and encode ``prompts`` on the model's device."""
+        ids, mask = self.tokenize(prompts)
+        device = next(self.model.parameters()).device
+        return self(ids.to(device), mask.to(device))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``model_class`` (the ``transformers`` class name) and ``max_length``."""
+        return dict(model_class=type(self.model).__name__, max_length=self.max_length)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json``, the model (``model/``, safetensors) and the tokenizer
+        (``tokenizer/``) with ``transformers``' own ``save_pretrained``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        config = {"_class_name": type(self).__name__, **self.config}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HFTextEncoder:
+        """Rebuild an adapter written by :meth:`save_pretrained` from local files only."""
+        import transformers
+
+        directory = Path(directory)
+        config = _read_config(directory, cls.__name__)
+        model_class = getattr(transformers, str(config.get("model_class")), None)
+        if model_class is None:
+            raise ValueError(
+                f"{directory / CONFIG_NAME} names model_class={config.get('model_class')!r}, "
+                "which transformers does not have"
+            )
+        model = model_class.from_pretrained(directory / "model", local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            directory / "tokenizer", local_files_only=True
+        )
+        encoder = cls(model, tokenizer, max_length=config.get("max_length"))
+        if dtype is not None:
+            encoder.to(dtype=dtype)
+        if device is not None:
+            encoder.to(device=device)
+        return encoder.eval()
+
+
+def _read_config(directory: Path, class_name: str) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict) or config.pop("_class_name", None) != class_name:
+        raise ValueError(f"{path} does not describe a {class_name}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# The text-to-image model
+# ---------------------------------------------------------------------------------------------
+class TextConditionedUNet(nn.Module):
+    """A text encoder and a ``UNet(context_dim=...)`` as one model (GLIDE).
+
+    ``model(x_t, t, **model.encode_prompts(prompts))`` predicts the noise for the prompts; the
+    two parts are trained jointly (the gradient of the loss reaches the text encoder through
+    the encoded prompts) and saved together. A class-conditional UNet takes ``y=`` beside the
+    text.
+
+    Args:
+        unet: a :class:`ddpm_lib.UNet` (or subclass) built with ``context_dim`` equal to the
+            encoder's width.
+        text_encoder: a :class:`TextEncoder`, an :class:`HFTextEncoder`, or any module with
+            ``dim`` and ``encode(prompts) -> TextEncoding``.
+
+    Example::
+
+        model = TextConditionedUNet(UNet(..., context_dim=256), TextEncoder(dim=256))
+        loss = SimpleLoss(schedule)(model, x0, **model.encode_prompts(captions))
+        images = sampler.sample(model, shape, model_kwargs=model.encode_prompts(prompts),
+                                guidance_scale=3.0,
+                                unconditional_kwargs=model.encode_prompts([""] * len(prompts)))
+    """
+
+    unet: Any
+    text_encoder: Any
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(unet, nn.Module) or not hasattr(unet, "context_dim"):
+            raise TypeError(f"unet must be a ddpm_lib.UNet; got {type(unet).__name__}")
+        if not isinstance(text_encoder, nn.Module) or not hasattr(text_encoder, "encode"):
+            raise TypeError(
+                "text_encoder must be a module with encode(prompts) (TextEncoder, "
+                f"HFTextEncoder); got {type(text_encoder).__name__}"
+            )
+        dim = getattr(text_encoder, "dim", None)
+        if unet.context_dim is None:
+            raise ValueError(
+                f"unet was built without context_dim; build it with context_dim={dim} (the "
+                "text encoder's width) to condition it on text"
+            )
+        if unet.context_dim != dim:
+            raise ValueError(
+                f"unet.context_dim={unet.context_dim} must equal the text encoder's width "
+                f"text_encoder.dim={dim}"
+            )
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``unet(x_t, t, ...)``: pass the keyword arguments of :meth:`encode_prompts` (and
+        ``y=`` for a class-conditional UNet)."""
+        return self.unet(x_t, t, *args, **kwargs)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Encode prompts once into the UNet's text keyword arguments.
+
+        Args:
+            prompts: one ``str`` per sample, in any language; ``""`` is the unconditional
+                prompt of classifier-free guidance.
+
+        Returns:
+            ``{"context": (B, L, D), "context_mask": (B, L) bool, "context_pooled": (B, D)}``
+            on the model's device, ``L`` fixed by the encoder (so two results concatenate).
+            Gradients flow to the text encoder when autograd is enabled (training).
+
+        Raises:
+            TypeError: ``prompts`` is not a list or tuple of ``str``.
+            ValueError: ``prompts`` is empty.
+        """
+        prompts = check_prompts(prompts)
+        encoding = self.text_encoder.encode(prompts)
+        return {
+            "context": encoding.states,
+            "context_mask": encoding.mask,
+            "context_pooled": encoding.pooled,
+        }
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configurations of both parts: ``{"unet": ..., "text_encoder": ...}``."""
+        return {"unet": dict(self.unet.config), "text_encoder": dict(self.text_encoder.config)}
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the parameters."""
+        return next(self.parameters()).dtype
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write both parts: ``directory/unet/`` and ``directory/text_encoder/`` (each a
+        ``config.json`` and safetensors weights, by the parts' own ``save_pretrained``), and
+        ``directory/config.json`` naming their classes. No pickle."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(directory / "unet")
+        self.text_encoder.save_pretrained(directory / "text_encoder")
+        config = {
+            "_class_name": type(self).__name__,
+            "unet_class": type(self.unet).__name__,
+            "text_encoder_class": type(self.text_encoder).__name__,
+        }
+        tmp = directory / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, directory / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None, unet_class: type | None = None,
+        text_encoder_class: type | None = None,
+    ) -> TextConditionedUNet:
+        """Rebuild a model written by :meth:`save_pretrained` (in eval mode).
+
+        Args:
+            directory: the folder :meth:`save_pretrained` wrote.
+            device, dtype: where and in which dtype to put the weights (default: as saved).
+            unet_class, text_encoder_class: the classes of the parts when they are subclasses
+                of :class:`ddpm_lib.UNet` / custom encoders (default: found by the saved name
+                among :class:`ddpm_lib.UNet`, :class:`TextEncoder` and :class:`HFTextEncoder`).
+
+        Raises:
+            FileNotFoundError: a file is missing.
+            ValueError: a file is corrupt or describes other classes.
+        """
+        directory = Path(directory)
+        config = _read_config(directory, cls.__name__)
+        known: dict[str, type] = {
+            "UNet": UNet, "TextEncoder": TextEncoder, "HFTextEncoder": HFTextEncoder,
+        }
+        parts: list[Any] = []
+        for key, given in (("unet_class", unet_class), ("text_encoder_class", text_encoder_class)):
+            name = config.get(key)
+            part = given or known.get(str(name))
+            if part is None:
+                raise ValueError(
+                    f"{directory / CONFIG_NAME} names {key}={name!r}, which is not a ddpm_lib "
+                    f"class; pass {key}= to from_pretrained"
+                )
+            parts.append(part)
+        unet = parts[0].from_pretrained(directory / "unet", device=device, dtype=dtype)
+        encoder = parts[1].from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
+        return cls(unet, encoder).eval()
