@@ -321,6 +321,8 @@ def _sample(args: argparse.Namespace) -> None:
                        "text encoder")
     if args.guidance_scale is not None and num_classes is None and not text:
         raise CLIError("--guidance-scale needs a class-conditional model; this one is unconditional")
+    if args.guidance_rescale and args.guidance_scale is None:
+        raise CLIError("--guidance-rescale acts on guidance: give --guidance-scale too")
     if args.negative_prompt is not None and args.guidance_scale is None:
         raise CLIError("--negative-prompt acts through guidance: give --guidance-scale too")
 
@@ -349,7 +351,9 @@ def _sample(args: argparse.Namespace) -> None:
         batch = sampler.sample(loaded.model, (count, *image_shape), generator=generator,
                                model_kwargs=kwargs, guidance_scale=args.guidance_scale,
                                progress=not args.no_progress,
-                               **({"unconditional_kwargs": unconditional} if unconditional else {}))
+                               **({"unconditional_kwargs": unconditional} if unconditional else {}),
+                               **({"guidance_rescale": args.guidance_rescale}
+                                  if args.guidance_rescale else {}))
         images.append(batch.float().cpu())
     samples = torch.cat(images)
     written = []
@@ -534,6 +538,9 @@ def _add_sample_parser(subparsers: Any) -> None:
                         help="DDIM noise: 0 deterministic, 1 like DDPM (default: 0)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance for a class-conditional or text model (e.g. 3)")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                        help="rescale the guided prediction to the conditional one's std and mix "
+                        "with weight PHI (Lin et al. 2024; 0.7 in the paper; default: 0, off)")
     parser.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                         help="text-to-image models: the prompt, in any language; repeat for "
                         "several (--num samples of each, one grid row per prompt)")

@@ -60,6 +60,7 @@ def test_sample_with_prompts_from_the_run_and_the_exported_model(text_run: Path,
         assert main(["sample", str(source), "--prompt", "a red circle on a white background",
                      "--prompt", "黑色背景上有一个黄色正方形", "--num", "3", "--steps", "3",
                      "--guidance-scale", "3", "--negative-prompt", "a blue cross",
+                     "--guidance-rescale", "0.7",
                      "--out", str(out), "--no-progress"]) == 0
         with Image.open(out) as grid:
             # 3 columns (samples of a prompt), 2 rows (the prompts), 8 px + 2 px padding

@@ -189,8 +189,8 @@ class PromptEvaluation(NamedTuple):
 
     Attributes:
         accuracy: fraction of samples showing every attribute their prompt stated.
-        shuffled_accuracy: the same samples scored against another prompt's attributes (the
-            list rolled by half its length): the chance level of a model that ignores the text.
+        shuffled_accuracy: the same samples scored against the attributes of the prompts in
+            a fixed random order: the chance level of a model that ignores the text.
         per_attribute: per stated attribute, the fraction of samples that show it.
         images: the samples ``(N, 3, H, W)`` in ``[-1, 1]``, in the order of ``attributes``.
         prompts: the prompts they were drawn for.
@@ -264,11 +264,12 @@ def evaluate_prompt_accuracy(
             model, (len(chunk), 3, image_size, image_size), generator=generator, **kwargs,
         ).cpu())
     samples = torch.cat(images)
-    shift = max(1, len(attributes) // 2)
-    rolled = list(attributes[shift:]) + list(attributes[:shift])
+    # a fixed random pairing of samples with prompts: the chance level
+    order = torch.randperm(len(attributes), generator=torch.Generator().manual_seed(12345))
+    shuffled = [attributes[int(i)] for i in order]
     return PromptEvaluation(
         accuracy=prompt_accuracy(samples, attributes),
-        shuffled_accuracy=prompt_accuracy(samples, rolled),
+        shuffled_accuracy=prompt_accuracy(samples, shuffled),
         per_attribute=attribute_accuracy(samples, attributes),
         images=samples,
         prompts=prompts,
