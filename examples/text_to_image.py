@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     size = 200 if quick else 20_000
     options = dict(image_size=args.image_size, colors=COLORS, backgrounds=BACKGROUNDS,
                    holdout=HOLDOUT)
-    dataset = ConcatDataset([
+    dataset: ConcatDataset = ConcatDataset([
         CaptionedShapesDataset(size=size, seed=args.seed, language="en", **options),
         CaptionedShapesDataset(size=size, seed=args.seed + 1, language="zh", **options),
     ])

@@ -19,6 +19,8 @@ from ddpm_lib import (  # noqa: E402
 from ddpm_lib.data import CaptionedShapesDataset  # noqa: E402
 from ddpm_lib.metrics import evaluate_prompt_accuracy  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny layers: one thread is faster
+
 
 @pytest.mark.slow
 def test_short_run_beats_the_shuffled_prompt_baseline(tmp_path) -> None:
