@@ -19,6 +19,7 @@ from ddpm_lib import (
     UNet,
 )
 from ddpm_lib.models import AttentionBlock, CrossAttentionBlock, multi_head_attention
+from ddpm_lib.samplers.base import GuidanceOptions, apply_guidance, rescale_guidance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,9 +63,11 @@ def tiny_model(text_attention: str = "cross", **unet_overrides) -> TextCondition
 # ---------------------------------------------------------------------------------------------
 def test_tokenizer_round_trip_english_chinese_and_empty():
     encoder = tiny_encoder(max_length=40)
-    prompts = ["a red circle on a blue background", "蓝色背景上的红色圆形", "", "naïve café ✓"]
+    prompts = ["a red circle on a blue background", "蓝色背景上的红色圆形", "",
+               "naïve café ✓"]
     ids, mask = encoder.tokenize(prompts)
-    assert ids.shape == mask.shape == (4, 42) and ids.dtype == torch.long and mask.dtype == torch.bool
+    assert ids.shape == mask.shape == (4, 42)
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
     assert encoder.decode(ids) == prompts
     # [BOS, bytes + 3, EOS, PAD...]: the layout is exactly the documented one
     data = prompts[1].encode("utf-8")
@@ -384,7 +387,8 @@ def test_simple_loss_trains_both_parts():
         loss.backward()
         optimizer.step()
     assert torch.isfinite(loss)
-    changed = [not torch.equal(a, b) for a, b in zip(encoder_before, model.text_encoder.parameters())]
+    after = model.text_encoder.parameters()
+    changed = [not torch.equal(a, b) for a, b in zip(encoder_before, after)]
     assert any(changed)
 
 
@@ -475,7 +479,6 @@ def test_hf_text_encoder_adapter(tmp_path, generator):
 # ---------------------------------------------------------------------------------------------
 # guidance rescale (Lin et al. 2024) and guidance interval (Kynkaanniemi et al. 2024)
 # ---------------------------------------------------------------------------------------------
-from ddpm_lib.samplers.base import GuidanceOptions, apply_guidance, rescale_guidance  # noqa: E402
 
 
 def test_rescale_guidance_matches_eq_15_16(generator):
@@ -530,9 +533,9 @@ def _toy_model(x, t, y):
 def test_sampler_applies_rescale_and_interval_as_the_formulas(learn_sigma, generator):
     schedule = NoiseSchedule.linear(100)
     sampler = DDIMSampler(schedule, num_steps=5, learn_sigma=learn_sigma)
-    model = _toy_model
-    if learn_sigma:  # the variance half must pass through unguided
-        model = lambda x, t, y: torch.cat([_toy_model(x, t, y), _toy_model(x, t, y) * 3], 1)  # noqa: E731
+    def model(x, t, y):  # with learn_sigma, the variance half must pass through unguided
+        out = _toy_model(x, t, y)
+        return torch.cat([out, out * 3], 1) if learn_sigma else out
     y = torch.tensor([0, 2])
     x_T = torch.randn(2, 3, 4, 4, generator=generator)
     scale, phi, interval = 5.0, 0.7, (30, 70)
@@ -609,3 +612,22 @@ def test_guidance_rescale_and_interval_compile_into_one_graph(small_schedule, ge
             )
     torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_hf_text_encoder_uses_clip_pooler_output():
+    transformers = pytest.importorskip("transformers")
+    from ddpm_lib import HFTextEncoder
+
+    tokenizer = transformers.ByT5Tokenizer()  # no vocabulary file: nothing downloaded
+    config = transformers.CLIPTextConfig(
+        vocab_size=384, hidden_size=DIM, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=20, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    encoder = HFTextEncoder(transformers.CLIPTextModel(config).eval(), tokenizer, max_length=20)
+    with torch.no_grad():
+        states, mask, pooled = encoder.encode(["red", "蓝色"])
+    # CLIP pools the end-of-text token's state: the last real token here
+    last = mask.sum(1) - 1
+    torch.testing.assert_close(pooled, states[torch.arange(2), last])

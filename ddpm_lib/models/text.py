@@ -67,7 +67,9 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
                                           if isinstance(prompts, str) else "")
         )
     if not prompts:
-        raise ValueError(f"{name} must hold at least one prompt; got an empty {type(prompts).__name__}")
+        raise ValueError(
+            f"{name} must hold at least one prompt; got an empty {type(prompts).__name__}"
+        )
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise TypeError(

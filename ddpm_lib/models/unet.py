@@ -586,9 +586,11 @@ class UNet(nn.Module):
                     "the empty prompt '' is the unconditional input); got None"
                 )
             if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+                received = (context.dtype if isinstance(context, torch.Tensor)
+                            else type(context).__name__)
                 raise TypeError(
                     f"context must be a floating-point tensor of shape ({batch}, L, {dim}); got "
-                    f"{context.dtype if isinstance(context, torch.Tensor) else type(context).__name__}"
+                    f"{received}"
                 )
             if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != dim:
                 raise ValueError(

@@ -404,7 +404,8 @@ class Sampler:
         x = self._starting_noise(model, shape, x_T, generator, device, dtype)
         return self._run(
             model, x, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
+            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
         )
 
     @torch.no_grad()
@@ -456,7 +457,8 @@ class Sampler:
         x_t = self.schedule.q_sample(x0, self._timestep_list[start], noise=noise)
         return self._run(
             model, x_t, start, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale, guidance_interval,
+            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
         )
 
     def step(
