@@ -52,12 +52,22 @@ _EXPORTS = {
 
     "frechet_distance": "ddpm_lib.metrics",
     "nll_bits_per_dim": "ddpm_lib.metrics",
+    "prompt_accuracy": "ddpm_lib.metrics",
+
+    "CaptionedShapesDataset": "ddpm_lib.data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+# submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
+_SUBMODULES = ("analytic", "cli", "data", "interop", "losses", "metrics", "models", "samplers",
+               "schedule", "training")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ddpm_lib.{name}")  # also sets the attribute
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ddpm_lib' has no attribute {name!r}")
@@ -67,4 +77,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -70,6 +70,13 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.9999,
     "mixed_precision": "no",
     "class_dropout": 0.1,
+    "captions": None,
+    "language": "en",
+    "caption_dropout": 0.1,
+    "text_dim": 256,
+    "text_layers": 4,
+    "text_heads": 4,
+    "text_max_length": 64,
     "no_flip": False,
     "base_channels": 128,
     "channel_mults": "1,2,2,2",
@@ -171,18 +178,29 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if options["data"] in ("cifar10", "mnist") and options["data_root"] is None:
         raise CLIError(f"--data {options['data']} needs --data-root, the folder that holds it")
-    if options["data"] not in ("shapes", "cifar10", "mnist") and not Path(options["data"]).is_dir():
+    builtin = ("shapes", "captioned-shapes", "cifar10", "mnist")
+    if options["data"] not in builtin and not Path(options["data"]).is_dir():
         raise CLIError(
-            f"--data must be 'shapes', 'cifar10', 'mnist' or a folder of images; "
-            f"{options['data']!r} is none of them"
+            f"--data must be 'shapes', 'captioned-shapes', 'cifar10', 'mnist' or a folder of "
+            f"images; {options['data']!r} is none of them"
         )
+    text = options["data"] == "captioned-shapes" or options["captions"] is not None
+    if options["captions"] is not None and options["data"] in builtin:
+        raise CLIError(f"--captions is for a folder of images; --data {options['data']} has "
+                       "its own labels or captions")
+    if text and options["class_conditional"]:
+        raise CLIError("--class-conditional and captions cannot be combined; the model is "
+                       "conditioned on the text")
+    default_size = {"shapes": 32, "captioned-shapes": 16}.get(options["data"])
     dataset = build_dataset(
         options["data"],
         root=options["data_root"],
-        image_size=options["image_size"] or (32 if options["data"] == "shapes" else None),
+        image_size=options["image_size"] or default_size,
         class_labels=options["class_conditional"],
         size=options["dataset_size"],
         seed=options["seed"],
+        captions=options["captions"],
+        language=options["language"],
     )
     latent = None
     if options["autoencoder"]:
@@ -215,7 +233,15 @@ def _train(args: argparse.Namespace) -> None:
         num_classes=num_classes,
         learn_sigma=learn_sigma,
         norm_groups=math.gcd(32, base_channels),
+        **({"context_dim": options["text_dim"]} if text else {}),
     )
+    if text:  # GLIDE: a byte-level transformer reads the caption, trained jointly
+        from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
+
+        model = TextConditionedUNet(model, TextEncoder(
+            dim=options["text_dim"], num_layers=options["text_layers"],
+            num_heads=options["text_heads"], max_length=options["text_max_length"],
+        ))
     loss_fn: HybridLoss | SimpleLoss
     if learn_sigma:
         loss_fn = HybridLoss(schedule, prediction=options["prediction"])
@@ -234,8 +260,10 @@ def _train(args: argparse.Namespace) -> None:
         mixed_precision=options["mixed_precision"], out_dir=out,
         log_every=options["log_every"], checkpoint_every=options["checkpoint_every"],
         sample_every=options["sample_every"], sampler=sampler, seed=options["seed"],
-        num_workers=options["num_workers"], random_flip=not options["no_flip"],
-        class_dropout=options["class_dropout"], num_samples=options["num_samples"],
+        num_workers=options["num_workers"],
+        random_flip=False if options["no_flip"] else (None if text else True),
+        class_dropout=options["class_dropout"], caption_dropout=options["caption_dropout"],
+        num_samples=options["num_samples"],
         guidance_scale=options["guidance_scale"], keep_checkpoints=options["keep_checkpoints"],
         progress=not args.no_progress,
     )
@@ -310,15 +338,30 @@ def _sample(args: argparse.Namespace) -> None:
         raise CLIError("--class needs a class-conditional model; this one is unconditional")
     if args.label is not None and num_classes is not None and not 0 <= args.label < num_classes:
         raise CLIError(f"--class must be in [0, {num_classes - 1}]; got {args.label}")
-    if args.guidance_scale is not None and num_classes is None:
+    text = callable(getattr(loaded.model, "encode_prompts", None))
+    if text and not args.prompt:
+        raise CLIError(f"{args.source} is a text-to-image model: give --prompt \"...\"")
+    if not text and (args.prompt or args.negative_prompt is not None):
+        raise CLIError("--prompt / --negative-prompt need a text-to-image model; this one has no "
+                       "text encoder")
+    if args.guidance_scale is not None and num_classes is None and not text:
         raise CLIError("--guidance-scale needs a class-conditional model; this one is unconditional")
+    if args.guidance_rescale and args.guidance_scale is None:
+        raise CLIError("--guidance-rescale acts on guidance: give --guidance-scale too")
+    if args.negative_prompt is not None and args.guidance_scale is None:
+        raise CLIError("--negative-prompt acts through guidance: give --guidance-scale too")
 
     generator = torch.Generator(device).manual_seed(args.seed)
     if num_classes is not None:
         labels = (torch.full((args.num,), args.label) if args.label is not None
                   else torch.arange(args.num) % num_classes)
+    prompts: list[str] = []
+    if text:  # --num samples of each prompt, prompt after prompt (one grid row each)
+        prompts = [prompt for prompt in args.prompt for _ in range(args.num)]
+        args.num = len(prompts)
     images = []
     config: dict[str, Any] = getattr(loaded.model, "config", {})
+    config = config.get("unet", config)  # a text model: the UNet's part
     image_shape = (int(config["in_channels"]), int(config["image_size"]),
                    int(config["image_size"]))
     if latent is not None and args.inpaint is not None:
@@ -327,18 +370,26 @@ def _sample(args: argparse.Namespace) -> None:
     for start in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - start)
         kwargs = {}
+        unconditional = None
         if num_classes is not None:
             kwargs["y"] = labels[start:start + count].to(device)
+        if text:
+            kwargs.update(loaded.model.encode_prompts(prompts[start:start + count]))
+            if args.guidance_scale is not None:
+                unconditional = loaded.model.encode_prompts([args.negative_prompt or ""] * count)
+        options: dict[str, Any] = {"model_kwargs": kwargs, "guidance_scale": args.guidance_scale,
+                                   "progress": not args.no_progress}
+        if unconditional:
+            options["unconditional_kwargs"] = unconditional
+        if args.guidance_rescale:
+            options["guidance_rescale"] = args.guidance_rescale
         if inpaint is not None:  # RePaint: the known part of --inpaint where --mask is white
             batch = sampler.inpaint(loaded.model, inpaint[0].expand(count, *image_shape),
                                     inpaint[1], resample=args.resample,
-                                    jump_length=args.jump_length, generator=generator,
-                                    model_kwargs=kwargs, guidance_scale=args.guidance_scale,
-                                    progress=not args.no_progress)
+                                    jump_length=args.jump_length, generator=generator, **options)
         else:
             batch = sampler.sample(loaded.model, (count, *image_shape), generator=generator,
-                                   model_kwargs=kwargs, guidance_scale=args.guidance_scale,
-                                   progress=not args.no_progress)
+                                   **options)
         assert isinstance(batch, torch.Tensor)  # no trajectory was asked for
         if latent is not None:
             batch = latent.decode(batch)
@@ -346,8 +397,10 @@ def _sample(args: argparse.Namespace) -> None:
     samples = torch.cat(images)
     written = []
     if args.out is not None:
-        nrow = args.nrow or (num_classes if num_classes and num_classes <= 16 and args.label is None
-                             else max(1, round(args.num ** 0.5)))
+        nrow = args.nrow or (
+            len(prompts) // len(args.prompt) if text
+            else num_classes if num_classes and num_classes <= 16 and args.label is None
+            else max(1, round(args.num ** 0.5)))
         written.append(str(save_grid(samples, args.out, nrow=nrow, upscale=args.upscale)))
     if args.npz is not None:
         import numpy as np
@@ -416,13 +469,18 @@ def _add_train_parser(subparsers: Any) -> None:
             "      --base-channels 32 --channel-mults 1,2 --attention-resolutions '' --steps 3000\n"
             "  ddpm-lib train --data cifar10 --data-root ~/data --out runs/cifar10\n"
             "  ddpm-lib train --data ~/pictures/cats --image-size 64 --out runs/cats\n"
+            "  ddpm-lib train --data captioned-shapes --out runs/text --base-channels 32 \\\n"
+            "      --channel-mults 1,2,2 --attention-resolutions 4 --text-dim 64 --text-layers 2\n"
+            "  ddpm-lib train --data ~/pictures/captioned --captions metadata --image-size 64 \\\n"
+            "      --out runs/captioned\n"
             "  torchrun --nproc_per_node 8 -m ddpm_lib.cli train --data cifar10 --data-root ~/data \\\n"
             "      --out runs/cifar10"
         ),
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None, metavar="SOURCE",
-                      help="'shapes' (built in, no download), 'cifar10', 'mnist', or a folder of "
+                      help="'shapes' (built in, no download), 'captioned-shapes' (built in, with "
+                      "captions: trains text-to-image), 'cifar10', 'mnist', or a folder of "
                       f"images (default: {d['data']})")
     data.add_argument("--data-root", default=None, metavar="DIR",
                       help="folder holding CIFAR-10 (cifar-10-batches-py/) or MNIST (MNIST/raw/); "
@@ -437,8 +495,18 @@ def _add_train_parser(subparsers: Any) -> None:
                       "for classifier-free guidance")
     data.add_argument("--class-dropout", type=float, default=None, metavar="P",
                       help=f"probability of dropping a label to the null class (default: {d['class_dropout']})")
+    data.add_argument("--captions", choices=("metadata", "txt"), default=None,
+                      help="train text-to-image on a folder of captioned images: 'metadata' reads "
+                      "metadata.jsonl (file_name, text; Hugging Face imagefolder), 'txt' a .txt "
+                      "beside each image")
+    data.add_argument("--language", choices=("en", "zh"), default=None,
+                      help="language of the captioned-shapes captions (default: en)")
+    data.add_argument("--caption-dropout", type=float, default=None, metavar="P",
+                      help="probability of dropping a caption to the empty prompt, for "
+                      f"classifier-free guidance (default: {d['caption_dropout']})")
     data.add_argument("--no-flip", action="store_true", default=None,
-                      help="do not flip images left-right at random")
+                      help="do not flip images left-right at random (captioned data is never "
+                      "flipped: 'left' would become 'right')")
     data.add_argument("--num-workers", type=int, default=None, metavar="N",
                       help="data loading processes (default: 0 on CPU, up to 8 per GPU)")
     data.add_argument("--autoencoder", default=None, metavar="RUN",
@@ -474,6 +542,15 @@ def _add_train_parser(subparsers: Any) -> None:
     model.add_argument("--attention-resolutions", default=None, metavar="LIST",
                        help="resolutions with self-attention, '' for none (default: 16)")
     model.add_argument("--dropout", type=float, default=None, help=f"dropout (default: {d['dropout']})")
+    model.add_argument("--text-dim", type=int, default=None,
+                       help=f"text models: width of the text encoder (default: {d['text_dim']})")
+    model.add_argument("--text-layers", type=int, default=None,
+                       help=f"text models: transformer layers (default: {d['text_layers']})")
+    model.add_argument("--text-heads", type=int, default=None,
+                       help=f"text models: attention heads (default: {d['text_heads']})")
+    model.add_argument("--text-max-length", type=int, default=None,
+                       help="text models: UTF-8 bytes read from a caption (default: "
+                       f"{d['text_max_length']})")
     model.add_argument("--schedule", choices=("linear", "cosine"), default=None,
                        help="noise schedule (default: linear)")
     model.add_argument("--num-timesteps", type=int, default=None,
@@ -515,7 +592,9 @@ def _add_sample_parser(subparsers: Any) -> None:
             "examples:\n"
             "  ddpm-lib sample runs/shapes --out grid.png\n"
             "  ddpm-lib sample runs/shapes --sampler dpm-solver --steps 20 --guidance-scale 3 --out g.png\n"
-            "  ddpm-lib sample runs/cifar10/ema_model --num 50000 --batch-size 500 --npz samples.npz"
+            "  ddpm-lib sample runs/cifar10/ema_model --num 50000 --batch-size 500 --npz samples.npz\n"
+            "  ddpm-lib sample runs/text --prompt 'a red circle on a white background' \\\n"
+            "      --prompt '黑色背景上有一个黄色正方形' --num 8 --guidance-scale 3 --out t.png"
         ),
     )
     parser.add_argument("source", metavar="MODEL",
@@ -523,7 +602,8 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--out", default=None, metavar="PNG",
                         help="write a grid of the samples here (default: samples.png unless --npz)")
     parser.add_argument("--npz", default=None, metavar="FILE", help="write the samples as uint8 arrays")
-    parser.add_argument("--num", type=int, default=16, help="number of samples (default: 16)")
+    parser.add_argument("--num", type=int, default=16,
+                        help="number of samples; of each prompt for a text model (default: 16)")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver"), default="ddpm",
                         help="ddpm: ancestral, respaced, the most forgiving; ddim: deterministic "
                         "with --eta 0; dpm-solver: DPM-Solver++ 2M, for well-trained models in "
@@ -534,7 +614,16 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise: 0 deterministic, 1 like DDPM (default: 0)")
     parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance for a class-conditional model (e.g. 3)")
+                        help="classifier-free guidance for a class-conditional or text model (e.g. 3)")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                        help="rescale the guided prediction to the conditional one's std and mix "
+                        "with weight PHI (Lin et al. 2024; 0.7 in the paper; default: 0, off)")
+    parser.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                        help="text-to-image models: the prompt, in any language; repeat for "
+                        "several (--num samples of each, one grid row per prompt)")
+    parser.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                        help="text models with --guidance-scale: guide away from this prompt "
+                        "instead of the empty one")
     parser.add_argument("--class", dest="label", type=int, default=None, metavar="K",
                         help="sample only class K (default: all classes in turn)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")

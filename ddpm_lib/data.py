@@ -1,6 +1,6 @@
 """Datasets and image conversions: everything between files on disk and tensors in ``[-1, 1]``.
 
-Three sources of training images, each a ``torch.utils.data.Dataset`` whose items are
+Four sources of training images, each a ``torch.utils.data.Dataset`` whose items are
 ``(image, label)`` pairs (or bare images for an unlabelled folder), ``image`` a float32 tensor
 ``(C, H, W)`` in ``[-1, 1]``:
 
@@ -10,6 +10,9 @@ Three sources of training images, each a ``torch.utils.data.Dataset`` whose item
 - :class:`ImageFolderDataset`: every Pillow-readable image under a folder (recursively),
   resized and center-cropped, labelled by sub-folder name if asked. A corrupt or truncated
   file is skipped with a warning that names it.
+- :class:`CaptionedShapesDataset`: the shapes with ``(image, caption)`` items in English or
+  Chinese and a ground-truth attribute record per item, for text-to-image training; folders
+  of captioned images are read by :class:`ImageFolderDataset` with ``captions=``.
 - :func:`torchvision_dataset`: CIFAR-10 or MNIST read from a local root. Nothing is
   downloaded; missing files raise ``FileNotFoundError`` saying where to put them.
 
@@ -41,6 +44,13 @@ __all__ = [
     "SHAPES",
     "ShapesDataset",
     "ImageFolderDataset",
+    "CaptionedShapesDataset",
+    "shape_caption",
+    "COLORS",
+    "SIZES",
+    "POSITIONS",
+    "list_images",
+    "read_image",
     "torchvision_dataset",
     "build_dataset",
     "render_shape",
@@ -308,6 +318,94 @@ def _image_extensions() -> set[str]:
     return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Every image file under ``root`` (recursively), sorted by path; hidden files are skipped.
+
+    An image file is one whose extension Pillow can open (png, jpg, webp, bmp, tiff, ...).
+    This is the one place the package lists a folder of images (datasets and metrics).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"root {str(root)!r} is not a folder of images")
+    extensions = _image_extensions()
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in extensions and path.is_file() and not path.name.startswith(".")
+    )
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> PILImage.Image:
+    """Decode one image file completely into a PIL image of ``mode`` (``"RGB"`` or ``"L"``).
+
+    The one place the package decodes image files; errors of a corrupt file propagate.
+    """
+    from PIL import Image
+
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
+    with Image.open(path) as image:
+        image.load()
+        return image.convert(mode)
+
+
+CAPTION_FORMATS = ("metadata", "txt")
+
+
+def _read_text_caption(image_path: Path) -> str:
+    path = image_path.with_suffix(".txt")
+    if not path.is_file():
+        raise ValueError(f"captions='txt': image {str(image_path)!r} has no caption file {path.name!r}")
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"caption file {str(path)!r} is not UTF-8 text (byte {error.start}): {error.reason}"
+        ) from error
+
+
+def _read_metadata_captions(root: Path) -> tuple[list[Path], list[str]]:
+    """The images and captions of every ``metadata.jsonl`` under ``root`` (sorted by image path)."""
+    import json
+
+    pairs: dict[Path, str] = {}
+    for metadata in sorted(root.rglob("metadata.jsonl")):
+        try:
+            lines = metadata.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"caption file {str(metadata)!r} is not UTF-8 text (byte {error.start})"
+            ) from error
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{str(metadata)!r} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where} is not JSON: {error.msg}") from error
+            if not isinstance(record, dict):
+                raise TypeError(f"{where} must be a JSON object; got {type(record).__name__}")
+            for key in ("file_name", "text"):
+                if key not in record:
+                    raise ValueError(f"{where} has no {key!r} field: {line.strip()[:80]}")
+                if not isinstance(record[key], str):
+                    raise TypeError(
+                        f"{where}: {key!r} must be a string; got {type(record[key]).__name__}"
+                    )
+            path = metadata.parent / record["file_name"]
+            if not path.is_file():
+                raise ValueError(f"{where} names a missing file {record['file_name']!r}")
+            pairs[path] = record["text"]
+    if not pairs:
+        raise FileNotFoundError(f"captions='metadata': no metadata.jsonl entries under {str(root)!r}")
+    files = sorted(pairs)
+    return files, [pairs[path] for path in files]
+
+
 def _resize_center_crop(image: PILImage.Image, image_size: int) -> PILImage.Image:
     """Resize so the shorter side is ``image_size`` (bicubic, antialiased), then crop the centre."""
     from PIL import Image
@@ -330,6 +428,18 @@ class ImageFolderDataset(Dataset):
     ``label`` the index of the folder name in the sorted ``classes``; otherwise items are
     bare images. ``image`` is float32 ``(channels, image_size, image_size)`` in ``[-1, 1]``.
 
+    With ``captions``, item ``i`` is ``(image, caption)`` for text-to-image training, the caption
+    read as UTF-8 from one of the two usual layouts:
+
+    - ``"metadata"``: ``metadata.jsonl`` files (in ``root`` or any sub-folder), one JSON
+      object a line with ``file_name`` (relative to that file's folder) and ``text``: the
+      Hugging Face ``imagefolder`` convention. The images listed there are the dataset.
+    - ``"txt"``: beside each image ``name.png`` a ``name.txt`` holding its caption.
+
+    A caption file that is not UTF-8, a ``metadata.jsonl`` line that is not a JSON object with
+    a string ``file_name`` and ``text``, or one that names a missing file raises ``ValueError``
+    (``TypeError`` for a wrong type) naming the file and the line, at construction.
+
     A file that cannot be decoded (corrupt, truncated, not an image after all) is skipped with
     a ``UserWarning`` naming it: the next readable file in order is returned in its place, so
     the dataset's length and order stay fixed and training goes on.
@@ -341,6 +451,7 @@ class ImageFolderDataset(Dataset):
         image_size: int,
         class_labels: bool = False,
         channels: int = 3,
+        captions: str | None = None,
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -349,14 +460,21 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"image_size must be a positive int; got {image_size!r}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3; got {channels!r}")
-        extensions = _image_extensions()
-        files = sorted(
-            path
-            for path in root.rglob("*")
-            if path.suffix.lower() in extensions and path.is_file() and not path.name.startswith(".")
-        )
+        if captions is not None:
+            check_choice("captions", captions, CAPTION_FORMATS)
+            if class_labels:
+                raise ValueError("class_labels=True and captions cannot be combined; choose one")
+        if captions == "metadata":
+            files, self.captions = _read_metadata_captions(root)
+        else:
+            files = list_images(root)
         if not files:
             raise FileNotFoundError(f"no image files found under {str(root)!r}")
+        if captions == "txt":
+            self.captions = [_read_text_caption(path) for path in files]
+        elif captions is None:
+            self.captions = []
+        self.caption_format = captions
         self.root = root
         self.files = files
         self.image_size = image_size
@@ -380,13 +498,9 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def _load(self, index: int) -> torch.Tensor | None:
-        from PIL import Image
-
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                image.load()
-                image = _resize_center_crop(image.convert("RGB"), self.image_size)
+            image = _resize_center_crop(read_image(path), self.image_size)
         except Exception as error:  # noqa: BLE001 - any decoding failure means "skip this file"
             self._bad.add(index)
             warnings.warn(
@@ -396,7 +510,7 @@ class ImageFolderDataset(Dataset):
             return None
         return image_to_tensor(image, self.channels)
 
-    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int | str]:
         n = len(self.files)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
@@ -407,6 +521,8 @@ class ImageFolderDataset(Dataset):
                 continue
             image = self._load(candidate)
             if image is not None:
+                if self.caption_format is not None:
+                    return image, self.captions[candidate]
                 return (image, self.labels[candidate]) if self.class_labels else image
         raise RuntimeError(f"none of the {n} files under {str(self.root)!r} could be read")
 
@@ -494,18 +610,29 @@ def build_dataset(
     size: int = 10_000,
     seed: int = 0,
     train: bool = True,
+    captions: str | None = None,
+    language: str = "en",
 ) -> Dataset:
     """A dataset from a name or a path: what ``ddpm-lib train --data`` accepts.
 
     - ``"shapes"``: :class:`ShapesDataset` (``size`` items, ``image_size`` default 32, ``seed``).
+    - ``"captioned-shapes"``: :class:`CaptionedShapesDataset` (``(image, caption)`` items,
+      ``image_size`` default 16, captions in ``language``).
     - ``"cifar10"`` / ``"mnist"``: :func:`torchvision_dataset` read from ``root``.
     - anything else: a folder, read by :class:`ImageFolderDataset` (``image_size`` required;
-      labels from sub-folders when ``class_labels``).
+      labels from sub-folders when ``class_labels``; ``(image, caption)`` items when
+      ``captions`` is ``"metadata"`` or ``"txt"``).
     """
     if not isinstance(source, str) or not source:
-        raise ValueError(f"source must be 'shapes', 'cifar10', 'mnist' or a folder; got {source!r}")
+        raise ValueError(
+            f"source must be 'shapes', 'captioned-shapes', 'cifar10', 'mnist' or a folder; "
+            f"got {source!r}"
+        )
     if source == "shapes":
         return ShapesDataset(size=size, image_size=image_size or 32, seed=seed)
+    if source == "captioned-shapes":
+        return CaptionedShapesDataset(size=size, image_size=image_size or 16, seed=seed,
+                                      language=language)
     if source in _TORCHVISION:
         if root is None:
             title, where = _TORCHVISION[source]
@@ -513,4 +640,261 @@ def build_dataset(
         return torchvision_dataset(source, root, train=train, image_size=image_size)
     if image_size is None:
         raise ValueError(f"an image folder needs image_size; got None for {source!r}")
+    if captions is not None:
+        return ImageFolderDataset(source, image_size, captions=captions)
     return ImageFolderDataset(source, image_size, class_labels=class_labels)
+
+
+# ----------------------------------------------------------------------------- captioned shapes
+
+#: RGB (in ``[0, 1]``) of every colour word the captioned shapes use; far apart, so that the
+#: nearest palette entry names a pixel's colour without doubt.
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.9, 0.12, 0.1),
+    "green": (0.12, 0.72, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.12),
+    "white": (0.95, 0.95, 0.95),
+    "black": (0.05, 0.05, 0.05),
+    "gray": (0.5, 0.5, 0.5),
+}
+#: The shape's area as a fraction of the image, per size word.
+SIZES: dict[str, float] = {"small": 0.055, "large": 0.13}
+#: Offset of the shape's centre from the middle, as fractions ``(dx, dy)`` of the side.
+POSITIONS: dict[str, tuple[float, float]] = {
+    "center": (0.0, 0.0),
+    "left": (-0.22, 0.0),
+    "right": (0.22, 0.0),
+    "top": (0.0, -0.22),
+    "bottom": (0.0, 0.22),
+}
+ATTRIBUTES = ("kind", "color", "background", "size", "position")
+CAPTION_LANGUAGES = ("en", "zh")
+
+_WORDS = {
+    "en": {
+        "circle": "circle", "square": "square", "triangle": "triangle", "cross": "cross",
+        "small": "small", "large": "large",
+        "center": "in the center", "left": "on the left", "right": "on the right",
+        "top": "at the top", "bottom": "at the bottom",
+        **{name: name for name in COLORS},
+    },
+    "zh": {
+        "circle": "圆形", "square": "正方形", "triangle": "三角形", "cross": "十字",
+        "small": "小的", "large": "大的",
+        "center": "中间", "left": "左边", "right": "右边", "top": "上方", "bottom": "下方",
+        "red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "white": "白色",
+        "black": "黑色", "gray": "灰色",
+    },
+}
+_NUM_TEMPLATES = {"en": 4, "zh": 3}
+
+
+def shape_caption(
+    attributes: dict[str, str], language: str = "en", template: int = 0
+) -> str:
+    """A caption (or prompt) that states the given attributes of a captioned shape.
+
+    Args:
+        attributes: any subset of ``kind`` (one of :data:`SHAPES`), ``color`` and
+            ``background`` (keys of :data:`COLORS`), ``size`` (:data:`SIZES`) and ``position``
+            (:data:`POSITIONS`). Missing ones are not mentioned (a missing kind reads "shape").
+        language: ``"en"`` or ``"zh"`` (Chinese words and word order).
+        template: which of the language's sentence patterns (4 in English, 3 in Chinese),
+            taken modulo their number.
+
+    Returns:
+        The caption, e.g. ``"a small red circle on the left on a black background"`` or
+        ``"黑色背景上左边有一个小的红色圆形"``.
+
+    Raises:
+        ValueError: an unknown key, attribute value or language.
+    """
+    check_choice("language", language, CAPTION_LANGUAGES)
+    allowed = {
+        "kind": SHAPES, "color": tuple(COLORS), "background": tuple(COLORS),
+        "size": tuple(SIZES), "position": tuple(POSITIONS),
+    }
+    if not isinstance(attributes, dict):
+        raise TypeError(f"attributes must be a dict; got {type(attributes).__name__}")
+    for key, value in attributes.items():
+        check_choice("attributes key", key, ATTRIBUTES)
+        check_choice(f"attributes[{key!r}]", value, allowed[key])
+    if isinstance(template, bool) or not isinstance(template, int):
+        raise TypeError(f"template must be an int; got {type(template).__name__}")
+    words = _WORDS[language]
+    said = {key: words[value] for key, value in attributes.items()}
+    template %= _NUM_TEMPLATES[language]
+    if language == "en":
+        noun = " ".join(said[key] for key in ("size", "color") if key in said)
+        noun = f"{noun} {said.get('kind', 'shape')}".strip()
+        noun = ("an " if noun[0] in "aeiou" else "a ") + noun
+        where = f" {said['position']}" if "position" in said else ""
+        background = said.get("background")
+        if template == 0:
+            return f"{noun}{where}" + (f" on a {background} background" if background else "")
+        if template == 1:
+            return (f"a {background} background with " if background else "") + f"{noun}{where}"
+        if template == 2:
+            return f"{noun}{where}" + (f", {background} background" if background else "")
+        return f"there is {noun}{where}" + (f"; the background is {background}" if background else "")
+    noun = "一个" + said.get("size", "") + said.get("color", "") + said.get("kind", "图形")
+    where = said.get("position", "")
+    background = said.get("background")
+    if template == 0:
+        return (f"{background}背景上" if background else "") + f"{where}有{noun}"
+    if template == 1:
+        return noun + (f"，在{where}" if where else "") + (f"，{background}背景" if background else "")
+    return (f"在{background}背景上画着" if background else "画着") + noun + (
+        f"，位于{where}" if where else ""
+    )
+
+
+class CaptionedShapesDataset(Dataset):
+    """Captioned shapes for text-to-image training: items are ``(image, caption)``.
+
+    Each image shows one shape with five attributes, each named by its caption:
+
+    - ``kind``: one of ``kinds`` (default :data:`SHAPES`: circle, square, triangle, cross);
+    - ``color``: the shape's colour, one of ``colors`` (a name of :data:`COLORS`);
+    - ``background``: the plain background's colour, one of ``backgrounds``;
+    - ``size``: ``"small"`` or ``"large"`` (its area, :data:`SIZES`, the same for every kind);
+    - ``position``: ``"center"``, ``"left"``, ``"right"``, ``"top"`` or ``"bottom"``.
+
+    Item ``i`` draws, from a NumPy generator seeded with ``(seed, i)``, one allowed combination
+    of attributes (uniformly), a small jitter of the position and area, a sentence pattern of
+    :func:`shape_caption` and whether the caption mentions the size and the position (each
+    with probability ``mention_probability``; kind and both colours are always mentioned).
+    :meth:`attributes` gives the complete ground truth, so samples drawn for a caption can be
+    scored against it (:func:`ddpm_lib.metrics.prompt_accuracy`).
+
+    Args:
+        size: number of items.
+        image_size: side of the square images in pixels (16 suits a CPU).
+        seed: selects the dataset.
+        language: ``"en"`` or ``"zh"``: the language of the captions.
+        kinds, colors, backgrounds: the attribute values used (a shape never has the colour of
+            its background).
+        holdout: combinations never generated, each a dict of some attributes; e.g.
+            ``[{"kind": "circle", "color": "red", "background": "white"}]`` leaves out every
+            red circle on white, so that a model can be asked for it as a new combination of
+            attributes it has seen.
+        mention_probability: how often the caption states the size and the position.
+
+    Images are float32 ``(3, image_size, image_size)`` in ``[-1, 1]``.
+    """
+
+    def __init__(
+        self,
+        size: int = 10_000,
+        image_size: int = 16,
+        seed: int = 0,
+        language: str = "en",
+        kinds: Sequence[str] = SHAPES,
+        colors: Sequence[str] = ("red", "green", "blue", "yellow"),
+        backgrounds: Sequence[str] = ("black", "white", "gray"),
+        holdout: Sequence[dict[str, str]] = (),
+        mention_probability: float = 0.5,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int; got {size!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8; got {image_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        self.language = check_choice("language", language, CAPTION_LANGUAGES)
+        values = {}
+        for name, given, allowed in (
+            ("kinds", kinds, SHAPES), ("colors", colors, tuple(COLORS)),
+            ("backgrounds", backgrounds, tuple(COLORS)),
+        ):
+            given = tuple(given)
+            if not given or len(set(given)) != len(given):
+                raise ValueError(f"{name} must be distinct names from {allowed}; got {given!r}")
+            for value in given:
+                check_choice(name, value, allowed)
+            values[name] = given
+        if not 0.0 <= mention_probability <= 1.0:
+            raise ValueError(f"mention_probability must be in [0, 1]; got {mention_probability!r}")
+        holdout = [dict(rule) for rule in holdout]
+        for rule in holdout:
+            shape_caption(rule)  # validates its keys and values
+        self.size = size
+        self.image_size = image_size
+        self.seed = seed
+        self.kinds, self.colors, self.backgrounds = (
+            values["kinds"], values["colors"], values["backgrounds"]
+        )
+        self.holdout = holdout
+        self.mention_probability = float(mention_probability)
+        combinations = []
+        for kind in self.kinds:
+            for color in self.colors:
+                for background in self.backgrounds:
+                    if color == background:
+                        continue
+                    for size_word in SIZES:
+                        for position in POSITIONS:
+                            combo = {"kind": kind, "color": color, "background": background,
+                                     "size": size_word, "position": position}
+                            if not any(all(combo[k] == v for k, v in rule.items()) for rule in holdout):
+                                combinations.append(combo)
+        if not combinations:
+            raise ValueError("holdout leaves no combination of attributes to generate")
+        #: Every combination of attributes the dataset draws from (uniformly).
+        self.combinations: list[dict[str, str]] = combinations
+
+    def __len__(self) -> int:
+        return self.size
+
+    def describe(self, index: int) -> dict[str, Any]:
+        """Everything about item ``index``: attributes, caption, centre and radius (pixels)."""
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for a dataset of size {self.size}")
+        index %= self.size
+        rng = np.random.default_rng([self.seed, index])
+        attributes = dict(self.combinations[int(rng.integers(len(self.combinations)))])
+        side = self.image_size
+        dx, dy = POSITIONS[attributes["position"]]
+        jitter = rng.uniform(-0.03, 0.03, size=2)
+        center = (side * (0.5 + dx + jitter[0]), side * (0.5 + dy + jitter[1]))
+        area = SIZES[attributes["size"]] * side * side * rng.uniform(0.92, 1.08)
+        radius = math.sqrt(area / shape_area(attributes["kind"], 1.0))
+        mentioned = {key: attributes[key] for key in ("kind", "color", "background")}
+        for key in ("size", "position"):
+            if rng.uniform() < self.mention_probability:
+                mentioned[key] = attributes[key]
+        template = int(rng.integers(_NUM_TEMPLATES[self.language]))
+        return {
+            "attributes": attributes,
+            "caption": shape_caption(mentioned, self.language, template),
+            "mentioned": mentioned,
+            "center": center,
+            "radius": radius,
+        }
+
+    def attributes(self, index: int) -> dict[str, str]:
+        """The ground truth of item ``index``: ``kind``, ``color``, ``background``, ``size``,
+        ``position``."""
+        return self.describe(index)["attributes"]
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index`` (what ``dataset[index][1]`` is)."""
+        return self.describe(index)["caption"]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        params = self.describe(index)
+        attributes = params["attributes"]
+        array = render_shape(
+            attributes["kind"], self.image_size, params["center"], params["radius"],
+            COLORS[attributes["color"]], COLORS[attributes["background"]],
+        )  # (H, W, 3) in [0, 1]
+        image = torch.from_numpy(array).permute(2, 0, 1).mul(2.0).sub(1.0)  # (3, H, W)
+        return image.contiguous(), params["caption"]
+
+    def __repr__(self) -> str:
+        return (
+            f"CaptionedShapesDataset(size={self.size}, image_size={self.image_size}, "
+            f"seed={self.seed}, language={self.language!r}, "
+            f"{len(self.combinations)} combinations)"
+        )

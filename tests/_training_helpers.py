@@ -14,7 +14,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_lib.data import ShapesDataset  # noqa: E402
+from ddpm_lib.data import CaptionedShapesDataset, ShapesDataset  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
 
 
@@ -44,6 +44,33 @@ class TinyNet(nn.Module):
         return self.out(self.dropout(torch.nn.functional.silu(h)))
 
 
+class TinyTextNet(TinyNet):
+    """A tiny text-to-image stand-in: ``encode_prompts`` embeds UTF-8 bytes and averages them."""
+
+    def __init__(self, hidden: int = 8, num_timesteps: int = 50, dropout: float = 0.0) -> None:
+        super().__init__(hidden=hidden, num_timesteps=num_timesteps, dropout=dropout)
+        self.byte_embedding = nn.Embedding(257, hidden)  # 0 pads, byte b is b + 1
+        self.text_proj = nn.Linear(hidden, hidden)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = [list(prompt.encode("utf-8")) for prompt in prompts]
+        length = max(1, max(len(codes) for codes in encoded))
+        tokens = torch.zeros(len(prompts), length, dtype=torch.long)
+        for row, codes in enumerate(encoded):
+            tokens[row, : len(codes)] = torch.tensor(codes, dtype=torch.long) + 1
+        tokens = tokens.to(self.byte_embedding.weight.device)
+        mask = (tokens > 0).unsqueeze(-1).float()  # (B, L, 1)
+        pooled = (self.byte_embedding(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return {"text": self.text_proj(pooled)}  # (B, hidden)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x) + self.time(t)[:, :, None, None]
+        if text is not None:
+            h = h + text[:, :, None, None]
+        self.calls += 1
+        return self.out(self.dropout(torch.nn.functional.silu(h)))
+
+
 class TinyLoss:
     """``loss_fn(model, x0, t=None, noise=None, reduction="mean", generator=None, **kw)``: L_simple."""
 
@@ -63,14 +90,23 @@ class TinyLoss:
         return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def make_trainer(out_dir, *, conditional=True, dropout=0.1, batch_size=8, **overrides):
-    """The configuration shared by the resume, kill and DDP tests (tiny and fast)."""
+def make_trainer(out_dir, *, conditional=True, dropout=0.1, batch_size=8, text=False, **overrides):
+    """The configuration shared by the resume, kill and DDP tests (tiny and fast).
+
+    ``text=True``: the text stand-in on captioned shapes (caption dropout 0.3), else the
+    class-conditional (or unconditional) TinyNet on the shapes.
+    """
     from ddpm_lib.training import Trainer
 
     torch.manual_seed(1234)  # what a user script does; the model init and dropout use it
     schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.4)
-    model = TinyNet(num_classes=4 if conditional else None, dropout=dropout)
-    dataset = ShapesDataset(size=36, image_size=8, seed=0)  # 4.5 global batches an epoch
+    if text:
+        model: nn.Module = TinyTextNet(dropout=dropout)
+        dataset = CaptionedShapesDataset(size=36, image_size=8, seed=0)
+        overrides = {"caption_dropout": 0.3, **overrides}
+    else:
+        model = TinyNet(num_classes=4 if conditional else None, dropout=dropout)
+        dataset = ShapesDataset(size=36, image_size=8, seed=0)  # 4.5 global batches an epoch
     kwargs = dict(
         batch_size=batch_size, lr=1e-2, warmup_steps=3, ema_decay=0.9, out_dir=out_dir,
         log_every=2, checkpoint_every=3, progress=False, tensorboard=False, class_dropout=0.3,
@@ -123,8 +159,8 @@ def state_of(trainer) -> dict[str, torch.Tensor]:
 def main(argv: list[str]) -> None:
     mode, out_dir, steps = argv[0], argv[1], int(argv[2])
     torch.set_num_threads(1)
-    if mode == "train":  # train (resuming if a checkpoint exists) and save the final weights
-        trainer = make_trainer(out_dir)
+    if mode in ("train", "train-text"):  # train (resuming if a checkpoint exists), save weights
+        trainer = make_trainer(out_dir, text=mode == "train-text")
         trainer.train(steps)
         torch.save(state_of(trainer), Path(out_dir) / "final.pt")
     elif mode == "autoencoder":  # the same with AutoencoderKL + AutoencoderLoss(discriminator)
@@ -143,11 +179,12 @@ def main(argv: list[str]) -> None:
         torch.save(autoencoder_state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")
         dist.barrier()
         dist.destroy_process_group()
-    elif mode == "ddp":  # under torchrun: half the steps, then a new Trainer resumes (no dropout)
+    elif mode in ("ddp", "ddp-text"):  # under torchrun: half the steps, then a resume (no dropout)
         import torch.distributed as dist
 
-        make_trainer(out_dir, dropout=0.0, checkpoint_every=100).train(steps // 2)
-        trainer = make_trainer(out_dir, dropout=0.0, checkpoint_every=100)
+        text = mode == "ddp-text"
+        make_trainer(out_dir, dropout=0.0, checkpoint_every=100, text=text).train(steps // 2)
+        trainer = make_trainer(out_dir, dropout=0.0, checkpoint_every=100, text=text)
         assert trainer.step == steps // 2, trainer.step
         trainer.train(steps)
         torch.save(state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")

@@ -8,6 +8,8 @@
   a local ``pt_inception-2015-12-05-6726825d.pth`` (:func:`load_fid_inception`).
 * :func:`kernel_inception_distance` — KID, unbiased at small sample counts.
 * :func:`nll_bits_per_dim` — the full variational bound over a dataset with a per-term breakdown.
+* :func:`prompt_accuracy`, :func:`detect_shape_attributes` — prompt adherence of text-to-image
+  samples of the captioned shapes, read from the pixels.
 """
 
 from .fid import (
@@ -33,12 +35,24 @@ from .inception import (
     load_fid_inception,
 )
 from .nll import BitsPerDim, nll_bits_per_dim
+from .prompt import (
+    PromptEvaluation,
+    attribute_accuracy,
+    detect_shape_attributes,
+    evaluate_prompt_accuracy,
+    prompt_accuracy,
+)
 
 __all__ = [
     "RECOMMENDED_MIN_SAMPLES",
     "WEIGHTS_ENV",
     "WEIGHTS_FILENAME",
     "WEIGHTS_URL",
+    "PromptEvaluation",
+    "attribute_accuracy",
+    "evaluate_prompt_accuracy",
+    "detect_shape_attributes",
+    "prompt_accuracy",
     "BitsPerDim",
     "FIDInceptionV3",
     "FeatureStatistics",

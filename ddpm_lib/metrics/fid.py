@@ -505,20 +505,21 @@ def _check_positive_int(name: str, value: Any) -> int:
 
 # ---------------------------------------------------------------------------- image folders
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted by path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {str(folder)!r}")
-    return sorted(
-        path for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    )
+    """Every image file under ``folder`` (recursively), sorted by path.
+
+    The same listing as the training datasets use: :func:`ddpm_lib.data.list_images`.
+    """
+    from ddpm_lib.data import list_images as _list_images
+
+    return _list_images(folder)
 
 
 class ImageFolder(torch.utils.data.Dataset):
     """Images of a folder (recursively) as ``uint8`` tensors ``(C, H, W)``, RGB by default.
 
-    ``mode`` is a PIL mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel).
+    ``mode`` is a PIL mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel). Files are listed
+    and decoded by :func:`ddpm_lib.data.list_images` and :func:`ddpm_lib.data.read_image`,
+    at their stored size (no resizing: FID compares the pixels as saved).
     """
 
     def __init__(self, folder: str | os.PathLike, mode: str = "RGB") -> None:
@@ -529,17 +530,16 @@ class ImageFolder(torch.utils.data.Dataset):
         self.files = list_images(folder)
         if not self.files:
             raise ValueError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {str(self.folder)!r}"
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}, ...) found in {str(self.folder)!r}"
             )
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
+        from ddpm_lib.data import read_image
 
-        with Image.open(self.files[index]) as image:
-            array = np.asarray(image.convert(self.mode), dtype=np.uint8)
+        array = np.asarray(read_image(self.files[index], self.mode), dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
         return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (C, H, W) uint8

@@ -328,6 +328,8 @@ def _model_from_config(model_class: str | None, config: Any, where: Path) -> tor
             f"{where} holds no model configuration (a model of class {model_class}); "
             "only ddpm_lib UNet checkpoints can be loaded by name, load others in Python"
         )
+    if model_class is not None and model_class.endswith(".TextConditionedUNet"):
+        return _text_model_from_config(config, where)
     if model_class is not None and not model_class.endswith(".UNet"):
         raise CheckpointError(
             f"{where} holds a {model_class}; only ddpm_lib UNet checkpoints can be loaded by "
@@ -338,6 +340,31 @@ def _model_from_config(model_class: str | None, config: Any, where: Path) -> tor
         return UNet(**config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: the saved model configuration is not valid: {error}") from None
+
+
+def _text_model_from_config(config: dict[str, Any], where: Path) -> torch.nn.Module:
+    """A :class:`ddpm_lib.TextConditionedUNet` from its ``{"unet": ..., "text_encoder": ...}``."""
+    from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
+    from ddpm_lib.models.unet import UNet
+
+    parts = [config.get("unet"), config.get("text_encoder")]
+    if not all(isinstance(part, dict) for part in parts):
+        raise CheckpointError(f"{where}: a text model's configuration needs 'unet' and 'text_encoder'")
+    unet_config, encoder_config = (
+        {k: v for k, v in part.items() if not k.startswith("_")} for part in parts  # type: ignore[union-attr]
+    )
+    try:
+        return TextConditionedUNet(UNet(**unet_config), TextEncoder(**encoder_config))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: the saved text model configuration is not valid: {error}") from None
+
+
+def _pretrained_class_name(source: Path) -> str | None:
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except ValueError:
+        return None
+    return config.get("_class_name") if isinstance(config, dict) else None
 
 
 def load_trained_model(
@@ -353,7 +380,8 @@ def load_trained_model(
 
     - a Trainer ``out_dir`` (it has ``checkpoints/``): its newest good checkpoint,
     - one checkpoint folder (``step_*`` with ``manifest.json``),
-    - a pretrained folder (``config.json`` + ``model.safetensors`` from ``save_pretrained``),
+    - a pretrained folder (``config.json`` + ``model.safetensors`` from ``save_pretrained``,
+      or the ``unet/`` and ``text_encoder/`` of a :class:`ddpm_lib.TextConditionedUNet`),
       with ``diffusion.json`` / ``schedule.json`` beside it when the Trainer exported it;
       otherwise ``default_schedule`` (or the DDPM linear schedule, T = 1000) and eps-prediction.
 
@@ -388,7 +416,12 @@ def load_trained_model(
         from ddpm_lib.models.unet import UNet
 
         try:
-            model = UNet.from_pretrained(source)
+            if _pretrained_class_name(source) == "TextConditionedUNet":
+                from ddpm_lib.models.text import TextConditionedUNet
+
+                model = TextConditionedUNet.from_pretrained(source)
+            else:
+                model = UNet.from_pretrained(source)
         except (ValueError, TypeError, OSError) as error:
             raise CheckpointError(f"{source}: cannot load the pretrained model: {error}") from None
         for name in ("diffusion.json", "schedule.json"):
@@ -413,6 +446,7 @@ def load_trained_model(
     else:
         schedule = default_schedule if default_schedule is not None else NoiseSchedule.linear(1000)
     config = getattr(model, "config", {}) or {}
+    config = config.get("unet", config)  # a text model: the UNet's part
     learn_sigma = bool(config.get("learn_sigma", False))
     variance = diffusion.get("variance") or ("learned_range" if learn_sigma else "fixed_small")
     if device is not None:

@@ -7,6 +7,7 @@ One optimizer step (Ho et al. 2020, Algorithm 1, with the paper's CIFAR-10 recip
     t, eps  <- uniform timesteps and N(0, I) noise for the whole global batch (sliced)
     x0      <- x0 flipped left-right with probability 1/2            (random_flip)
     y       <- -1 (the null class) with probability class_dropout    (classifier-free guidance)
+    text    <- model.encode_prompts(captions, "" with prob. caption_dropout)   (text models)
     loss    <- loss_fn(model, x0, t=t, noise=eps, y=y)               (under autocast)
     theta   <- Adam(theta, clip(grad, grad_clip), lr * min(1, (step + 1) / warmup_steps))
     ema     <- EMA(theta) with warm-up
@@ -132,6 +133,10 @@ class Trainer:
             torchvision datasets give; more fields are ignored) or ``(image,)`` (TensorDataset).
             A dataset whose ``unbounded_values`` attribute is true (latents,
             :class:`ddpm_lib.LatentDataset`) is not checked to lie in ``[-1, 1]``.
+            For a text-to-image model (one with an ``encode_prompts`` method, such as
+            :class:`ddpm_lib.TextConditionedUNet`) items are ``(image, caption: str)``: each
+            batch's captions are encoded by ``model.encode_prompts`` (inside the forward pass,
+            so the text encoder trains jointly) and passed to the model as keyword arguments.
         batch_size: the global batch (all processes together); split evenly over processes.
         lr: Adam's learning rate after warm-up (2e-4 in DDPM).
         warmup_steps: the learning rate ramps linearly to ``lr`` over this many steps.
@@ -147,8 +152,15 @@ class Trainer:
         seed: seeds the data order, timesteps, noise, flips and label dropout.
         num_workers: DataLoader workers; ``None``: 0 on a CPU, up to 8 per GPU.
         random_flip: flip images left-right with probability 1/2 (DDPM's CIFAR-10 recipe).
+            ``None`` (default): flip unless the items are captioned, since a flip would
+            contradict captions that say "left" or "right".
         class_dropout: probability of replacing a label by the null class -1 (conditional
             models only), which trains the unconditional model used by classifier-free guidance.
+        caption_dropout: probability of replacing a caption by the empty prompt ``""`` (text
+            models), the unconditional input of classifier-free guidance (GLIDE).
+        sample_prompts: the fixed prompts of the sample grids of a text model (one image
+            each, cycled to ``num_samples``); default: the captions of the first
+            ``num_samples`` dataset items.
         num_samples: images per sample grid.
         guidance_scale: classifier-free guidance scale for the grids (conditional models).
         keep_checkpoints: how many of the newest checkpoints to keep.
@@ -181,8 +193,10 @@ class Trainer:
         sampler: Any = None,
         seed: int = 0,
         num_workers: int | None = None,
-        random_flip: bool = True,
+        random_flip: bool | None = None,
         class_dropout: float = 0.1,
+        caption_dropout: float = 0.1,
+        sample_prompts: list[str] | None = None,
         num_samples: int = 16,
         guidance_scale: float | None = None,
         keep_checkpoints: int = 3,
@@ -221,12 +235,14 @@ class Trainer:
         self.class_dropout = _non_negative_float("class_dropout", class_dropout)
         if self.class_dropout > 1:
             raise ValueError(f"class_dropout must be in [0, 1]; got {class_dropout!r}")
+        self.caption_dropout = _non_negative_float("caption_dropout", caption_dropout)
+        if self.caption_dropout > 1:
+            raise ValueError(f"caption_dropout must be in [0, 1]; got {caption_dropout!r}")
         self.num_samples = _positive_int("num_samples", num_samples)
         self.keep_checkpoints = _positive_int("keep_checkpoints", keep_checkpoints)
         self.lr = float(lr)
         self.warmup_steps = warmup_steps
         self.seed = seed
-        self.random_flip = bool(random_flip)
         self.guidance_scale = guidance_scale
         self.loss_fn = loss_fn
         self.dataset = dataset
@@ -266,8 +282,33 @@ class Trainer:
                 stacklevel=2,
             )
         self.image_shape = tuple(image.shape)
+        self._captioned = self._labelled and isinstance(first[1], str)
+        self._text_model = callable(getattr(unwrap_model(model), "encode_prompts", None))
+        if self._captioned and not self._text_model:
+            raise TypeError(
+                "dataset items are (image, caption) but the model has no encode_prompts method; "
+                "use a text-conditioned model such as ddpm_lib.TextConditionedUNet"
+            )
+        if self._text_model and not self._captioned:
+            raise ValueError(
+                "the model is text-conditioned (it has encode_prompts) but dataset items carry "
+                f"no caption; give (image, caption: str) items (item 0 is {type(first).__name__})"
+            )
+        self.random_flip = not self._captioned if random_flip is None else bool(random_flip)
+        if sample_prompts is not None:
+            if not isinstance(sample_prompts, (list, tuple)) or not sample_prompts or not all(
+                isinstance(prompt, str) for prompt in sample_prompts
+            ):
+                raise TypeError(f"sample_prompts must be a non-empty list of str; got {sample_prompts!r}")
+            sample_prompts = list(sample_prompts)
+        self.sample_prompts = sample_prompts
         num_classes = getattr(unwrap_model(model), "num_classes", None)
         self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
+        if self.num_classes is not None and self._captioned:
+            raise ValueError(
+                f"the model is class-conditional (num_classes={self.num_classes}) and items are "
+                "(image, caption): the Trainer trains on one condition; use num_classes=None"
+            )
         if self.num_classes is not None and not self._labelled:
             raise ValueError(
                 f"the model is class-conditional (num_classes={self.num_classes}) but dataset "
@@ -471,7 +512,15 @@ class Trainer:
         if self.random_flip:
             flip = torch.rand(global_b, generator=generator, device=device)[mine] < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        if self.num_classes is not None:
+        captions = None
+        if self._captioned:
+            captions = list(y)
+            y = None
+            if self.caption_dropout > 0:
+                drop = torch.rand(global_b, generator=generator, device=device)[mine]
+                captions = ["" if dropped else caption for caption, dropped in
+                            zip(captions, (drop < self.caption_dropout).tolist())]
+        elif self.num_classes is not None:
             y = y.to(device, non_blocking=True).long()
             if self.class_dropout > 0:
                 drop = torch.rand(global_b, generator=generator, device=device)[mine]
@@ -485,6 +534,11 @@ class Trainer:
             device.type, dtype=self._autocast_dtype or torch.float32,
             enabled=self._autocast_dtype is not None,
         ):
+            if captions is not None:
+                # The text encoder runs in the graph of this step's loss, so it trains jointly
+                # (and its gradients are all-reduced with the UNet's under DDP).
+                text_model: Any = unwrap_model(self.model)
+                loss_kwargs.update(text_model.encode_prompts(captions))
             loss = self.loss_fn(self._train_model, x0, **loss_kwargs)
         if loss.ndim:
             loss = loss.mean()
@@ -607,23 +661,57 @@ class Trainer:
         labels: torch.Tensor | None = None,
         guidance_scale: float | None = None,
         use_ema: bool = True,
+        prompts: list[str] | None = None,
+        negative_prompts: list[str] | None = None,
     ) -> torch.Tensor:
         """Draw ``num_samples`` images ``(N, C, H, W)`` in ``[-1, 1]`` with the Trainer's ``sampler``.
 
         ``generator`` defaults to one seeded with ``seed`` (the same noise every time, so grids
         of successive steps are comparable). For a conditional model, ``labels`` default to
         ``0, 1, ..., K-1, 0, 1, ...`` and ``guidance_scale`` to the Trainer's.
+
+        For a text model, ``prompts`` (one a sample; ``num_samples`` defaults to their number)
+        default to :attr:`sample_prompts` cycled to ``num_samples``; with a ``guidance_scale``
+        the unconditional half of classifier-free guidance reads ``negative_prompts`` (one a
+        sample, default ``""``). Both are encoded once, by the sampled model's own encoder.
         """
         if self.sampler is None:
             self.sampler = self._default_sampler()
+        if prompts is not None or negative_prompts is not None:
+            if not self._text_model:
+                raise ValueError("prompts / negative_prompts need a text model (with encode_prompts)")
+            for name, value in (("prompts", prompts), ("negative_prompts", negative_prompts)):
+                if value is not None and (not isinstance(value, (list, tuple)) or not all(
+                        isinstance(prompt, str) for prompt in value)):
+                    raise TypeError(f"{name} must be a list of str; got {value!r}")
+            if num_samples is None and prompts is not None:
+                num_samples = len(prompts)
         num_samples = _positive_int("num_samples", num_samples or self.num_samples)
         model = self.ema_model if use_ema else self.model
         was_training = model.training
         model.eval()
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(self.seed)
-        model_kwargs = {}
-        if self.num_classes is not None:
+        model_kwargs: dict[str, Any] = {}
+        unconditional_kwargs = None
+        if self._text_model:
+            if prompts is None:
+                fixed = self.default_sample_prompts()
+                prompts = [fixed[i % len(fixed)] for i in range(num_samples)]
+            for name, value in (("prompts", prompts), ("negative_prompts", negative_prompts)):
+                if value is not None and len(value) != num_samples:
+                    raise ValueError(
+                        f"{name} must have one prompt per sample ({num_samples}); got {len(value)}"
+                    )
+            if guidance_scale is None:
+                guidance_scale = self.guidance_scale
+            text_model: Any = unwrap_model(model)
+            model_kwargs = dict(text_model.encode_prompts(list(prompts)))
+            if guidance_scale is not None:
+                unconditional_kwargs = dict(text_model.encode_prompts(
+                    list(negative_prompts) if negative_prompts is not None else [""] * num_samples
+                ))
+        elif self.num_classes is not None:
             if labels is None:
                 labels = torch.arange(num_samples) % self.num_classes
             model_kwargs["y"] = labels.to(self.device)
@@ -638,10 +726,19 @@ class Trainer:
                 generator=generator,
                 model_kwargs=model_kwargs,
                 guidance_scale=guidance_scale,
+                **({"unconditional_kwargs": unconditional_kwargs} if unconditional_kwargs else {}),
             )
         finally:
             model.train(was_training)
         return images
+
+    def default_sample_prompts(self) -> list[str]:
+        """The prompts of the sample grids: :attr:`sample_prompts`, else the captions of the
+        first ``num_samples`` dataset items."""
+        if self.sample_prompts is None:
+            count = min(self.num_samples, len(self.dataset))
+            self.sample_prompts = [str(self.dataset[i][1]) for i in range(count)]
+        return self.sample_prompts
 
     def save_samples(self) -> Path | None:
         """Sample a grid from the EMA model into ``out_dir/samples/step_<step>.png`` (rank 0)."""
@@ -659,6 +756,10 @@ class Trainer:
             images, self.out_dir / SAMPLES_DIR / f"step_{self.step:09d}.png", nrow=nrow,
             upscale=upscale,
         )
+        if self._text_model:  # the prompts of the grid, in reading order, beside it
+            fixed = self.default_sample_prompts()
+            prompts = [fixed[i % len(fixed)] for i in range(images.shape[0])]
+            path.with_suffix(".txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
         writer = self._tensorboard()
         if writer is not None:
             from torchvision.utils import make_grid
@@ -694,6 +795,7 @@ class Trainer:
                 "seed": self.seed,
                 "random_flip": self.random_flip,
                 "class_dropout": self.class_dropout,
+                "caption_dropout": self.caption_dropout,
                 "world_size": self.dist.world_size,
             },
         }
