@@ -222,7 +222,7 @@ def _train(args: argparse.Namespace) -> None:
         schedule = NoiseSchedule.linear(options["num_timesteps"])
     learn_sigma = options["loss"] == "hybrid"
     base_channels = options["base_channels"]
-    model = UNet(
+    model: torch.nn.Module = UNet(
         in_channels=channels,
         base_channels=base_channels,
         channel_mults=_int_list("channel_mults", options["channel_mults"]),
@@ -374,9 +374,11 @@ def _sample(args: argparse.Namespace) -> None:
         if num_classes is not None:
             kwargs["y"] = labels[start:start + count].to(device)
         if text:
-            kwargs.update(loaded.model.encode_prompts(prompts[start:start + count]))
+            encode_prompts = loaded.model.encode_prompts
+            assert callable(encode_prompts)  # checked above: a text-to-image model
+            kwargs.update(encode_prompts(prompts[start:start + count]))
             if args.guidance_scale is not None:
-                unconditional = loaded.model.encode_prompts([args.negative_prompt or ""] * count)
+                unconditional = encode_prompts([args.negative_prompt or ""] * count)
         options: dict[str, Any] = {"model_kwargs": kwargs, "guidance_scale": args.guidance_scale,
                                    "progress": not args.no_progress}
         if unconditional:

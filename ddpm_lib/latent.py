@@ -268,7 +268,7 @@ class LatentDataset(Dataset):
 
 
 class DecodingSampler:
-    """A sampler of latents that returns decoded images: :meth:`sample` draws latents with
+    """A sampler of latents that returns decoded images: ``sample`` draws latents with
     ``sampler`` and decodes them with ``latent_diffusion``.
 
     Give it to the :class:`ddpm_lib.Trainer` (``sampler=``) training on a
@@ -554,7 +554,7 @@ class LatentDiffusion:
     # ------------------------------------------------------------------ the dataset cache
     def cache_key(self, dataset: Any, *, sample: bool = False, seed: int | None = None) -> str:
         """The hash a cache of ``dataset``'s latents is valid for: the autoencoder's weights and
-        configuration (:func:`autoencoder_fingerprint`), the scale factor, the dataset's
+        configuration (``autoencoder_fingerprint``), the scale factor, the dataset's
         identity (class, length, ``repr``, first, middle and last items) and the encoding
         options."""
         digest = hashlib.sha256()
@@ -690,7 +690,7 @@ class LatentDiffusion:
 
         Args:
             sampler: any :class:`ddpm_lib.Sampler`, built with ``clip_denoised=False``.
-            unet: the model on latents; default :attr:`unet`.
+            unet: the model on latents; default ``self.unet``.
             n: number of images.
             image_size: the images' size in pixels (int or ``(H, W)``, multiples of ``f``);
                 default ``f`` times the ``image_size`` in ``unet.config``.
@@ -736,7 +736,7 @@ class LatentDiffusion:
         """Write everything needed to sample into one folder.
 
         ``directory/latent_diffusion.json`` (scale factor, classes, prediction, schedule),
-        ``directory/autoencoder/`` and, when :attr:`unet` is set, ``directory/unet/``, each
+        ``directory/autoencoder/`` and, when ``unet`` is set, ``directory/unet/``, each
         written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
         and ``diffusion.json`` so that ``ddpm-lib sample`` and
         ``load_trained_model`` read it as a pretrained model.

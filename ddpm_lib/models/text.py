@@ -112,8 +112,8 @@ class TextEncoder(nn.Module):
     multi-byte character is never split). ``""`` is ``[BOS, EOS]``.
 
     Network: learned token and position embeddings, ``num_layers`` pre-norm
-    :class:`torch.nn.TransformerEncoderLayer` (GELU, ``4 * dim`` feed-forward width) with the
-    padding masked out of every attention, a final :class:`torch.nn.LayerNorm`. The pooled
+    ``torch.nn.TransformerEncoderLayer`` (GELU, ``4 * dim`` feed-forward width) with the
+    padding masked out of every attention, a final ``torch.nn.LayerNorm``. The pooled
     vector is the state of the end token (GLIDE uses the last token's state); padding states
     are set to zero.
 
@@ -258,7 +258,7 @@ class TextEncoder(nn.Module):
     # ------------------------------------------------------------------ saving
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor arguments: ``TextEncoder(**encoder.config)`` rebuilds it."""
+        """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""
         return dict(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
                     max_length=self.max_length, dropout=self.dropout)
 
@@ -509,7 +509,7 @@ class TextConditionedUNet(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The configurations of both parts: ``{"unet": ..., "text_encoder": ...}``."""
+        """The configurations of both parts, as ``{"unet": ..., "text_encoder": ...}``."""
         return {"unet": dict(self.unet.config), "text_encoder": dict(self.text_encoder.config)}
 
     @property

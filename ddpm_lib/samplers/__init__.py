@@ -13,6 +13,7 @@ from .ddpm import DDPMSampler, respace
 from .deis import DEISSampler
 from .dpm_solver import DPMSolverSampler
 from .inpaint import repaint_plan
+from .multistep import MultistepSampler
 from .pndm import PNDMSampler
 from .sde import SDESampler, VPSDE
 from .unipc import UniPCSampler
@@ -25,6 +26,7 @@ __all__ = [
     "DEISSampler",
     "DDPMSampler",
     "DPMSolverSampler",
+    "MultistepSampler",
     "PNDMSampler",
     "SDESampler",
     "SampleTrajectory",

@@ -70,8 +70,8 @@ class MultistepSampler(Sampler):
 
     A subclass sets ``_form`` (``"x0"`` or ``"eps"``: what its history holds), ``_max_order``,
     ``_history`` (how many past outputs a step may read, as a function of the order) and
-    ``_uses_corrector``, and implements :meth:`_predictor_weights` (and, with a corrector,
-    :meth:`_corrector_weights`).
+    ``_uses_corrector``, and implements ``_predictor_weights`` (and, with a corrector,
+    ``_corrector_weights``).
     """
 
     _form: str = "x0"
