@@ -302,7 +302,7 @@ def test_cuda_graphs_equal_eager_without_recompiles(small_schedule):
                                                        compile=compile)
         torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=1e-4)
         assert counters["stats"]["unique_graphs"] == 1, (sampler, dict(counters["stats"]))
-    adaptive = SDESampler(small_schedule, method="adaptive", atol=0.02, rtol=0.1)
+    adaptive = SDESampler(small_schedule, 20, method="adaptive", atol=0.02, rtol=0.1)
     x = adaptive.sample(oracle, (4, 3, 8, 8), generator=torch.Generator(device).manual_seed(1),
                         device=device)
     assert x.device.type == "cuda" and bool(torch.isfinite(x).all())
