@@ -671,7 +671,7 @@ class Trainer:
         ``0, 1, ..., K-1, 0, 1, ...`` and ``guidance_scale`` to the Trainer's.
 
         For a text model, ``prompts`` (one a sample; ``num_samples`` defaults to their number)
-        default to :attr:`sample_prompts` cycled to ``num_samples``; with a ``guidance_scale``
+        default to ``sample_prompts`` cycled to ``num_samples``; with a ``guidance_scale``
         the unconditional half of classifier-free guidance reads ``negative_prompts`` (one a
         sample, default ``""``). Both are encoded once, by the sampled model's own encoder.
         """
@@ -733,7 +733,7 @@ class Trainer:
         return images
 
     def default_sample_prompts(self) -> list[str]:
-        """The prompts of the sample grids: :attr:`sample_prompts`, else the captions of the
+        """The prompts of the sample grids: ``sample_prompts``, else the captions of the
         first ``num_samples`` dataset items."""
         if self.sample_prompts is None:
             count = min(self.num_samples, len(self.dataset))
