@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .pretrained import PretrainedModel
 from .unet import UNet
 
 __all__ = [
@@ -101,7 +102,7 @@ def _utf8_prefix(data: bytes, limit: int) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Byte-level transformer text encoder
 # ---------------------------------------------------------------------------------------------
-class TextEncoder(nn.Module):
+class TextEncoder(PretrainedModel):
     """A byte-level (UTF-8) transformer text encoder: any language, no vocabulary file.
 
     Tokenisation: a prompt is encoded to UTF-8 and each byte ``b`` becomes token
@@ -261,24 +262,6 @@ class TextEncoder(nn.Module):
         """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""
         return dict(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
                     max_length=self.max_length, dropout=self.dropout)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``, with the code
-        (and in the format) of :meth:`ddpm_lib.UNet.save_pretrained`."""
-        UNet.save_pretrained(self, directory)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, *, device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> TextEncoder:
-        """Rebuild an encoder written by :meth:`save_pretrained` (checks and errors as
-        :meth:`ddpm_lib.UNet.from_pretrained`)."""
-        loader = UNet.from_pretrained.__func__  # type: ignore[attr-defined]
-        return loader(cls, directory, device=device, dtype=dtype)
-
-    load_config: Any = classmethod(UNet.load_config.__func__)  # type: ignore[attr-defined]
-    load_weights: Any = UNet.load_weights
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
