@@ -712,14 +712,18 @@ class LatentDiffusion:
                 "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
                 "latents; build it with clip_denoised=False"
             )
+        config = getattr(unet, "config", None)
+        if isinstance(config, dict):  # a text model's config holds its UNet's under "unet"
+            config = config.get("unet", config)
+        else:
+            config = {}
         if image_size is None:
-            config = getattr(unet, "config", None)
-            side = config.get("image_size") if isinstance(config, dict) else None
+            side = config.get("image_size")
             if not isinstance(side, int):
                 raise ValueError("image_size is needed: the model's config has no image_size")
             image_size = side * self.downsampling_factor
         shape = (n, *self.latent_shape(image_size))
-        in_channels = (getattr(unet, "config", None) or {}).get("in_channels")
+        in_channels = config.get("in_channels")
         if isinstance(in_channels, int) and in_channels != self.latent_channels:
             raise ValueError(
                 f"the model takes {in_channels} input channels but the autoencoder's latents "

@@ -471,3 +471,50 @@ def test_cli_trains_an_autoencoder_then_a_latent_model_on_it(tmp_path, capsys):
     assert main(["train-autoencoder", "--out", str(tmp_path / "x"), "--data", "shapes",
                  "--image-size", "10", "--channel-mults", "1,2,2", "--base-channels", "8"]) == 2
     assert "not a multiple of the downsampling factor 4" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- text in latent space
+
+
+def test_text_to_image_in_latent_space(tmp_path):
+    """Captions survive the latent cache, a TextConditionedUNet trains on (latent, caption) items
+    with the Trainer, samples decode with prompts and negative prompts, and the whole latent
+    text model saves to and loads from one folder."""
+    from ddpm_lib import TextConditionedUNet, TextEncoder
+
+    ae = TinyAutoencoder()
+    latents = LatentDiffusion(ae)
+    dataset = Captioned(_images(8))
+    latents.fit_scale_factor(dataset)
+    data = latents.encode_dataset(dataset, tmp_path / "latents", progress=False)
+    assert data[3][1] == dataset[3][1]  # the caption, unchanged
+    torch.manual_seed(0)
+    unet = UNet(in_channels=12, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                attention_resolutions=(2,), image_size=4, dropout=0.0, norm_groups=4,
+                context_dim=16)
+    model = TextConditionedUNet(unet, TextEncoder(dim=16, num_layers=1, num_heads=2,
+                                                  max_length=24))
+    schedule = NoiseSchedule.linear(100)
+    sampler = DDPMSampler(schedule, num_steps=4, clip_denoised=False)
+    trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=4, out_dir=tmp_path / "run",
+                      random_flip=False, warmup_steps=0, lr=1e-3, log_every=2,
+                      checkpoint_every=100, sampler=sampler, progress=False, tensorboard=False)
+    before = [p.detach().clone() for p in model.text_encoder.parameters()]
+    trainer.train(3)
+    # the text encoder trains jointly (its gradient is zero until the zero-initialised layers
+    # that read the text have moved, after the first step)
+    assert trainer.model is model
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.text_encoder.parameters()))
+    prompts = ["picture 1 — 图 1", "a red circle"]
+    images = latents.sample(sampler, model, 2, model_kwargs=model.encode_prompts(prompts),
+                            guidance_scale=3.0,
+                            unconditional_kwargs=model.encode_prompts(["blurry", ""]),
+                            generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 8, 8) and bool(torch.isfinite(images).all())
+
+    latents.unet, latents.schedule = model, schedule
+    latents.save_pretrained(tmp_path / "model")
+    loaded = LatentDiffusion.from_pretrained(tmp_path / "model", autoencoder_class=TinyAutoencoder)
+    assert type(loaded.unet) is TextConditionedUNet
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.unet.state_dict().items()):
+        assert torch.equal(a, b), name
