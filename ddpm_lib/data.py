@@ -659,7 +659,7 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "gray": (0.5, 0.5, 0.5),
 }
 #: The shape's area as a fraction of the image, per size word.
-SIZES: dict[str, float] = {"small": 0.055, "large": 0.13}
+SIZES: dict[str, float] = {"small": 0.10, "large": 0.20}
 #: Offset of the shape's centre from the middle, as fractions ``(dx, dy)`` of the side.
 POSITIONS: dict[str, tuple[float, float]] = {
     "center": (0.0, 0.0),

@@ -108,8 +108,11 @@ def test_prompts_are_validated():
 # ---------------------------------------------------------------------------------------------
 # text encoder
 # ---------------------------------------------------------------------------------------------
-def test_encoder_outputs_and_padding_invariance():
-    encoder = randomize(tiny_encoder(max_length=30), std=0.1).eval()
+@pytest.mark.parametrize("pooling", ["mean", "max", "last"])
+@pytest.mark.parametrize("ngram_size", [1, 4])
+def test_encoder_outputs_and_padding_invariance(pooling, ngram_size):
+    encoder = randomize(tiny_encoder(max_length=30, pooling=pooling, ngram_size=ngram_size),
+                        std=0.1).eval()
     with torch.no_grad():
         alone = encoder.encode(["红色的圆"])
         with pytest.warns(UserWarning, match="kept the first 29"):  # not 30: 3-byte characters
@@ -121,13 +124,79 @@ def test_encoder_outputs_and_padding_invariance():
     assert torch.equal(mask_out, mask)
     assert (states[~mask_out] == 0).all()  # padding states are zero
     real = int(mask.sum())
-    torch.testing.assert_close(pooled[0], states[0, real - 1])  # the end token's state
+    if pooling == "last":
+        torch.testing.assert_close(pooled[0], states[0, real - 1])  # the end token's state
+    elif pooling == "max":
+        torch.testing.assert_close(pooled[0], states[0, :real].amax(0))  # real tokens only
+    else:
+        torch.testing.assert_close(pooled[0], states[0, :real].mean(0))
     torch.testing.assert_close(batched.states[:1], states, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched.pooled[:1], pooled, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(short.states, states[:, :16], atol=1e-5, rtol=1e-5)
     # the text matters
     other = encoder.encode(["蓝色的方块"]).pooled
     assert (other - pooled).abs().max() > 1e-3
+
+
+def _reference_ngram_bucket(window: list[int], buckets: int) -> int:
+    """The documented hash of one n-gram of token ids, in plain Python integers."""
+    prime, n = 2_147_483_647, len(window)
+    code = sum(token * 263**k for k, token in enumerate(reversed(window))) % prime
+    multipliers = (1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 1_610_612_741,
+                   805_306_457, 402_653_189)
+    return (code * multipliers[n - 2] + n) % (buckets - 1) + 1
+
+
+def test_ngram_ids_hash_each_window_and_stop_at_padding():
+    encoder = tiny_encoder(ngram_size=4, ngram_buckets=512)
+    ids, _ = encoder.tokenize(["red 红", "a red"])
+    buckets = encoder.ngram_ids(ids)
+    assert buckets.shape == (2, ids.shape[1], 3) and buckets.dtype == torch.long
+    for row in range(2):
+        tokens = ids[row].tolist()
+        real = sum(token != TextEncoder.PAD_ID for token in tokens)
+        for i in range(ids.shape[1]):
+            for n in range(2, 5):
+                start = i - n + 1
+                expected = (_reference_ngram_bucket(tokens[start:i + 1], 512)
+                            if start >= 0 and i < real else 0)
+                assert buckets[row, i, n - 2].item() == expected, (row, i, n)
+    # the same word gives the same buckets wherever it stands ("red" ends at byte 3 and 5)
+    assert torch.equal(buckets[0, 3, :2], buckets[1, 5, :2])
+    # ... and different words different ones
+    assert buckets[0, 3, 1] != encoder.ngram_ids(encoder.tokenize(["rad"])[0])[0, 3, 1]
+
+
+def test_ngram_embedding_changes_the_states_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    encoder = randomize(tiny_encoder(ngram_size=3, ngram_buckets=64), std=0.1).eval()
+    assert encoder.ngram_embedding is not None
+    assert encoder.ngram_embedding.weight.shape == (64, DIM)
+    with torch.no_grad():
+        before = encoder.encode(["a red circle"]).states
+        encoder.ngram_embedding.weight[1:].mul_(3.0)
+        after = encoder.encode(["a red circle"]).states
+    assert (after - before).abs().max() > 1e-3
+    encoder.save_pretrained(tmp_path / "enc")
+    loaded = TextEncoder.from_pretrained(tmp_path / "enc").eval()
+    assert loaded.config == encoder.config
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(["a red circle"]).states, after)
+    assert tiny_encoder(ngram_size=1).ngram_embedding is None
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"ngram_size": 0}, "ngram_size must be >= 1; got 0"),
+        ({"ngram_size": 9}, "ngram_size must be at most 8"),
+        ({"ngram_buckets": 1}, "ngram_buckets must be >= 2"),
+        ({"pooling": "sum"}, r"pooling must be one of \('mean', 'max', 'last'\); got 'sum'"),
+    ],
+)
+def test_encoder_options_are_validated(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_encoder(**overrides)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,14 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+#: how :class:`TextEncoder` pools its token states into one vector
+POOLINGS = ("mean", "max", "last")
+# n-gram hashing: code = sum_k id[i - k] * 263**k mod a prime below 2**31 (so products stay
+# inside int64), then a per-length odd multiplier spreads the codes over the buckets.
+_NGRAM_PRIME = 2_147_483_647
+_NGRAM_POWERS = [pow(263, k, _NGRAM_PRIME) for k in range(8)]
+_NGRAM_MULTIPLIERS = (1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 1_610_612_741,
+                      805_306_457, 402_653_189)
 
 
 class TextEncoding(NamedTuple):
@@ -112,11 +120,23 @@ class TextEncoder(PretrainedModel):
     ``max_length`` bytes are truncated, with a warning, at the last character boundary (a
     multi-byte character is never split). ``""`` is ``[BOS, EOS]``.
 
-    Network: learned token and position embeddings, ``num_layers`` pre-norm
-    ``torch.nn.TransformerEncoderLayer`` (GELU, ``4 * dim`` feed-forward width) with the
-    padding masked out of every attention, a final ``torch.nn.LayerNorm``. The pooled
-    vector is the state of the end token (GLIDE uses the last token's state); padding states
-    are set to zero.
+    Network: learned embeddings of each byte and of its position, plus, with ``ngram_size >
+    1``, hashed embeddings of the byte n-grams (``2 <= n <= ngram_size``) that end at each
+    position (fastText, Bojanowski et al. 2017; CANINE's hashed embeddings, Clark et al. 2022):
+    a position's input then says which word it ends, so words -- and, in Chinese, the
+    three-byte characters -- are told apart from the first step instead of being assembled
+    from single bytes by attention; then ``num_layers`` pre-norm
+    ``torch.nn.TransformerEncoderLayer`` (GELU, ``4 * dim`` feed-forward width) with the padding
+    masked out of every attention, and a final ``torch.nn.LayerNorm``. Padding states are set
+    to zero. The pooled vector is, with ``pooling="mean"``, the mean of the real tokens'
+    states, which weighs every word of the caption alike; with ``"max"``, their elementwise
+    maximum; with ``"last"``, the end token's state (GLIDE's choice, for deep encoders trained
+    long: a shallow one barely moves it when a word in the middle of the caption changes).
+
+    An n-gram's bucket is a fixed polynomial hash of its byte ids (the same on every
+    platform), so no vocabulary is stored; n-grams that run into the padding have none.
+    Distinct n-grams can share a bucket (rarely, with the default 4096 buckets and the few
+    thousand n-grams of a caption set); the byte embeddings and the attention disambiguate.
 
     Args:
         dim: width ``D`` of the token states (the UNet's ``context_dim``).
@@ -125,6 +145,13 @@ class TextEncoder(PretrainedModel):
         max_length: most UTF-8 bytes read from a prompt (one ASCII character is one byte, a
             Chinese character three).
         dropout: dropout inside the transformer layers.
+        ngram_size: longest hashed byte n-gram embedded beside the bytes (``1``: bytes only).
+            With the default 4, every position sees up to four bytes: the stem of an English
+            word, or a whole three-byte Chinese character; in the text-to-image example this
+            took the shape-colour accuracy from chance to 0.97-1.00 (see the text-to-image
+            guide).
+        ngram_buckets: rows of the shared n-gram embedding table (bucket 0 means "none").
+        pooling: ``"mean"`` (default), ``"max"`` or ``"last"``, see above.
 
     Call ``encoder(ids, mask)`` with the output of :meth:`tokenize` (on the encoder's device),
     or :meth:`encode` with a list of prompts; both return a :class:`TextEncoding`.
@@ -138,7 +165,8 @@ class TextEncoder(PretrainedModel):
 
     def __init__(
         self, dim: int = 256, num_layers: int = 4, num_heads: int = 4, max_length: int = 64,
-        *, dropout: float = 0.0,
+        *, dropout: float = 0.0, ngram_size: int = 4, ngram_buckets: int = 4096,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
@@ -151,13 +179,30 @@ class TextEncoder(PretrainedModel):
             0.0 <= dropout < 1.0
         ):
             raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+        _check_positive_int("ngram_size", ngram_size)
+        _check_positive_int("ngram_buckets", ngram_buckets)
+        if ngram_size > len(_NGRAM_MULTIPLIERS) + 1:
+            raise ValueError(
+                f"ngram_size must be at most {len(_NGRAM_MULTIPLIERS) + 1}; got {ngram_size}"
+            )
+        if ngram_size > 1 and ngram_buckets < 2:
+            raise ValueError(f"ngram_buckets must be >= 2 with ngram_size > 1; got {ngram_buckets}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
         self.dim, self.num_layers, self.num_heads = dim, num_layers, num_heads
+        self.ngram_size, self.ngram_buckets, self.pooling = ngram_size, ngram_buckets, pooling
         self.max_length, self.dropout = max_length, float(dropout)
         self.sequence_length = max_length + 2
         self.token_embedding = nn.Embedding(self.VOCAB_SIZE, dim)
         self.position_embedding = nn.Embedding(self.sequence_length, dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.01)
+        self.ngram_embedding: nn.Embedding | None = None
+        if ngram_size > 1:
+            self.ngram_embedding = nn.Embedding(ngram_buckets, dim, padding_idx=0)
+            nn.init.normal_(self.ngram_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.ngram_embedding.weight[0].zero_()
         layer = nn.TransformerEncoderLayer(
             dim, num_heads, dim_feedforward=4 * dim, dropout=self.dropout, activation="gelu",
             batch_first=True, norm_first=True,
@@ -243,12 +288,37 @@ class TextEncoder(PretrainedModel):
         mask = mask.to(device=ids.device, dtype=torch.bool)
         positions = torch.arange(ids.shape[1], device=ids.device)
         h = self.token_embedding(ids) + self.position_embedding(positions)  # (B, L, D)
+        if self.ngram_embedding is not None:
+            h = h + self.ngram_embedding(self.ngram_ids(ids)).sum(dim=2)
         h = self.transformer(h, src_key_padding_mask=~mask)  # torch: True = padding
         h = self.final_norm(h)
-        states = h * mask[:, :, None].to(h.dtype)  # (B, L, D), zero at padding
-        last = (mask.long().sum(dim=1) - 1).clamp(min=0)  # (B,) position of the end token
-        pooled = states[torch.arange(states.shape[0], device=ids.device), last]  # (B, D)
+        weights = mask.to(h.dtype)[:, :, None]
+        states = h * weights  # (B, L, D), zero at padding
+        if self.pooling == "mean":
+            pooled = states.sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)
+        elif self.pooling == "max":
+            pooled = h.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)  # (B, D)
+        else:
+            last = (mask.long().sum(dim=1) - 1).clamp(min=0)  # (B,) position of the end token
+            pooled = states[torch.arange(states.shape[0], device=ids.device), last]  # (B, D)
         return TextEncoding(states, mask, pooled)
+
+    def ngram_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Buckets ``(B, L, ngram_size - 1)`` of the byte n-grams ``2 <= n <= ngram_size``
+        ending at each position of token ids ``(B, L)``; ``0`` where the n-gram would reach
+        past the start or into the padding. A pure function of the ids (integer arithmetic,
+        no Python ``hash``), so it is the same on every machine and every run."""
+        length = ids.shape[1]
+        code = ids  # the n-gram's polynomial code, kept below _NGRAM_PRIME
+        valid = ids != self.PAD_ID
+        buckets = []
+        for n in range(2, self.ngram_size + 1):
+            earlier = nn.functional.pad(ids, (n - 1, 0), value=self.PAD_ID)[:, :length]
+            valid = valid & (earlier != self.PAD_ID)
+            code = (code + earlier * _NGRAM_POWERS[n - 1]) % _NGRAM_PRIME
+            bucket = (code * _NGRAM_MULTIPLIERS[n - 2] + n) % (self.ngram_buckets - 1) + 1
+            buckets.append(torch.where(valid, bucket, torch.zeros_like(bucket)))
+        return torch.stack(buckets, dim=-1)
 
     def encode(self, prompts: Sequence[str]) -> TextEncoding:
         """Tokenise ``prompts`` (see :meth:`tokenize`) and encode them on the encoder's device."""
@@ -261,7 +331,8 @@ class TextEncoder(PretrainedModel):
     def config(self) -> dict[str, Any]:
         """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""
         return dict(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
-                    max_length=self.max_length, dropout=self.dropout)
+                    max_length=self.max_length, dropout=self.dropout, ngram_size=self.ngram_size,
+                    ngram_buckets=self.ngram_buckets, pooling=self.pooling)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
