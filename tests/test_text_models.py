@@ -185,6 +185,21 @@ def test_ngram_embedding_changes_the_states_and_is_saved(tmp_path):
     assert tiny_encoder(ngram_size=1).ngram_embedding is None
 
 
+def test_encoder_saved_before_the_ngram_options_still_loads(tmp_path):
+    encoder = randomize(tiny_encoder(ngram_size=1, pooling="last"), std=0.1).eval()
+    encoder.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("ngram_size", "ngram_buckets", "pooling"):
+        config.pop(key)
+    config_path.write_text(json.dumps(config))
+    loaded = TextEncoder.from_pretrained(tmp_path / "old")
+    assert loaded.ngram_size == 1 and loaded.pooling == "last"
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(["a red circle"]).pooled,
+                           encoder.encode(["a red circle"]).pooled)
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

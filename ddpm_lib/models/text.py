@@ -327,6 +327,22 @@ class TextEncoder(PretrainedModel):
         return self(ids.to(device), mask.to(device))
 
     # ------------------------------------------------------------------ saving
+    @staticmethod
+    def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+        """A saved configuration with the options that were added later filled in as the
+        encoder that wrote it had them: one without ``ngram_size`` / ``pooling`` came from
+        the byte-only, end-token encoder (``ngram_size=1, pooling="last"``)."""
+        config = dict(config)
+        if "ngram_size" not in config:
+            config["ngram_size"] = 1
+            config.setdefault("pooling", "last")
+        return config
+
+    @classmethod
+    def load_config(cls, directory: str | os.PathLike) -> dict[str, Any]:
+        """The saved constructor arguments (see :meth:`upgrade_config` for older files)."""
+        return cls.upgrade_config(super().load_config(directory))
+
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""

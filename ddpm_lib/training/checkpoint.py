@@ -354,6 +354,7 @@ def _text_model_from_config(config: dict[str, Any], where: Path) -> torch.nn.Mod
         {k: v for k, v in part.items() if not k.startswith("_")} for part in parts  # type: ignore[union-attr]
     )
     try:
+        encoder_config = TextEncoder.upgrade_config(encoder_config)
         return TextConditionedUNet(UNet(**unet_config), TextEncoder(**encoder_config))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: the saved text model configuration is not valid: {error}") from None
