@@ -138,6 +138,17 @@ def test_encoder_outputs_and_padding_invariance(pooling, ngram_size):
     assert (other - pooled).abs().max() > 1e-3
 
 
+def test_masked_mean_averages_real_tokens_only():
+    from ddpm_lib.models import masked_mean
+
+    states = torch.arange(24.0).reshape(2, 3, 4)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    out = masked_mean(states, mask)
+    torch.testing.assert_close(out[0], (states[0, 0] + states[0, 2]) / 2)
+    assert torch.equal(out[1], torch.zeros(4))  # no real token: zeros, not NaN
+    torch.testing.assert_close(masked_mean(states), states.mean(dim=1))
+
+
 def _reference_ngram_bucket(window: list[int], buckets: int) -> int:
     """The documented hash of one n-gram of token ids, in plain Python integers."""
     prime, n = 2_147_483_647, len(window)

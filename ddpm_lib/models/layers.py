@@ -31,6 +31,7 @@ __all__ = [
     "ResBlock",
     "TimestepEmbedding",
     "Upsample",
+    "masked_mean",
     "multi_head_attention",
     "sinusoidal_embedding",
     "zero_module",
@@ -347,6 +348,17 @@ def multi_head_attention(
     with torch.autocast(q.device.type, enabled=False):
         a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     return a.transpose(1, 2).reshape(b, n, heads * d).to(dtype)  # (B, N, heads * d)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of token states ``(B, L, D)`` over their real tokens: ``mask`` ``(B, L)`` bool,
+    ``True`` for real tokens (``None``: all are real). Returns ``(B, D)``; a row without any
+    real token gives zeros. How text is pooled into one vector per prompt.
+    """
+    if mask is None:
+        return states.mean(dim=1)
+    weights = mask.to(states.dtype)[:, :, None]  # (B, L, 1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 def _check_context(

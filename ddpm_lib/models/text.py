@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .layers import masked_mean
 from .pretrained import PretrainedModel
 from .unet import UNet
 
@@ -292,10 +293,9 @@ class TextEncoder(PretrainedModel):
             h = h + self.ngram_embedding(self.ngram_ids(ids)).sum(dim=2)
         h = self.transformer(h, src_key_padding_mask=~mask)  # torch: True = padding
         h = self.final_norm(h)
-        weights = mask.to(h.dtype)[:, :, None]
-        states = h * weights  # (B, L, D), zero at padding
+        states = h * mask[:, :, None].to(h.dtype)  # (B, L, D), zero at padding
         if self.pooling == "mean":
-            pooled = states.sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)
+            pooled = masked_mean(states, mask)  # (B, D)
         elif self.pooling == "max":
             pooled = h.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)  # (B, D)
         else:
@@ -428,8 +428,7 @@ class HFTextEncoder(nn.Module):
         states = output.last_hidden_state  # (B, L, D)
         pooled = getattr(output, "pooler_output", None)
         if pooled is None or pooled.shape != (states.shape[0], states.shape[2]):
-            weights = mask.to(states.dtype)[:, :, None]  # (B, L, 1)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = masked_mean(states, mask)
         return TextEncoding(states, mask.bool(), pooled)
 
     def encode(self, prompts: Sequence[str]) -> TextEncoding:

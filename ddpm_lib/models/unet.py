@@ -35,6 +35,7 @@ from .layers import (
     ResBlock,
     TimestepEmbedding,
     Upsample,
+    masked_mean,
     zero_module,
 )
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
@@ -632,11 +633,7 @@ class UNet(PretrainedModel):
                 torch._assert_async(context_mask.any(dim=1).all())
         context = context.to(device=x.device, dtype=x.dtype)
         if context_pooled is None:
-            if context_mask is None:
-                context_pooled = context.mean(dim=1)
-            else:
-                weights = context_mask.to(context.dtype)[:, :, None]  # (B, L, 1)
-                context_pooled = (context * weights).sum(1) / weights.sum(1)
+            context_pooled = masked_mean(context, context_mask)
         return context, context_mask, context_pooled.to(device=x.device, dtype=x.dtype)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
