@@ -119,7 +119,11 @@ def test_encoder_outputs_and_padding_invariance(pooling, ngram_size):
             batched = encoder.encode(["红色的圆", "a much longer prompt than 红色的圆"])
         ids, mask = encoder.tokenize(["红色的圆"])
         short = encoder(ids[:, :16], mask[:, :16])  # the same prompt with less padding
+        full = encoder(ids, mask)  # every padding column through the transformer
     states, mask_out, pooled = alone
+    # encode() runs the transformer on the real tokens only and pads: the full pass's numbers
+    torch.testing.assert_close(full.states, states, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.pooled, pooled, atol=1e-5, rtol=1e-5)
     assert states.shape == (1, 32, DIM) and pooled.shape == (1, DIM)
     assert torch.equal(mask_out, mask)
     assert (states[~mask_out] == 0).all()  # padding states are zero

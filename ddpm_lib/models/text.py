@@ -321,10 +321,21 @@ class TextEncoder(PretrainedModel):
         return torch.stack(buckets, dim=-1)
 
     def encode(self, prompts: Sequence[str]) -> TextEncoding:
-        """Tokenise ``prompts`` (see :meth:`tokenize`) and encode them on the encoder's device."""
+        """Tokenise ``prompts`` (see :meth:`tokenize`) and encode them on the encoder's device.
+
+        The states have the full ``max_length + 2`` tokens, but the transformer runs on the
+        batch's longest prompt only: padding never changes the real tokens' states, so the
+        columns past it are the zeros the full-length pass would give (the same numbers, at a
+        fraction of the cost for short captions; the lengths are read on the CPU, before the
+        ids reach the device, so nothing waits for it)."""
         ids, mask = self.tokenize(prompts)
         device = self.token_embedding.weight.device
-        return self(ids.to(device), mask.to(device))
+        used = int(mask.sum(dim=1).max()) if len(mask) else ids.shape[1]
+        encoding = self(ids[:, :used].to(device), mask[:, :used].to(device))
+        pad = ids.shape[1] - used
+        return TextEncoding(
+            nn.functional.pad(encoding.states, (0, 0, 0, pad)), mask.to(device), encoding.pooled
+        )
 
     # ------------------------------------------------------------------ saving
     @staticmethod

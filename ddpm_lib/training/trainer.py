@@ -168,7 +168,8 @@ class Trainer:
         resume: resume from the newest good checkpoint in ``out_dir`` (at construction).
         progress: show a tqdm progress bar (rank 0 only).
         tensorboard: write TensorBoard events; ``None``: when tensorboard is installed.
-        adam_betas, weight_decay: passed to ``torch.optim.Adam``.
+        adam_betas, weight_decay: passed to ``torch.optim.Adam`` (its fused implementation
+            on a CPU or a CUDA device).
 
     ``trainer.model`` (the model being trained), ``trainer.ema_model`` (the averaged copy used
     for sampling) and ``trainer.step`` (optimizer steps done) are public.
@@ -340,8 +341,14 @@ class Trainer:
         else:
             self._train_model = self.model
         self.ema = EMA(self.model, decay=ema_decay)
+        params = list(self.model.parameters())
+        # PyTorch's fused Adam (one kernel over all tensors) where it has one: on a CPU it
+        # takes a quarter of the per-tensor loop's time, which small models feel on every step.
+        fused = self.device.type in ("cpu", "cuda") and all(
+            p.is_floating_point() and p.device.type == self.device.type for p in params
+        )
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=self.lr, betas=adam_betas, weight_decay=weight_decay
+            params, lr=self.lr, betas=adam_betas, weight_decay=weight_decay, fused=fused or None
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.mixed_precision == "fp16"
