@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     quick = os.environ.get("DDPM_LIB_QUICK") == "1"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/text_to_image", help="output folder")
-    parser.add_argument("--steps", type=int, default=20 if quick else 6000,
-                        help="optimizer steps (default: 6000; the time budget usually ends first)")
+    parser.add_argument("--steps", type=int, default=20 if quick else 20_000,
+                        help="optimizer steps (default: 20000; the time budget ends first)")
     parser.add_argument("--max-minutes", type=float, default=0.2 if quick else 7.5,
                         help="stop training after this long, so that sampling and scoring end "
                         "within 10 minutes in all (default: 7.5)")
