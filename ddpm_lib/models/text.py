@@ -331,10 +331,11 @@ class TextEncoder(PretrainedModel):
         ids, mask = self.tokenize(prompts)
         device = self.token_embedding.weight.device
         used = int(mask.sum(dim=1).max()) if len(mask) else ids.shape[1]
-        encoding = self(ids[:, :used].to(device), mask[:, :used].to(device))
+        mask = mask.to(device)
+        encoding = self(ids[:, :used].to(device), mask[:, :used])
         pad = ids.shape[1] - used
         return TextEncoding(
-            nn.functional.pad(encoding.states, (0, 0, 0, pad)), mask.to(device), encoding.pooled
+            nn.functional.pad(encoding.states, (0, 0, 0, pad)), mask, encoding.pooled
         )
 
     # ------------------------------------------------------------------ saving
