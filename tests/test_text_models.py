@@ -111,8 +111,8 @@ def test_prompts_are_validated():
 @pytest.mark.parametrize("pooling", ["mean", "max", "last"])
 @pytest.mark.parametrize("ngram_size", [1, 4])
 def test_encoder_outputs_and_padding_invariance(pooling, ngram_size):
-    encoder = randomize(tiny_encoder(max_length=30, pooling=pooling, ngram_size=ngram_size),
-                        std=0.1).eval()
+    encoder = randomize(tiny_encoder(max_length=30, pooling=pooling, ngram_size=ngram_size,
+                                     bag_of_ngrams=False), std=0.1).eval()
     with torch.no_grad():
         alone = encoder.encode(["红色的圆"])
         with pytest.warns(UserWarning, match="kept the first 29"):  # not 30: 3-byte characters
@@ -201,18 +201,63 @@ def test_ngram_embedding_changes_the_states_and_is_saved(tmp_path):
 
 
 def test_encoder_saved_before_the_ngram_options_still_loads(tmp_path):
-    encoder = randomize(tiny_encoder(ngram_size=1, pooling="last"), std=0.1).eval()
+    encoder = randomize(tiny_encoder(ngram_size=1, pooling="last", bag_of_ngrams=False),
+                        std=0.1).eval()
     encoder.save_pretrained(tmp_path / "old")
     config_path = tmp_path / "old" / "config.json"
     config = json.loads(config_path.read_text())
-    for key in ("ngram_size", "ngram_buckets", "pooling"):
+    for key in ("ngram_size", "ngram_buckets", "pooling", "bag_of_ngrams"):
         config.pop(key)
     config_path.write_text(json.dumps(config))
     loaded = TextEncoder.from_pretrained(tmp_path / "old")
-    assert loaded.ngram_size == 1 and loaded.pooling == "last"
+    assert loaded.ngram_size == 1 and loaded.pooling == "last" and not loaded.bag_of_ngrams
     with torch.no_grad():
         assert torch.equal(loaded.encode(["a red circle"]).pooled,
                            encoder.encode(["a red circle"]).pooled)
+
+
+@pytest.mark.parametrize("ngram_size", [1, 3])
+def test_bag_of_ngrams_adds_the_scaled_sum_of_its_vectors_to_the_pooled_vector(ngram_size):
+    torch.manual_seed(0)
+    encoder = randomize(tiny_encoder(max_length=30, ngram_size=ngram_size, ngram_buckets=64),
+                        std=0.1).eval()
+    assert encoder.bag_of_ngrams and encoder.config["bag_of_ngrams"]
+    if encoder.bag_ngram_embedding is not None:
+        with torch.no_grad():
+            encoder.bag_ngram_embedding.weight[0].zero_()  # "no n-gram", as built
+    plain = tiny_encoder(max_length=30, ngram_size=ngram_size, ngram_buckets=64,
+                         bag_of_ngrams=False)
+    plain.load_state_dict(encoder.state_dict(), strict=False)  # the same network, no bag
+    prompts = ["a red circle", "红色的圆形在左边"]
+    with torch.no_grad():
+        bagged = encoder.encode(prompts)
+        without = plain.eval().encode(prompts)
+        ids, mask = encoder.tokenize(prompts)
+        padded = encoder(ids, mask)  # every padding column: the bag ignores them
+    torch.testing.assert_close(bagged.states, without.states)  # only the pooled vector moves
+    torch.testing.assert_close(padded.pooled, bagged.pooled, atol=1e-5, rtol=1e-5)
+    for row in range(2):  # the documented formula, one caption at a time
+        tokens = ids[row][mask[row]].tolist()
+        total = sum(encoder.bag_byte_embedding.weight[t] for t in tokens)
+        if ngram_size > 1:
+            for i in range(len(tokens)):
+                for n in range(2, ngram_size + 1):
+                    if i - n + 1 >= 0:
+                        bucket = _reference_ngram_bucket(tokens[i - n + 1:i + 1], 64)
+                        total = total + encoder.bag_ngram_embedding.weight[bucket]
+        else:
+            assert encoder.bag_ngram_embedding is None
+        expected = without.pooled[row] + total / len(tokens) ** 0.5
+        torch.testing.assert_close(bagged.pooled[row], expected, atol=1e-5, rtol=1e-5)
+    # initialised large (std 1), so captions differ in the pooled vector from the first step
+    fresh = tiny_encoder(ngram_size=ngram_size)
+    assert 0.8 < float(fresh.bag_byte_embedding.weight[3:].std()) < 1.2
+    # it is trained: the loss reaches both tables
+    encoder.train()
+    encoder.encode(prompts).pooled.square().sum().backward()
+    assert encoder.bag_byte_embedding.weight.grad.abs().sum() > 0
+    if ngram_size > 1:
+        assert encoder.bag_ngram_embedding.weight.grad[1:].abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -227,6 +272,8 @@ def test_encoder_saved_before_the_ngram_options_still_loads(tmp_path):
 def test_encoder_options_are_validated(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny_encoder(**overrides)
+    with pytest.raises(TypeError, match="bag_of_ngrams must be a bool; got str"):
+        tiny_encoder(bag_of_ngrams="yes")
 
 
 # ---------------------------------------------------------------------------------------------

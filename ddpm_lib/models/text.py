@@ -134,6 +134,15 @@ class TextEncoder(PretrainedModel):
     maximum; with ``"last"``, the end token's state (GLIDE's choice, for deep encoders trained
     long: a shallow one barely moves it when a word in the middle of the caption changes).
 
+    With ``bag_of_ngrams=True`` (the default) the pooled vector also gets a bag of the caption's
+    bytes and byte n-grams, each with its own learned vector (two tables beside the token
+    inputs, initialised with standard deviation 1), summed over the real tokens and divided by
+    the square root of their number (fastText's sentence vector, Joulin et al. 2017). Every
+    word of the caption then moves the pooled vector -- and, through it, every block of the
+    UNet -- by a distinct, large amount from the first step, before the transformer has learnt
+    anything: in the text-to-image example this took the shape accuracy from chance to 0.8
+    (see the text-to-image guide). The per-token states are unchanged.
+
     An n-gram's bucket is a fixed polynomial hash of its byte ids (the same on every
     platform), so no vocabulary is stored; n-grams that run into the padding have none.
     Distinct n-grams can share a bucket (rarely, with the default 4096 buckets and the few
@@ -153,6 +162,7 @@ class TextEncoder(PretrainedModel):
             the text-to-image guide).
         ngram_buckets: rows of the shared n-gram embedding table (bucket 0 means "none").
         pooling: ``"mean"`` (default), ``"max"`` or ``"last"``, see above.
+        bag_of_ngrams: add the bag of byte n-grams to the pooled vector, see above.
 
     Call ``encoder(ids, mask)`` with the output of :meth:`tokenize` (on the encoder's device),
     or :meth:`encode` with a list of prompts; both return a :class:`TextEncoding`.
@@ -167,7 +177,7 @@ class TextEncoder(PretrainedModel):
     def __init__(
         self, dim: int = 256, num_layers: int = 4, num_heads: int = 4, max_length: int = 64,
         *, dropout: float = 0.0, ngram_size: int = 4, ngram_buckets: int = 4096,
-        pooling: str = "mean",
+        pooling: str = "mean", bag_of_ngrams: bool = True,
     ) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
@@ -190,6 +200,8 @@ class TextEncoder(PretrainedModel):
             raise ValueError(f"ngram_buckets must be >= 2 with ngram_size > 1; got {ngram_buckets}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        if not isinstance(bag_of_ngrams, bool):
+            raise TypeError(f"bag_of_ngrams must be a bool; got {type(bag_of_ngrams).__name__}")
         self.dim, self.num_layers, self.num_heads = dim, num_layers, num_heads
         self.ngram_size, self.ngram_buckets, self.pooling = ngram_size, ngram_buckets, pooling
         self.max_length, self.dropout = max_length, float(dropout)
@@ -204,6 +216,13 @@ class TextEncoder(PretrainedModel):
             nn.init.normal_(self.ngram_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.ngram_embedding.weight[0].zero_()
+        self.bag_of_ngrams = bag_of_ngrams
+        self.bag_byte_embedding: nn.Embedding | None = None
+        self.bag_ngram_embedding: nn.Embedding | None = None
+        if bag_of_ngrams:  # std 1 (nn.Embedding's default): large and distinct from the start
+            self.bag_byte_embedding = nn.Embedding(self.VOCAB_SIZE, dim, padding_idx=self.PAD_ID)
+            if ngram_size > 1:
+                self.bag_ngram_embedding = nn.Embedding(ngram_buckets, dim, padding_idx=0)
         layer = nn.TransformerEncoderLayer(
             dim, num_heads, dim_feedforward=4 * dim, dropout=self.dropout, activation="gelu",
             batch_first=True, norm_first=True,
@@ -272,7 +291,7 @@ class TextEncoder(PretrainedModel):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> TextEncoding:
         """Encode token ids ``(B, L)`` (``L <= max_length + 2``) with their mask ``(B, L)``
         (``True`` = real token; ``None``: ``ids != PAD_ID``). Returns a :class:`TextEncoding`
-        with states ``(B, L, dim)``, the mask and the end token's state ``(B, dim)``."""
+        with states ``(B, L, dim)``, the mask and the pooled vector ``(B, dim)``."""
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.long:
             raise TypeError(
                 "ids must be a (B, L) long tensor of token ids (see TextEncoder.tokenize); got "
@@ -289,8 +308,10 @@ class TextEncoder(PretrainedModel):
         mask = mask.to(device=ids.device, dtype=torch.bool)
         positions = torch.arange(ids.shape[1], device=ids.device)
         h = self.token_embedding(ids) + self.position_embedding(positions)  # (B, L, D)
+        grams = (self.ngram_ids(ids) if self.ngram_size > 1  # (B, L, ngram_size - 1)
+                 else ids.new_zeros((*ids.shape, 0)))
         if self.ngram_embedding is not None:
-            h = h + self.ngram_embedding(self.ngram_ids(ids)).sum(dim=2)
+            h = h + self.ngram_embedding(grams).sum(dim=2)
         h = self.transformer(h, src_key_padding_mask=~mask)  # torch: True = padding
         h = self.final_norm(h)
         states = h * mask[:, :, None].to(h.dtype)  # (B, L, D), zero at padding
@@ -301,6 +322,13 @@ class TextEncoder(PretrainedModel):
         else:
             last = (mask.long().sum(dim=1) - 1).clamp(min=0)  # (B,) position of the end token
             pooled = states[torch.arange(states.shape[0], device=ids.device), last]  # (B, D)
+        if self.bag_byte_embedding is not None:
+            bag = self.bag_byte_embedding(ids)  # (B, L, D)
+            if self.bag_ngram_embedding is not None:
+                bag = bag + self.bag_ngram_embedding(grams).sum(dim=2)
+            weight = mask.to(bag.dtype)
+            count = weight.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+            pooled = pooled + torch.einsum("bld,bl->bd", bag, weight) / count.sqrt()
         return TextEncoding(states, mask, pooled)
 
     def ngram_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -343,11 +371,13 @@ class TextEncoder(PretrainedModel):
     def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
         """A saved configuration with the options that were added later filled in as the
         encoder that wrote it had them: one without ``ngram_size`` / ``pooling`` came from
-        the byte-only, end-token encoder (``ngram_size=1, pooling="last"``)."""
+        the byte-only, end-token encoder (``ngram_size=1, pooling="last"``); one without
+        ``bag_of_ngrams`` from an encoder without the bag (``bag_of_ngrams=False``)."""
         config = dict(config)
         if "ngram_size" not in config:
             config["ngram_size"] = 1
             config.setdefault("pooling", "last")
+        config.setdefault("bag_of_ngrams", False)
         return config
 
     @classmethod
@@ -360,7 +390,8 @@ class TextEncoder(PretrainedModel):
         """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""
         return dict(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
                     max_length=self.max_length, dropout=self.dropout, ngram_size=self.ngram_size,
-                    ngram_buckets=self.ngram_buckets, pooling=self.pooling)
+                    ngram_buckets=self.ngram_buckets, pooling=self.pooling,
+                    bag_of_ngrams=self.bag_of_ngrams)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
