@@ -32,7 +32,7 @@ shuffled-prompt baseline (chance level) and the accuracy on the held-out combina
 
 Usage::
 
-    python benchmarks/bench_text.py --part a --threads 1
+    python benchmarks/bench_text.py --part a --threads 2
     python benchmarks/bench_text.py --part b --threads 2 --batch 4 --repeats 7
     python benchmarks/bench_text.py --part b --device cuda --batch 64 --repeats 20
 """
