@@ -77,6 +77,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "text_layers": 4,
     "text_heads": 4,
     "text_max_length": 64,
+    "text_attention": "joint",
     "no_flip": False,
     "base_channels": 128,
     "channel_mults": "1,2,2,2",
@@ -87,6 +88,7 @@ _TRAIN_DEFAULTS: dict[str, Any] = {
     "num_timesteps": 1000,
     "prediction": "eps",
     "loss": "simple",
+    "min_snr_gamma": None,
     "log_every": 1000,
     "checkpoint_every": 5000,
     "keep_checkpoints": 3,
@@ -191,6 +193,11 @@ def _train(args: argparse.Namespace) -> None:
     if text and options["class_conditional"]:
         raise CLIError("--class-conditional and captions cannot be combined; the model is "
                        "conditioned on the text")
+    if args.text_attention is not None and not text:
+        raise CLIError(f"--text-attention {args.text_attention} is for a text model; give "
+                       "--data captioned-shapes or a folder with --captions")
+    if options["min_snr_gamma"] is not None and options["loss"] != "simple":
+        raise CLIError(f"--min-snr-gamma weighs --loss simple; got --loss {options['loss']}")
     default_size = {"shapes": 32, "captioned-shapes": 16}.get(options["data"])
     dataset = build_dataset(
         options["data"],
@@ -233,7 +240,8 @@ def _train(args: argparse.Namespace) -> None:
         num_classes=num_classes,
         learn_sigma=learn_sigma,
         norm_groups=math.gcd(32, base_channels),
-        **({"context_dim": options["text_dim"]} if text else {}),
+        **({"context_dim": options["text_dim"], "text_attention": options["text_attention"]}
+           if text else {}),
     )
     if text:  # GLIDE: a byte-level transformer reads the caption, trained jointly
         from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
@@ -246,7 +254,8 @@ def _train(args: argparse.Namespace) -> None:
     if learn_sigma:
         loss_fn = HybridLoss(schedule, prediction=options["prediction"])
     else:
-        loss_fn = SimpleLoss(schedule, prediction=options["prediction"])
+        loss_fn = SimpleLoss(schedule, prediction=options["prediction"],
+                             min_snr_gamma=options["min_snr_gamma"])
     sampler = DDPMSampler(schedule, variance="learned_range" if learn_sigma else "fixed_small",
                           prediction=options["prediction"],
                           num_steps=min(100, options["num_timesteps"]), clip_denoised=latent is None)
@@ -553,6 +562,10 @@ def _add_train_parser(subparsers: Any) -> None:
     model.add_argument("--text-max-length", type=int, default=None,
                        help="text models: UTF-8 bytes read from a caption (default: "
                        f"{d['text_max_length']})")
+    model.add_argument("--text-attention", choices=("joint", "cross"), default=None,
+                       help="text models: the text's keys and values joined to the "
+                       "self-attention (GLIDE) or a cross-attention layer after it (Latent "
+                       f"Diffusion) (default: {d['text_attention']})")
     model.add_argument("--schedule", choices=("linear", "cosine"), default=None,
                        help="noise schedule (default: linear)")
     model.add_argument("--num-timesteps", type=int, default=None,
@@ -562,6 +575,9 @@ def _add_train_parser(subparsers: Any) -> None:
     model.add_argument("--loss", choices=("simple", "hybrid"), default=None,
                        help="simple: L_simple (DDPM); hybrid: L_simple + VLB with learned variances "
                        "(Nichol & Dhariwal) (default: simple)")
+    model.add_argument("--min-snr-gamma", type=float, default=None, metavar="GAMMA",
+                       help="min-SNR loss weighting (Hang et al. 2023; 5 in the paper) for "
+                       "--loss simple (default: none)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--log-every", type=int, default=None,

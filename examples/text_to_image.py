@@ -58,13 +58,13 @@ GRID_ROWS = [  # (attributes, language); the held-out ones first
 GUIDANCE_SCALES = (1.0, 3.0, 5.0)
 
 
-def build_model(image_size: int, dim: int) -> TextConditionedUNet:
+def build_model(image_size: int, dim: int, text_attention: str = "joint") -> TextConditionedUNet:
     """The text encoder and UNet trained here (small enough for a CPU)."""
     encoder = TextEncoder(dim=dim, num_layers=1, num_heads=4, max_length=96)
     unet = UNet(
         in_channels=3, base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
         attention_resolutions=(image_size // 4,), image_size=image_size,
-        dropout=0.0, norm_groups=8, context_dim=dim,
+        dropout=0.0, norm_groups=8, context_dim=dim, text_attention=text_attention,
     )
     return TextConditionedUNet(unet, encoder)
 
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch-size", type=int, default=24, help="batch size (default: 24)")
     parser.add_argument("--image-size", type=int, default=16, help="image side (default: 16)")
     parser.add_argument("--dim", type=int, default=64, help="text width (default: 64)")
+    parser.add_argument("--text-attention", choices=("joint", "cross"), default="joint",
+                        help="how the UNet attends to the caption (default: joint)")
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: 2e-3)")
     parser.add_argument("--sample-steps", type=int, default=4 if quick else 50,
                         help="DDPM steps when sampling (default: 50)")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         CaptionedShapesDataset(size=size, seed=args.seed + 1, language="zh", **options),
     ])
     schedule = NoiseSchedule.linear(1000)
-    model = build_model(args.image_size, args.dim)
+    model = build_model(args.image_size, args.dim, args.text_attention)
     sampler = DDPMSampler(schedule, num_steps=args.sample_steps, prediction="v")
     # v-prediction: at the noisiest steps, where only the caption can say what the image will
     # be, the loss weighs the prediction of the image (v ~ -x0), not of the noise (eps ~ x_t),

@@ -108,3 +108,39 @@ def test_text_option_errors(text_run: Path, tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["sample", str(plain), "--prompt", "a red circle", "--out", out]) == 2
     assert "need a text-to-image model" in _error_line(capsys)
+
+
+def test_train_with_cross_attention_and_min_snr(tmp_path, monkeypatch, capsys) -> None:
+    import ddpm_lib.losses
+    from ddpm_lib import TextConditionedUNet
+
+    built: list[ddpm_lib.losses.SimpleLoss] = []
+
+    class RecordingLoss(ddpm_lib.losses.SimpleLoss):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(ddpm_lib.losses, "SimpleLoss", RecordingLoss)
+    out = tmp_path / "cross"
+    args = ["train", "--out", str(out), "--steps", "1", "--data", "captioned-shapes", *TINY]
+    assert main([*args, "--text-attention", "cross", "--min-snr-gamma", "5",
+                 "--prediction", "v"]) == 0
+    model = TextConditionedUNet.from_pretrained(out / "ema_model")
+    assert model.unet.text_attention == "cross"
+    assert [loss.min_snr_gamma for loss in built] == [5.0] and built[0].prediction == "v"
+    # Resuming without the options keeps the first run's.
+    assert main([*args[:4], "2", *args[5:]]) == 0
+    assert [loss.min_snr_gamma for loss in built] == [5.0, 5.0]
+    saved = json.loads((out / "cli_args.json").read_text())
+    assert saved["text_attention"] == "cross" and saved["min_snr_gamma"] == 5.0
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "o"), "--data", "shapes",
+                 "--text-attention", "cross"]) == 2
+    assert "--text-attention cross is for a text model" in _error_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "o"), "--data", "shapes", "--loss", "hybrid",
+                 "--min-snr-gamma", "5"]) == 2
+    assert "--min-snr-gamma weighs --loss simple; got --loss hybrid" in _error_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "o"), "--steps", "1", "--data", "shapes",
+                 "--min-snr-gamma", "-1", *TINY[:TINY.index("--text-dim")]]) == 2
+    assert "min_snr_gamma must be a positive finite float; got -1.0" in _error_line(capsys)
