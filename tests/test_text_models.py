@@ -5,6 +5,7 @@ Face adapter, and guidance rescale / interval in the samplers."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -251,7 +252,7 @@ def test_bag_of_ngrams_adds_the_scaled_sum_of_its_vectors_to_the_pooled_vector(n
         torch.testing.assert_close(bagged.pooled[row], expected, atol=1e-5, rtol=1e-5)
     # initialised large (std 1), so captions differ in the pooled vector from the first step
     fresh = tiny_encoder(ngram_size=ngram_size)
-    assert 0.8 < float(fresh.bag_byte_embedding.weight[3:].std()) < 1.2
+    assert 0.8 < float(fresh.bag_byte_embedding.weight[3:].detach().std()) < 1.2
     # it is trained: the loss reaches both tables
     encoder.train()
     encoder.encode(prompts).pooled.square().sum().backward()
@@ -777,3 +778,12 @@ def test_hf_text_encoder_uses_clip_pooler_output():
     # CLIP pools the end-of-text token's state: the last real token here
     last = mask.sum(1) - 1
     torch.testing.assert_close(pooled, states[torch.arange(2), last])
+
+
+def test_hf_text_encoder_from_pretrained_without_transformers_names_the_extra(
+        tmp_path, monkeypatch):
+    from ddpm_lib import HFTextEncoder
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
+    with pytest.raises(ImportError, match=r'pip install "ddpm-lib\[transformers\]"'):
+        HFTextEncoder.from_pretrained(tmp_path)

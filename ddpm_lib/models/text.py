@@ -501,7 +501,13 @@ class HFTextEncoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> HFTextEncoder:
         """Rebuild an adapter written by :meth:`save_pretrained` from local files only."""
-        import transformers
+        try:
+            import transformers
+        except ImportError as error:
+            raise ImportError(
+                "HFTextEncoder.from_pretrained needs the transformers package, which is not "
+                'installed: pip install "ddpm-lib[transformers]"'
+            ) from error
 
         directory = Path(directory)
         config = _read_config(directory, cls.__name__)
