@@ -157,6 +157,20 @@ def state_of(trainer) -> dict[str, torch.Tensor]:
     return out
 
 
+def _end_distributed_rank() -> None:
+    """Under torchrun, once this rank's results are on disk: wait for the other ranks, destroy
+    the process group and exit at once. Skipping the interpreter's teardown, where Gloo's
+    threads have been seen to abort a finished rank ("terminate called without an active
+    exception", SIGABRT), keeps a run whose numbers are right from failing."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv: list[str]) -> None:
     mode, out_dir, steps = argv[0], argv[1], int(argv[2])
     torch.set_num_threads(1)
@@ -169,8 +183,6 @@ def main(argv: list[str]) -> None:
         trainer.train(steps)
         torch.save(autoencoder_state_of(trainer), Path(out_dir) / "final.pt")
     elif mode == "autoencoder-ddp":  # under torchrun; rank 1 starts from another discriminator
-        import torch.distributed as dist
-
         trainer = make_autoencoder_trainer(out_dir, checkpoint_every=100)
         if trainer.dist.rank == 1:
             with torch.no_grad():
@@ -178,29 +190,18 @@ def main(argv: list[str]) -> None:
                     parameter.add_(0.1)
         trainer.train(steps)
         torch.save(autoencoder_state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
+        _end_distributed_rank()
     elif mode in ("ddp", "ddp-text"):  # under torchrun: half the steps, then a resume (no dropout)
-        import torch.distributed as dist
-
         text = mode == "ddp-text"
         make_trainer(out_dir, dropout=0.0, checkpoint_every=100, text=text).train(steps // 2)
         trainer = make_trainer(out_dir, dropout=0.0, checkpoint_every=100, text=text)
         assert trainer.step == steps // 2, trainer.step
         trainer.train(steps)
         torch.save(state_of(trainer), Path(out_dir) / f"rank{trainer.dist.rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
+        _end_distributed_rank()
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    if sys.argv[1] in ("ddp", "ddp-text", "autoencoder-ddp"):
-        # The results are on disk and the process group is destroyed. Skip the interpreter's
-        # teardown, where Gloo's threads have been seen to abort a finished rank ("terminate
-        # called without an active exception", SIGABRT), failing a run whose numbers are right.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
