@@ -85,3 +85,15 @@ def check_timesteps(
     if device is not None and t.device != torch.device(device):
         t = t.to(device)
     return t.long()
+
+
+def check_probability(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]``, else raise naming it."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1]; got {type(value).__name__}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1]; got {value!r}")
+    return float(value)

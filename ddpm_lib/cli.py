@@ -303,7 +303,6 @@ def _sample(args: argparse.Namespace) -> None:
 
     from ddpm_lib.data import save_grid, tensor_to_uint8
     from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
-    from ddpm_lib.training.checkpoint import CheckpointError, load_trained_model
 
     if args.out is None and args.npz is None:
         args.out = "samples.png"
@@ -315,11 +314,8 @@ def _sample(args: argparse.Namespace) -> None:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise CLIError(f"--device: not a device: {args.device!r}") from None
-    latent, unet_source = _latent_model(args.source, device)
-    try:
-        loaded = load_trained_model(unet_source, use_ema=not args.no_ema, device=device)
-    except CheckpointError as error:
-        raise CLIError(str(error)) from None
+    loaded = _load_pipeline(args.source, device, use_ema=not args.no_ema)
+    latent = loaded.latent
     schedule = loaded.schedule
     steps = args.steps
     common: dict[str, Any] = {"prediction": loaded.prediction, "clip_denoised": latent is None}
@@ -681,38 +677,29 @@ def _device(name: str | None) -> torch.device:
 
 
 def load_checkpoint_for_eval(path: str, device: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load ``(model, schedule)`` from a checkpoint for ``fid --checkpoint`` and ``bpd``.
-
-    Today a checkpoint is a pretrained directory written by ``UNet.save_pretrained``
-    (``config.json`` + ``model.safetensors``); its schedule is read from ``schedule.json``
-    (``NoiseSchedule.to_dict``) when present, else built from ``--schedule`` / ``--timesteps``.
-    Other checkpoint formats plug in here.
-    """
-    from pathlib import Path
+    """``(model, schedule)`` of a trained model for ``fid --checkpoint`` and ``bpd``, read by
+    the one loader of trained models (:class:`ddpm_lib.DiffusionPipeline`): any folder that
+    ``sample`` reads. The saved prediction and variance fill ``--prediction`` /
+    ``--variance`` unless they were given; ``--schedule`` / ``--timesteps`` only serve a
+    folder that records no schedule. ``args.latent_model`` is the latent model's
+    autoencoder part (``None`` in pixel space), to decode samples."""
+    import os
 
     from .schedule import NoiseSchedule
 
-    directory = Path(path)
-    if not directory.exists():
+    default_schedule = None
+    if args.schedule is not None or args.timesteps is not None:
+        build = NoiseSchedule.cosine if args.schedule == "cosine" else NoiseSchedule.linear
+        default_schedule = build(args.timesteps or 1000)
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    if not (directory.is_dir() and (directory / "config.json").is_file()):
-        raise CLIError(
-            f"{path!r} is not a pretrained model directory (config.json + model.safetensors, "
-            "as written by UNet.save_pretrained)"
-        )
-    from . import UNet
-
-    model = UNet.from_pretrained(str(directory)).to(device).eval()
-    schedule_file = directory / "schedule.json"
-    if schedule_file.is_file():
-        import json
-
-        schedule = NoiseSchedule.from_dict(json.loads(schedule_file.read_text()))
-    elif args.schedule == "cosine":
-        schedule = NoiseSchedule.cosine(args.timesteps)
-    else:
-        schedule = NoiseSchedule.linear(args.timesteps)
-    return model, schedule
+    pipe = _load_pipeline(path, device, default_schedule=default_schedule)
+    if args.prediction is None:
+        args.prediction = pipe.prediction
+    if args.variance == "auto":
+        args.variance = pipe.variance
+    args.latent_model = pipe.latent
+    return pipe.model, pipe.schedule
 
 
 def _model_setting(model: Any, name: str, default: Any = None) -> Any:
@@ -726,9 +713,10 @@ def _model_setting(model: Any, name: str, default: Any = None) -> Any:
 
 
 def _variance_of(model: Any, args: argparse.Namespace) -> str:
-    if args.variance != "auto":
-        return args.variance
-    return "learned_range" if _model_setting(model, "learn_sigma", False) else "fixed_small"
+    from .schedule import default_variance
+
+    variance = None if args.variance == "auto" else args.variance
+    return default_variance(bool(_model_setting(model, "learn_sigma", False)), variance)
 
 
 def _read_image_array(path: str) -> Any:
@@ -804,22 +792,23 @@ def _build_sampler(args: argparse.Namespace, schedule: Any, model: Any) -> Any:
     from . import samplers
 
     learn_sigma = bool(_model_setting(model, "learn_sigma", False))
+    clip = getattr(args, "latent_model", None) is None  # latents are not clipped
     if args.sampler == "ddpm":
         return samplers.DDPMSampler(
             schedule,
             variance=_variance_of(model, args),
-            prediction=args.prediction,
-            num_steps=args.steps,
+            prediction=args.prediction or "eps",
+            num_steps=args.steps, clip_denoised=clip,
         )
     if args.sampler == "ddim":
         return samplers.DDIMSampler(
-            schedule, num_steps=args.steps or 50, prediction=args.prediction,
-            learn_sigma=learn_sigma,
+            schedule, num_steps=args.steps or 50, prediction=args.prediction or "eps",
+            learn_sigma=learn_sigma, clip_denoised=clip,
         )
     if args.sampler == "dpm_solver":
         return samplers.DPMSolverSampler(
-            schedule, num_steps=args.steps or 20, prediction=args.prediction,
-            learn_sigma=learn_sigma,
+            schedule, num_steps=args.steps or 20, prediction=args.prediction or "eps",
+            learn_sigma=learn_sigma, clip_denoised=clip,
         )
     raise CLIError(f"--sampler must be ddpm, ddim or dpm_solver; got {args.sampler!r}")
 
@@ -835,6 +824,9 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
     device = _device(args.device)
     model, schedule = load_checkpoint_for_eval(args.checkpoint, device, args)
     sampler = _build_sampler(args, schedule, model)
+    latent = getattr(args, "latent_model", None)
+    if latent is not None:  # samples latents, decoded to images for the features
+        sampler = latent.decoding_sampler(sampler)
     image_size = args.image_size or _model_setting(model, "image_size")
     channels = _model_setting(model, "in_channels", 3)
     if image_size is None:
@@ -968,6 +960,9 @@ def _run_bpd(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"data not found: {args.data!r}")
     device = _device(args.device)
     model, schedule = load_checkpoint_for_eval(args.checkpoint, device, args)
+    if getattr(args, "latent_model", None) is not None:
+        raise CLIError(f"{args.checkpoint} is a latent model: its bits/dim would be those of the "
+                       "latents, not of the images; bpd evaluates pixel-space models")
     if os.path.isdir(args.data):
         channels = _model_setting(model, "in_channels", 3)
         data = ImageFolder(args.data, mode="L" if channels == 1 else "RGB")
@@ -995,7 +990,7 @@ def _run_bpd(args: argparse.Namespace) -> None:
         schedule,
         data,
         variance=variance,
-        prediction=args.prediction,
+        prediction=args.prediction or "eps",
         batch_size=args.batch_size,
         num_samples=args.num_samples,
         device=device,
@@ -1016,16 +1011,16 @@ def _run_bpd(args: argparse.Namespace) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``fid --checkpoint`` and ``bpd``: how the checkpoint's model runs."""
-    parser.add_argument("--prediction", choices=("eps", "x0", "v"), default="eps",
-                        help="what the model predicts (default: eps)")
+    parser.add_argument("--prediction", choices=("eps", "x0", "v"), default=None,
+                        help="what the model predicts (default: as the run saved it, else eps)")
     parser.add_argument("--variance", default="auto",
                         choices=("auto", "fixed_small", "fixed_large", "learned", "learned_range"),
-                        help="reverse variance; auto: learned_range if the model learns sigma, "
-                        "else fixed_small")
-    parser.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
-                        help="noise schedule when the checkpoint has no schedule.json")
-    parser.add_argument("--timesteps", type=int, default=1000,
-                        help="T when the checkpoint has no schedule.json (default: 1000)")
+                        help="reverse variance; auto: as the run saved it, else learned_range "
+                        "if the model learns sigma, else fixed_small")
+    parser.add_argument("--schedule", choices=("linear", "cosine"), default=None,
+                        help="noise schedule of a folder that records none (default: linear)")
+    parser.add_argument("--timesteps", type=int, default=None,
+                        help="T of a folder that records no schedule (default: 1000)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -1131,7 +1126,7 @@ def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress
     autoencoder = _load_autoencoder(options["autoencoder"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autoencoder.to(device).eval()
-    if (out / CONFIG_FILE).is_file():
+    if (out / CONFIG_FILE).is_file() or (out / "pipeline.json").is_file():
         saved = LatentDiffusion.from_pretrained(out, load_unet=False)
         if autoencoder_fingerprint(saved.autoencoder) != autoencoder_fingerprint(autoencoder):
             raise CLIError(
@@ -1154,24 +1149,17 @@ def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress
     return latent, data
 
 
-def _latent_model(source: str, device: Any) -> tuple[Any, str]:
-    """``(LatentDiffusion or None, where the UNet is)`` for ``sample``: a latent run folder or a
-    saved :class:`ddpm_lib.LatentDiffusion` decodes its samples with its autoencoder."""
-    from pathlib import Path
+def _load_pipeline(source: str, device: Any, *, use_ema: bool = True,
+                   default_schedule: Any = None) -> Any:
+    """The :class:`ddpm_lib.DiffusionPipeline` of any folder the library writes (the one loader
+    of ``sample``, ``fid --checkpoint`` and ``bpd``); bad folders become one-line errors."""
+    from ddpm_lib.pipeline import DiffusionPipeline
 
-    from ddpm_lib.latent import CONFIG_FILE, LatentDiffusion
-
-    folder = Path(source)
-    if not (folder / CONFIG_FILE).is_file():
-        return None, source
     try:
-        latent = LatentDiffusion.from_pretrained(folder, load_unet=False, device=device)
-    except (ValueError, TypeError, OSError, KeyError) as error:
-        raise CLIError(f"{source}: cannot load the autoencoder of this latent model: {error}") from None
-    if latent.scale_factor is None:
-        raise CLIError(f"{folder / CONFIG_FILE} has no scale factor")
-    unet_source = folder if (folder / "checkpoints").is_dir() else folder / "unet"
-    return latent, str(unet_source)
+        return DiffusionPipeline.from_pretrained(source, use_ema=use_ema, device=device,
+                                                 default_schedule=default_schedule)
+    except (ValueError, TypeError, KeyError) as error:
+        raise CLIError(str(error)) from None
 
 
 def _run_train_autoencoder(args: argparse.Namespace) -> None:

@@ -737,38 +737,20 @@ class LatentDiffusion:
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write everything needed to sample into one folder.
+        """Write everything needed to sample into one folder, atomically: a
+        :class:`ddpm_lib.DiffusionPipeline` folder with ``autoencoder/``, ``unet/`` (when
+        ``unet`` is set) and ``pipeline.json`` (scale factor, classes, prediction, schedule).
+        ``DiffusionPipeline.from_pretrained``, ``ddpm-lib sample`` and :meth:`from_pretrained`
+        read it; so does ``UNet.from_pretrained(directory / "unet")``."""
+        from ddpm_lib._pipeline_formats import write_bundle
 
-        ``directory/latent_diffusion.json`` (scale factor, classes, prediction, schedule),
-        ``directory/autoencoder/`` and, when ``unet`` is set, ``directory/unet/``, each
-        written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
-        and ``diffusion.json`` so that ``ddpm-lib sample`` and
-        ``load_trained_model`` read it as a pretrained model.
-        """
         self._require_scale("save")
-        directory = Path(directory)
-        for name, model in (("autoencoder", self.autoencoder), ("unet", self.unet)):
-            if model is not None and not callable(getattr(model, "save_pretrained", None)):
-                raise TypeError(f"the {name} ({type(model).__name__}) has no save_pretrained()")
-        directory.mkdir(parents=True, exist_ok=True)
-        self.autoencoder.save_pretrained(directory / "autoencoder")
         diffusion: dict[str, Any] = {"prediction": self.prediction}
         if self.schedule is not None:
             diffusion["schedule"] = self.schedule.to_dict()
-        if self.unet is not None:
-            self.unet.save_pretrained(directory / "unet")
-            (directory / "unet" / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
-            if "schedule" in diffusion:
-                (directory / "unet" / "schedule.json").write_text(
-                    json.dumps(diffusion["schedule"]))
-        config = {
-            "format_version": _FORMAT_VERSION,
-            "scale_factor": self.scale_factor,
-            "autoencoder_class": _class_path(self.autoencoder),
-            "unet_class": _class_path(self.unet) if self.unet is not None else None,
-            "diffusion": diffusion,
-        }
-        _write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        write_bundle(Path(directory), model=self.unet, model_folder="unet",
+                     autoencoder=self.autoencoder, scale_factor=self.scale_factor,
+                     diffusion=diffusion)
 
     @classmethod
     def from_pretrained(
@@ -780,45 +762,41 @@ class LatentDiffusion:
         load_unet: bool = True,
         device: str | torch.device | None = None,
     ) -> LatentDiffusion:
-        """Load a folder written by :meth:`save_pretrained` (models in eval mode).
+        """Load a folder written by :meth:`save_pretrained` (models in eval mode), or by an
+        earlier version (``latent_diffusion.json``).
 
-        The classes saved in ``latent_diffusion.json`` are imported when they belong to
-        ddpm_lib; pass ``autoencoder_class`` / ``unet_class`` for your own (any class with
+        The saved classes are found by name among ddpm_lib's (and registered) classes; pass
+        ``autoencoder_class`` / ``unet_class`` for your own (any class with
         ``from_pretrained(folder)``). ``load_unet=False`` loads only the autoencoder and the
         scale factor.
 
         Raises:
-            FileNotFoundError: no ``latent_diffusion.json`` in ``directory``.
-            ValueError: a file that is not valid, or a class that cannot be found.
+            FileNotFoundError: ``directory`` does not exist.
+            ValueError: not a latent model folder, a file that is not valid, or a class that
+                cannot be found.
         """
-        from ddpm_lib.schedule import NoiseSchedule
+        from ddpm_lib._pipeline_formats import read_parts
 
         directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: not a folder written by "
-                                    "LatentDiffusion.save_pretrained")
-        try:
-            config = json.loads(config_path.read_text())
-        except ValueError as error:
-            raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-        if autoencoder_class is None:
-            autoencoder_class = _import_class(config["autoencoder_class"], "autoencoder",
-                                              config_path)
-        autoencoder = autoencoder_class.from_pretrained(directory / "autoencoder")
-        unet = None
-        if load_unet and config.get("unet_class") and (directory / "unet").is_dir():
-            if unet_class is None:
-                unet_class = _import_class(config["unet_class"], "unet", config_path)
-            unet = unet_class.from_pretrained(directory / "unet")
-        diffusion = config.get("diffusion") or {}
-        schedule = (NoiseSchedule.from_dict(diffusion["schedule"])
-                    if "schedule" in diffusion else None)
-        model = cls(autoencoder, config.get("scale_factor"), unet=unet, schedule=schedule,
+        if directory.exists() and not any(
+                (directory / name).is_file() for name in ("pipeline.json", CONFIG_FILE)):
+            raise FileNotFoundError(f"{directory} has neither pipeline.json nor {CONFIG_FILE}: "
+                                    "not a folder written by LatentDiffusion.save_pretrained")
+        parts = read_parts(directory, model_class=unet_class, autoencoder_class=autoencoder_class,
+                           load_model=load_unet, prefer_checkpoint=False)
+        if parts.autoencoder is None:
+            raise ValueError(f"{directory} holds no autoencoder: not a latent model folder")
+        diffusion = parts.diffusion
+        schedule = None
+        if "schedule" in diffusion:
+            from ddpm_lib._pipeline_formats import schedule_of
+
+            schedule = schedule_of(parts, None)
+        model = cls(parts.autoencoder, parts.scale_factor, unet=parts.model, schedule=schedule,
                     prediction=diffusion.get("prediction", "eps"))
         model.autoencoder.eval()
-        if unet is not None:
-            unet.eval()
+        if model.unet is not None:
+            model.unet.eval()
         if device is not None:
             model.to(device)
         return model

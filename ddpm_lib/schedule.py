@@ -30,6 +30,15 @@ from ._checks import check_choice, check_floating, check_same_shape, check_times
 PREDICTION_TYPES = ("eps", "x0", "v")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 
+
+def default_variance(learn_sigma: bool, variance: str | None = None) -> str:
+    """The reverse variance a model is sampled with: ``variance`` when given, else
+    ``"learned_range"`` (Improved DDPM eq. 15) for a model that outputs its variance
+    (``learn_sigma``) and ``"fixed_small"`` (DDPM's beta-tilde) otherwise."""
+    if variance is not None:
+        return check_choice("variance", variance, VARIANCE_TYPES)
+    return "learned_range" if learn_sigma else "fixed_small"
+
 _ARRAY_NAMES = (
     "betas",
     "alphas",

@@ -50,9 +50,12 @@ def test_train_writes_checkpoints_logs_samples_and_the_ema_model(trained: Path) 
     ]
     assert [json.loads(line)["step"] for line in (trained / "log.jsonl").read_text().splitlines()] == [2, 4]
     assert (trained / "samples" / "step_000000004.png").is_file()
-    assert {"config.json", "model.safetensors", "diffusion.json", "schedule.json"} <= {
+    # the export is a pipeline folder that is also a plain UNet folder, with its diffusion
+    assert {"config.json", "model.safetensors", "pipeline.json"} <= {
         p.name for p in (trained / "ema_model").iterdir()
     }
+    diffusion = json.loads((trained / "ema_model" / "pipeline.json").read_text())["diffusion"]
+    assert {"schedule", "prediction", "variance"} <= diffusion.keys()
     saved = json.loads((trained / "cli_args.json").read_text())
     assert saved["class_conditional"] is True and saved["base_channels"] == 8
 

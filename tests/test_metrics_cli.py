@@ -109,7 +109,7 @@ def test_fid_errors_are_one_line(folders, tmp_path, monkeypatch, capsys) -> None
         (["fid", str(real_dir), "--checkpoint", str(tmp_path / "nowhere"), "--num-samples", "4"],
          "checkpoint not found"),
         (["fid", str(real_dir), "--checkpoint", str(real_dir), "--num-samples", "4"],
-         "not a pretrained model directory"),
+         "is neither a training folder"),  # the message of every command's one loader
         (["fid", str(real_dir), "--checkpoint", str(real_dir)], "--num-samples"),
     ]
     for argv, fragment in cases:

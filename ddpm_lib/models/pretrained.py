@@ -36,6 +36,12 @@ class PretrainedModel(nn.Module):
     ``super().__init__()``.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from .registry import register_model_class
+
+        register_model_class(cls)  # saved folders and checkpoints find it by name
+
     def __init__(self) -> None:
         super().__init__()
         self._config: dict[str, Any] = {}

@@ -385,6 +385,11 @@ class TextEncoder(PretrainedModel):
         """The saved constructor arguments (see :meth:`upgrade_config` for older files)."""
         return cls.upgrade_config(super().load_config(directory))
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TextEncoder:
+        """A new encoder from saved constructor arguments, older ones upgraded."""
+        return cls(**cls.upgrade_config(config))
+
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments; ``TextEncoder(**encoder.config)`` rebuilds it."""
@@ -627,8 +632,17 @@ class TextConditionedUNet(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The configurations of both parts, as ``{"unet": ..., "text_encoder": ...}``."""
-        return {"unet": dict(self.unet.config), "text_encoder": dict(self.text_encoder.config)}
+        """The configurations of both parts, as ``{"unet": ..., "text_encoder": ...}``, with
+        ``unet_class`` / ``text_encoder_class`` when a part is not a :class:`ddpm_lib.UNet` /
+        :class:`TextEncoder` (a DiT, a subclass), so that :meth:`from_config` rebuilds it."""
+        config: dict[str, Any] = {
+            "unet": dict(self.unet.config), "text_encoder": dict(self.text_encoder.config)
+        }
+        for key, part, default in (("unet", self.unet, UNet),
+                                   ("text_encoder", self.text_encoder, TextEncoder)):
+            if type(part) is not default:
+                config[f"{key}_class"] = type(part).__qualname__
+        return config
 
     @property
     def device(self) -> torch.device:
@@ -639,6 +653,23 @@ class TextConditionedUNet(nn.Module):
     def dtype(self) -> torch.dtype:
         """dtype of the parameters."""
         return next(self.parameters()).dtype
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TextConditionedUNet:
+        """A new model from :attr:`config` (``{"unet": ..., "text_encoder": ...}``), as a
+        checkpoint's ``meta.json`` records it; the parts' classes default to
+        :class:`ddpm_lib.UNet` and :class:`TextEncoder` (``unet_class`` /
+        ``text_encoder_class`` name others)."""
+        from .registry import build_model, resolve_model_class
+
+        parts = []
+        for key, default in (("unet", "UNet"), ("text_encoder", "TextEncoder")):
+            part = config.get(key)
+            if not isinstance(part, dict):
+                raise ValueError(f"a text model's configuration needs {key!r}; got {part!r}")
+            part_class = resolve_model_class(config.get(f"{key}_class", default), what=key)
+            parts.append(build_model(part_class, part))
+        return cls(*parts)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write both parts: ``directory/unet/`` and ``directory/text_encoder/`` (each a
@@ -676,21 +707,14 @@ class TextConditionedUNet(nn.Module):
             FileNotFoundError: a file is missing.
             ValueError: a file is corrupt or describes other classes.
         """
+        from .registry import resolve_model_class
+
         directory = Path(directory)
         config = _read_config(directory, cls.__name__)
-        known: dict[str, type] = {
-            "UNet": UNet, "TextEncoder": TextEncoder, "HFTextEncoder": HFTextEncoder,
-        }
         parts: list[Any] = []
         for key, given in (("unet_class", unet_class), ("text_encoder_class", text_encoder_class)):
-            name = config.get(key)
-            part = given or known.get(str(name))
-            if part is None:
-                raise ValueError(
-                    f"{directory / CONFIG_NAME} names {key}={name!r}, which is not a ddpm_lib "
-                    f"class; pass {key}= to from_pretrained"
-                )
-            parts.append(part)
+            parts.append(given or resolve_model_class(
+                config.get(key), directory / CONFIG_NAME, key.removesuffix("_class")))
         unet = parts[0].from_pretrained(directory / "unet", device=device, dtype=dtype)
         encoder = parts[1].from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
         return cls(unet, encoder).eval()

@@ -6,9 +6,7 @@ from ddpm_lib.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
-    load_trained_model,
     save_checkpoint,
-    TrainedModel,
 )
 from ddpm_lib.training.distributed import DistributedInfo, GlobalBatchSampler, setup_distributed
 from ddpm_lib.training.ema import EMA, unwrap_model
@@ -24,10 +22,15 @@ __all__ = [
     "load_checkpoint",
     "load_latest_checkpoint",
     "list_checkpoints",
-    "load_trained_model",
-    "TrainedModel",
     "DistributedInfo",
     "GlobalBatchSampler",
     "setup_distributed",
     "unwrap_model",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # TrainedModel / load_trained_model: deprecated, see ddpm_lib.training.checkpoint
+    from ddpm_lib.training import checkpoint
+
+    return getattr(checkpoint, name)

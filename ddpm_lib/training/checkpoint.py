@@ -44,8 +44,6 @@ __all__ = [
     "load_latest_checkpoint",
     "prune_checkpoints",
     "remove_stale_temporaries",
-    "TrainedModel",
-    "load_trained_model",
 ]
 
 _NAME = re.compile(r"^step_(\d{9,})$")
@@ -62,8 +60,9 @@ _SLOW_SAVE_ENV = "DDPM_LIB_SLOW_SAVE_STEP"
 _SLOW_SAVE_SECONDS_ENV = "DDPM_LIB_SLOW_SAVE_SECONDS"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint folder that is incomplete, corrupted or of an unknown format."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint folder that is incomplete, corrupted or of an unknown format (a
+    ``ValueError``, as every error about a bad file; a ``RuntimeError`` as before)."""
 
 
 @dataclass
@@ -103,6 +102,11 @@ def _maybe_sleep_mid_save(step: int) -> None:
     target = os.environ.get(_SLOW_SAVE_ENV)
     if target is not None and target.strip() == str(step):
         time.sleep(float(os.environ.get(_SLOW_SAVE_SECONDS_ENV, "60")))
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether ``name`` is a checkpoint folder's name (``step_000001000``)."""
+    return _NAME.match(name) is not None
 
 
 def checkpoint_name(step: int) -> str:
@@ -298,166 +302,19 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
-# ----------------------------------------------------------------------------- inference
+# ----------------------------------------------------------------------------- moved names
 
 
-@dataclass
-class TrainedModel:
-    """A model ready to sample from, with what the samplers need to know about it.
-
-    ``model`` (eval mode), ``schedule`` (a :class:`ddpm_lib.NoiseSchedule`), ``prediction``
-    (``"eps"``, ``"x0"`` or ``"v"``), ``learn_sigma`` (the model also outputs the variance),
-    ``variance`` (the reverse variance type for :class:`ddpm_lib.DDPMSampler`), ``num_classes``
-    and ``source`` (the folder read).
-    """
-
-    model: torch.nn.Module
-    schedule: Any
-    prediction: str
-    learn_sigma: bool
-    variance: str
-    num_classes: int | None
-    source: Path
-
-
-def _model_from_config(model_class: str | None, config: Any, where: Path) -> torch.nn.Module:
-    from ddpm_lib.models.unet import UNet
-
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{where} holds no model configuration (a model of class {model_class}); "
-            "only ddpm_lib UNet checkpoints can be loaded by name, load others in Python"
+def __getattr__(name: str) -> Any:
+    """``TrainedModel`` and ``load_trained_model`` moved to :mod:`ddpm_lib.pipeline` (the one
+    loader of trained models is :meth:`ddpm_lib.DiffusionPipeline.from_pretrained`)."""
+    if name in ("TrainedModel", "load_trained_model"):
+        warnings.warn(
+            f"ddpm_lib.training.checkpoint.{name} is deprecated: use "
+            "ddpm_lib.DiffusionPipeline.from_pretrained (the one loader of trained models)",
+            DeprecationWarning, stacklevel=2,
         )
-    if model_class is not None and model_class.endswith(".TextConditionedUNet"):
-        return _text_model_from_config(config, where)
-    if model_class is not None and not model_class.endswith(".UNet"):
-        raise CheckpointError(
-            f"{where} holds a {model_class}; only ddpm_lib UNet checkpoints can be loaded by "
-            "name, load others in Python"
-        )
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    try:
-        return UNet(**config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{where}: the saved model configuration is not valid: {error}") from None
+        from ddpm_lib import pipeline
 
-
-def _text_model_from_config(config: dict[str, Any], where: Path) -> torch.nn.Module:
-    """A :class:`ddpm_lib.TextConditionedUNet` from its ``{"unet": ..., "text_encoder": ...}``."""
-    from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
-    from ddpm_lib.models.unet import UNet
-
-    parts = [config.get("unet"), config.get("text_encoder")]
-    if not all(isinstance(part, dict) for part in parts):
-        raise CheckpointError(f"{where}: a text model's configuration needs 'unet' and 'text_encoder'")
-    unet_config, encoder_config = (
-        {k: v for k, v in part.items() if not k.startswith("_")} for part in parts  # type: ignore[union-attr]
-    )
-    try:
-        encoder_config = TextEncoder.upgrade_config(encoder_config)
-        return TextConditionedUNet(UNet(**unet_config), TextEncoder(**encoder_config))
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{where}: the saved text model configuration is not valid: {error}") from None
-
-
-def _pretrained_class_name(source: Path) -> str | None:
-    try:
-        config = json.loads((source / "config.json").read_text())
-    except ValueError:
-        return None
-    return config.get("_class_name") if isinstance(config, dict) else None
-
-
-def load_trained_model(
-    source: str | os.PathLike,
-    *,
-    use_ema: bool = True,
-    device: str | torch.device | None = None,
-    default_schedule: Any = None,
-) -> TrainedModel:
-    """Load a model to sample from out of a training run, a checkpoint, or a pretrained folder.
-
-    ``source`` is one of:
-
-    - a Trainer ``out_dir`` (it has ``checkpoints/``): its newest good checkpoint,
-    - one checkpoint folder (``step_*`` with ``manifest.json``),
-    - a pretrained folder (``config.json`` + ``model.safetensors`` from ``save_pretrained``,
-      or the ``unet/`` and ``text_encoder/`` of a :class:`ddpm_lib.TextConditionedUNet`),
-      with ``diffusion.json`` / ``schedule.json`` beside it when the Trainer exported it;
-      otherwise ``default_schedule`` (or the DDPM linear schedule, T = 1000) and eps-prediction.
-
-    ``use_ema`` picks the averaged weights of a checkpoint (what DDPM samples from). Raises
-    ``FileNotFoundError`` for a missing path and :class:`CheckpointError` for anything that
-    cannot be loaded, each with a one-line message.
-    """
-    from ddpm_lib.schedule import NoiseSchedule
-
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{str(source)!r} does not exist")
-    diffusion: dict[str, Any] = {}
-    if (source / "checkpoints").is_dir() or _NAME.match(source.name) or (source / MANIFEST_FILE).is_file():
-        if (source / "checkpoints").is_dir():
-            checkpoint = load_latest_checkpoint(source / "checkpoints")
-            if checkpoint is None:
-                raise CheckpointError(f"{source} holds no usable checkpoint")
-        else:
-            checkpoint = load_checkpoint(source)
-        meta = checkpoint.meta
-        model = _model_from_config(meta.get("model_class"), meta.get("model_config"), checkpoint.path)
-        name = "ema" if use_ema else "model"
-        try:
-            model.load_state_dict(checkpoint.weights[name])
-        except (RuntimeError, KeyError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"{checkpoint.path}: the {name} weights do not fit: {first}") from None
-        diffusion = dict(meta.get("diffusion") or {})
-        where = checkpoint.path
-    elif (source / "config.json").is_file():
-        from ddpm_lib.models.unet import UNet
-
-        try:
-            if _pretrained_class_name(source) == "TextConditionedUNet":
-                from ddpm_lib.models.text import TextConditionedUNet
-
-                model = TextConditionedUNet.from_pretrained(source)
-            else:
-                model = UNet.from_pretrained(source)
-        except (ValueError, TypeError, OSError) as error:
-            raise CheckpointError(f"{source}: cannot load the pretrained model: {error}") from None
-        for name in ("diffusion.json", "schedule.json"):
-            if (source / name).is_file():
-                try:
-                    data = json.loads((source / name).read_text())
-                except ValueError as error:
-                    raise CheckpointError(f"{source / name} is not valid JSON: {error}") from None
-                diffusion = data if name == "diffusion.json" else {"schedule": data}
-                break
-        where = source
-    else:
-        raise CheckpointError(
-            f"{str(source)!r} is neither a training folder (with checkpoints/), a checkpoint "
-            "folder (with manifest.json) nor a pretrained model folder (with config.json)"
-        )
-    if "schedule" in diffusion:
-        try:
-            schedule = NoiseSchedule.from_dict(diffusion["schedule"])
-        except (ValueError, TypeError) as error:
-            raise CheckpointError(f"{where}: the saved noise schedule is not valid: {error}") from None
-    else:
-        schedule = default_schedule if default_schedule is not None else NoiseSchedule.linear(1000)
-    config = getattr(model, "config", {}) or {}
-    config = config.get("unet", config)  # a text model: the UNet's part
-    learn_sigma = bool(config.get("learn_sigma", False))
-    variance = diffusion.get("variance") or ("learned_range" if learn_sigma else "fixed_small")
-    if device is not None:
-        model.to(device)
-    return TrainedModel(
-        model=model.eval(),
-        schedule=schedule,
-        prediction=diffusion.get("prediction", "eps"),
-        learn_sigma=learn_sigma,
-        variance=variance,
-        num_classes=getattr(model, "num_classes", None),
-        source=Path(where),
-    )
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

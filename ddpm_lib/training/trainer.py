@@ -936,21 +936,30 @@ class Trainer:
         os.replace(tmp, log)
 
     def export(self) -> Path | None:
-        """Write the EMA model with ``save_pretrained`` to ``out_dir/ema_model`` (rank 0).
+        """Write the EMA model to ``out_dir/ema_model`` (rank 0) for sampling and evaluation.
 
-        Only for models that have ``save_pretrained`` (such as :class:`ddpm_lib.UNet`); the
-        schedule, prediction and variance type go to ``diffusion.json`` beside it, the schedule
-        alone also to ``schedule.json``. ``ddpm-lib sample`` / ``fid`` / ``bpd`` read the folder.
+        A diffusion model (the loss has a ``schedule``) is written as a
+        :class:`ddpm_lib.DiffusionPipeline` folder: the model's own ``save_pretrained`` files
+        (so ``UNet.from_pretrained`` still reads it) and ``pipeline.json`` with the schedule,
+        prediction and variance; ``ddpm-lib sample`` / ``fid`` / ``bpd`` read it. Other models
+        (an autoencoder) are written by their ``save_pretrained`` alone. Models without
+        ``save_pretrained`` are not exported (``None``).
         """
-        save_pretrained = getattr(self.ema_model, "save_pretrained", None)
-        if not self.dist.is_main or save_pretrained is None:
+        model = self.ema_model
+        if not self.dist.is_main or not callable(getattr(model, "save_pretrained", None)):
             return None
         target = self.out_dir / EXPORT_DIR
-        save_pretrained(target)
+        schedule = getattr(self.loss_fn, "schedule", None)
+        if schedule is None:
+            model.save_pretrained(target)  # type: ignore[operator]
+            return target
+        from ddpm_lib.pipeline import DiffusionPipeline
+
         diffusion = self._meta()["diffusion"]
-        (target / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
-        if "schedule" in diffusion:
-            (target / "schedule.json").write_text(json.dumps(diffusion["schedule"]))
+        DiffusionPipeline(
+            model, schedule, prediction=diffusion.get("prediction", "eps"),
+            variance=diffusion.get("variance"),
+        ).save_pretrained(target)
         return target
 
     def latest_checkpoint(self) -> Path | None:

@@ -1,0 +1,250 @@
+"""The folders :meth:`ddpm_lib.DiffusionPipeline.from_pretrained` reads, this version's and the
+earlier ones, each turned into the same bundle.
+
+- a pipeline folder: ``pipeline.json`` (with its parts in sub-folders or beside it);
+- a Trainer ``out_dir`` (``checkpoints/``) or one checkpoint folder (``step_*``): the network
+  is rebuilt from the checkpoint's ``meta.json`` and its (EMA) weights;
+- a pretrained model folder (``config.json``), with ``diffusion.json`` / ``schedule.json``
+  beside it as the Trainer's export wrote them before the bundle existed, or inside a
+  pipeline folder (then the pipeline's settings apply);
+- a latent model folder (``latent_diffusion.json``: autoencoder, scale factor, ``unet/``) and a
+  latent training run (``latent_diffusion.json`` beside ``checkpoints/``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .models.registry import build_model, resolve_model_class
+from .schedule import NoiseSchedule
+
+PIPELINE_FILE = "pipeline.json"
+LEGACY_LATENT_FILE = "latent_diffusion.json"
+_FORMAT = "ddpm_lib.pipeline"
+_FORMAT_VERSION = 1
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``ValueError`` naming the file for anything else."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): not a JSON file "
+                         "this library wrote") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty (cut short?): expected a JSON object")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, "
+                         f"column {error.colno}); it may be cut short or corrupt") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object; got {type(value).__name__}")
+    return value
+
+
+def _field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    if key not in record:
+        raise ValueError(f"{where} is missing the key {key!r}")
+    value = record[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ValueError(f"{where}: {key!r} must be a {names}; got {type(value).__name__}")
+    return value
+
+
+def _schedule(diffusion: dict[str, Any], where: Path, default: NoiseSchedule | None) -> Any:
+    if "schedule" not in diffusion:
+        return default if default is not None else NoiseSchedule.linear(1000)
+    try:
+        return NoiseSchedule.from_dict(diffusion["schedule"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{where}: the saved noise schedule is not valid: {error}") from None
+
+
+def _is_checkpoint(source: Path) -> bool:
+    from .training.checkpoint import STATE_FILE, is_checkpoint_name
+
+    return is_checkpoint_name(source.name) or (source / STATE_FILE).is_file()
+
+
+def _from_checkpoint(source: Path, use_ema: bool,
+                     model_class: type | None) -> tuple[Any, dict, Path]:
+    """``(model, diffusion settings, checkpoint folder)`` from a run's newest good checkpoint
+    or one checkpoint."""
+    from .training.checkpoint import CheckpointError, load_checkpoint, load_latest_checkpoint
+
+    if (source / "checkpoints").is_dir():
+        checkpoint = load_latest_checkpoint(source / "checkpoints")
+        if checkpoint is None:
+            raise CheckpointError(f"{source} holds no usable checkpoint")
+    else:
+        checkpoint = load_checkpoint(source)
+    meta, where = checkpoint.meta, checkpoint.path
+    try:
+        cls = model_class or resolve_model_class(meta.get("model_class"), where / "meta.json")
+        model = build_model(cls, meta.get("model_config"), where / "meta.json")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    name = "ema" if use_ema else "model"
+    try:
+        model.load_state_dict(checkpoint.weights[name])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{where}: the {name} weights do not fit: {first}") from None
+    return model, dict(meta.get("diffusion") or {}), where
+
+
+def _from_model_folder(source: Path, model_class: type | None) -> tuple[Any, dict]:
+    """``(model, diffusion settings)`` from a pretrained folder (``config.json``)."""
+    config = read_json(source / "config.json")
+    cls = model_class or resolve_model_class(config.get("_class_name", "UNet"),
+                                             source / "config.json")
+    model = cls.from_pretrained(source)
+    diffusion: dict[str, Any] = {}
+    parent = source.parent / PIPELINE_FILE
+    if (source / "diffusion.json").is_file():
+        diffusion = read_json(source / "diffusion.json")
+    elif (source / "schedule.json").is_file():
+        diffusion = {"schedule": read_json(source / "schedule.json")}
+    elif parent.is_file():  # the model part of a pipeline folder: the pipeline's settings
+        record = read_json(parent)
+        part = (record.get("parts") or {}).get("model") or {}
+        if part.get("folder") == source.name:
+            diffusion = dict(record.get("diffusion") or {})
+    return model, diffusion
+
+
+def _legacy_latent(source: Path, autoencoder_class: type | None) -> tuple[Any, float, dict]:
+    """``(autoencoder, scale factor, diffusion settings)`` of a ``latent_diffusion.json`` folder."""
+    path = source / LEGACY_LATENT_FILE
+    record = read_json(path)
+    cls = autoencoder_class or resolve_model_class(
+        _field(record, "autoencoder_class", str, path), path, "autoencoder")
+    autoencoder = cls.from_pretrained(source / "autoencoder")
+    return autoencoder, record.get("scale_factor"), dict(record.get("diffusion") or {})
+
+
+def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
+                    autoencoder_class: type | None) -> tuple[Any, Any, Any, dict]:
+    """``(model or None, autoencoder or None, scale factor, diffusion)`` of ``pipeline.json``."""
+    path = source / PIPELINE_FILE
+    if record.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a ddpm_lib pipeline file (format "
+                         f"{record.get('format')!r}, expected {_FORMAT!r})")
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > _FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {version!r}; this ddpm_lib reads up to "
+                         f"{_FORMAT_VERSION}: upgrade ddpm_lib")
+    parts = _field(record, "parts", dict, path)
+    diffusion = _field(record, "diffusion", dict, path)
+    loaded: dict[str, Any] = {}
+    for role, given in (("model", model_class), ("autoencoder", autoencoder_class)):
+        part = parts.get(role)
+        if part is None or given is False:  # absent, or not asked for
+            continue
+        if not isinstance(part, dict):
+            raise ValueError(f"{path}: parts[{role!r}] must be an object; got {part!r}")
+        folder = source / _field(part, "folder", str, path)
+        cls = given or resolve_model_class(part.get("class"), path, role)
+        loaded[role] = cls.from_pretrained(folder)
+    latent = record.get("latent") or {}
+    return loaded.get("model"), loaded.get("autoencoder"), latent.get("scale_factor"), diffusion
+
+
+class BundleParts(NamedTuple):
+    """What a saved folder holds, whatever its format (``None`` where it has no such part)."""
+
+    model: Any
+    autoencoder: Any
+    scale_factor: float | None
+    diffusion: dict[str, Any]
+    sampler: dict[str, Any] | None
+    where: Path  # the folder read (the checkpoint folder of a training run)
+
+
+def read_parts(source: Path, *, use_ema: bool = True, model_class: type | None = None,
+               autoencoder_class: type | None = None, load_model: bool = True,
+               prefer_checkpoint: bool = True) -> BundleParts:
+    """The parts of any folder the library writes (see the module's docstring).
+
+    A training run's folder (``checkpoints/``) gives the network of its newest good
+    checkpoint (``use_ema``: the averaged weights) when ``prefer_checkpoint``, else the one
+    its ``pipeline.json`` names, if any. ``load_model=False`` reads everything but the network.
+    """
+    run = (source / "checkpoints").is_dir()
+    if not source.exists():
+        raise FileNotFoundError(f"{str(source)!r} does not exist")
+    model = autoencoder = scale_factor = sampler = None
+    diffusion: dict[str, Any] = {}
+    if (source / PIPELINE_FILE).is_file():
+        from ._io import verify_folder
+
+        verify_folder(source)
+        record = read_json(source / PIPELINE_FILE)
+        skip = not load_model or (run and prefer_checkpoint)
+        model, autoencoder, scale_factor, diffusion = _pipeline_parts(
+            source, record, False if skip else model_class, autoencoder_class)
+        sampler = record.get("sampler")
+    elif (source / LEGACY_LATENT_FILE).is_file():
+        autoencoder, scale_factor, diffusion = _legacy_latent(source, autoencoder_class)
+        unet = source / "unet"
+        if load_model and not (run and prefer_checkpoint) and unet.is_dir():
+            model, _ = _from_model_folder(unet, model_class)
+    where = source
+    wanted = load_model and model is None
+    if wanted and (run or autoencoder is None):  # a latent folder may hold no model
+        if run or _is_checkpoint(source):
+            model, saved, where = _from_checkpoint(source, use_ema, model_class)
+        elif (source / "config.json").is_file():
+            model, saved = _from_model_folder(source, model_class)
+        else:
+            raise ValueError(
+                f"{str(source)!r} is neither a training folder (with checkpoints/), a "
+                "checkpoint folder (step_*), a pipeline folder (pipeline.json), a pretrained "
+                "model folder (with config.json) nor a latent model folder "
+                "(latent_diffusion.json)"
+            )
+        diffusion = {**diffusion, **saved}
+    return BundleParts(model, autoencoder, scale_factor, diffusion, sampler, where)
+
+
+def schedule_of(parts: BundleParts, default: NoiseSchedule | None) -> Any:
+    """The saved schedule of ``parts``, else ``default`` (DDPM's linear, T = 1000, if None)."""
+    return _schedule(parts.diffusion, parts.where, default)
+
+
+def write_bundle(directory: Path, *, model: Any = None, model_folder: str = ".",
+                 autoencoder: Any = None, scale_factor: float | None = None,
+                 diffusion: dict[str, Any] | None = None,
+                 sampler: dict[str, Any] | None = None) -> Path:
+    """Write a pipeline folder atomically: each part by its own ``save_pretrained`` into its
+    sub-folder, then ``pipeline.json``; a reader sees the old folder or the new one."""
+    from ._io import atomic_folder, write_json
+    from .models.registry import class_path
+
+    for role, part in (("model", model), ("autoencoder", autoencoder)):
+        if part is not None and not callable(getattr(part, "save_pretrained", None)):
+            raise TypeError(f"the {role} ({type(part).__name__}) has no save_pretrained()")
+    parts: dict[str, Any] = {}
+    with atomic_folder(directory) as staging:
+        if model is not None:
+            model.save_pretrained(staging / model_folder)
+            parts["model"] = {"folder": model_folder, "class": class_path(model)}
+        if autoencoder is not None:
+            autoencoder.save_pretrained(staging / "autoencoder")
+            parts["autoencoder"] = {"folder": "autoencoder", "class": class_path(autoencoder)}
+        record = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "parts": parts,
+            "diffusion": diffusion or {},
+            "latent": {"scale_factor": scale_factor} if autoencoder is not None else None,
+            "sampler": sampler or None,
+        }
+        write_json(staging / PIPELINE_FILE, record)
+    return directory

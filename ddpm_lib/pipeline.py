@@ -1,0 +1,409 @@
+"""One bundle for a trained model: :class:`DiffusionPipeline`.
+
+A trained diffusion model is more than its network: it was trained on a noise schedule, to
+predict ``eps``, ``x0`` or ``v``, maybe with a learned variance, maybe in the latent space of an
+autoencoder with a scale factor, maybe with a text encoder; and it has sampler settings that
+work for it. The bundle holds all of it, saves it as one folder and loads it back, so every
+user of a trained model (the :class:`ddpm_lib.Trainer`'s export, every ``ddpm-lib`` command,
+:class:`ddpm_lib.LatentDiffusion`) reads the same facts the same way.
+
+The folder (``save_pretrained``)::
+
+    pipeline.json        format, the classes and sub-folders of the parts, the diffusion
+                         settings (schedule, prediction, variance), the latent scaling, the
+                         default sampler
+    <model>/             the denoiser, written by its own ``save_pretrained`` ("." by default:
+                         the folder is then also a plain model folder, ``UNet.from_pretrained``)
+    autoencoder/         latent models only
+
+:meth:`DiffusionPipeline.from_pretrained` also reads what earlier versions wrote: a Trainer
+``out_dir`` (its newest good checkpoint), one checkpoint folder, a pretrained model folder with
+``diffusion.json`` / ``schedule.json`` beside it, a :class:`ddpm_lib.LatentDiffusion` folder
+(``latent_diffusion.json``) and a latent training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import check_choice
+from .conditioning import ClassLabel, Condition, Prompt, conditions_for
+from ._pipeline_formats import PIPELINE_FILE
+from .schedule import PREDICTION_TYPES, NoiseSchedule, default_variance
+
+__all__ = ["DiffusionPipeline", "SAMPLER_NAMES", "PIPELINE_FILE", "make_sampler", "model_config"]
+
+
+#: sampler name (as the CLI spells it) -> class name in ddpm_lib.samplers
+SAMPLER_NAMES = {
+    "ddpm": "DDPMSampler",
+    "ddim": "DDIMSampler",
+    "dpm-solver": "DPMSolverSampler",
+    "unipc": "UniPCSampler",
+    "pndm": "PNDMSampler",
+    "deis": "DEISSampler",
+    "sde": "SDESampler",
+}
+
+
+def model_config(model: Any) -> dict[str, Any]:
+    """The denoising network's configuration: ``model.config``, or for a text model (whose
+    config holds its parts) the UNet's part; ``{}`` for a model without one."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping):
+        return {}
+    inner = config.get("unet")
+    return dict(inner) if isinstance(inner, Mapping) else dict(config)
+
+
+def make_sampler(
+    name: str,
+    schedule: NoiseSchedule,
+    *,
+    prediction: str = "eps",
+    variance: Any = "fixed_small",
+    learn_sigma: bool = False,
+    clip_denoised: bool = True,
+    num_steps: int | None = None,
+    **options: Any,
+) -> Any:
+    """A sampler by name (:data:`SAMPLER_NAMES`) for a model with these settings.
+
+    ``variance`` is used by ``"ddpm"`` (a variance type or an Analytic-DPM table);
+    ``learn_sigma`` tells the others that the model's output has twice the channels. ``ddpm``
+    defaults to 100 respaced steps; the others to their class's default. ``options`` go to the
+    constructor (``eta``, ``order``, ``spacing``, ``method``...).
+    """
+    from . import samplers
+
+    check_choice("sampler", name, SAMPLER_NAMES)
+    cls = getattr(samplers, SAMPLER_NAMES[name])
+    common: dict[str, Any] = {"prediction": prediction, "clip_denoised": clip_denoised}
+    if name == "ddpm":
+        steps = num_steps if num_steps is not None else min(100, schedule.num_timesteps)
+        return cls(schedule, variance=variance, num_steps=steps, **common, **options)
+    return cls(schedule, num_steps=num_steps, learn_sigma=learn_sigma, **common, **options)
+
+
+class DiffusionPipeline:
+    """A trained model with everything needed to use it; saved and loaded as one folder.
+
+    Args:
+        model: the denoising network ``model(x_t, t, **kwargs)`` (a :class:`ddpm_lib.UNet`,
+            a :class:`ddpm_lib.TextConditionedUNet`, a DiT, any module with
+            ``save_pretrained`` to be saved).
+        schedule: the :class:`ddpm_lib.NoiseSchedule` it was trained with.
+        prediction: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: the reverse variance of ancestral sampling; default ``"learned_range"``
+            for a model with ``learn_sigma`` in its config, else ``"fixed_small"``.
+        autoencoder: for a latent model: the autoencoder whose latents the model denoises.
+        scale_factor: the latents' scale (``z = scale_factor * E(x)``), with ``autoencoder``.
+        sampler: default sampler settings, ``{"name": "ddim", "num_steps": 50, ...}``
+            (default: DDIM, 50 steps).
+
+    Attributes:
+        model, schedule, prediction, variance, learn_sigma, autoencoder, scale_factor,
+        sampler_settings, source (the folder it was loaded from, or ``None``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: NoiseSchedule,
+        *,
+        prediction: str = "eps",
+        variance: str | None = None,
+        autoencoder: nn.Module | None = None,
+        scale_factor: float | None = None,
+        sampler: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
+        self.model = model
+        self.schedule = schedule
+        self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
+        self.learn_sigma = bool(model_config(model).get("learn_sigma", False))
+        self.variance = default_variance(self.learn_sigma, variance)
+        self.latent: Any = None
+        if autoencoder is not None:
+            from .latent import LatentDiffusion
+
+            self.latent = LatentDiffusion(autoencoder, scale_factor)
+        elif scale_factor is not None:
+            raise ValueError("scale_factor is the latents' scale: it needs an autoencoder")
+        self.sampler_settings = _check_sampler_settings(sampler)
+        self.source: Path | None = None
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def autoencoder(self) -> nn.Module | None:
+        """The autoencoder of a latent model, else ``None``."""
+        return self.latent.autoencoder if self.latent is not None else None
+
+    @property
+    def scale_factor(self) -> float | None:
+        """The latents' scale factor of a latent model, else ``None``."""
+        return self.latent.scale_factor if self.latent is not None else None
+
+    @property
+    def conditions(self) -> list[Condition]:
+        """What the model is conditioned on (:func:`ddpm_lib.conditioning.conditions_for`)."""
+        return conditions_for(self.model)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model, else ``None``."""
+        for condition in self.conditions:
+            if isinstance(condition, ClassLabel):
+                return condition.num_classes
+        return None
+
+    @property
+    def is_text_model(self) -> bool:
+        """Whether the model reads prompts (it has ``encode_prompts``)."""
+        return any(isinstance(condition, Prompt) for condition in self.conditions)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of what the model denoises (latents for a latent model)."""
+        config = model_config(self.model)
+        size, channels = config.get("image_size", config.get("input_size")), config.get(
+            "in_channels")
+        if not isinstance(size, int) or not isinstance(channels, int):
+            raise ValueError(
+                f"the model's config gives no image_size / in_channels ({type(self.model).__name__}); "
+                "pass the shape to the sampler yourself"
+            )
+        return (channels, size, size)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> DiffusionPipeline:
+        """Move every part to ``device``; returns ``self``."""
+        self.model.to(device)
+        if self.latent is not None:
+            self.latent.to(device)
+        return self
+
+    def eval(self) -> DiffusionPipeline:
+        """Put every part in eval mode; returns ``self``."""
+        self.model.eval()
+        if self.latent is not None:
+            self.latent.autoencoder.eval()
+        return self
+
+    def make_sampler(self, name: str | None = None, **options: Any) -> Any:
+        """A sampler for this model: ``name`` (default: the saved setting, else ``"ddim"``)
+        with the model's schedule, prediction and variance, no clipping in latent space, and
+        the saved options updated by ``options``."""
+        settings = dict(self.sampler_settings)
+        saved_name = settings.pop("name", "ddim")
+        if name is not None and name != saved_name:
+            settings = {}  # the saved options belong to the saved sampler
+        settings.update(options)
+        settings.setdefault("clip_denoised", self.latent is None)
+        return make_sampler(
+            name or saved_name, self.schedule, prediction=self.prediction,
+            variance=self.variance, learn_sigma=self.learn_sigma, **settings,
+        )
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int | None = None,
+        *,
+        labels: torch.Tensor | Sequence[int] | None = None,
+        prompts: Sequence[str] | None = None,
+        negative_prompts: Sequence[str] | None = None,
+        guidance_scale: float | None = None,
+        sampler: Any = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_latents: bool = False,
+        **sample_kwargs: Any,
+    ) -> Any:
+        """Draw images: ``(N, C, H, W)``, decoded by the autoencoder for a latent model.
+
+        Args:
+            num_samples: ``N``; default: one per prompt, one per label, else 1.
+            labels: class labels of a class-conditional model (default: every class in turn).
+            prompts, negative_prompts: one each a sample, for a text model (the negative
+                prompts are the unconditional half of guidance; default ``""``).
+            guidance_scale: classifier-free guidance weight (``None``: none).
+            sampler: a sampler object, a name of :data:`SAMPLER_NAMES`, or ``None`` for the
+                saved default (:meth:`make_sampler`).
+            num_steps: the steps of a sampler given by name (default: the saved setting).
+            generator, progress: as in :meth:`ddpm_lib.Sampler.sample`; ``sample_kwargs``
+                too (``x_T=``, ``guidance_rescale=`` ...).
+            return_latents: also return the latents of a latent model.
+        """
+        from .conditioning import guidance_inputs
+
+        if sampler is None or isinstance(sampler, str):
+            options = {} if num_steps is None else {"num_steps": num_steps}
+            sampler = self.make_sampler(sampler, **options)
+        elif num_steps is not None:
+            raise ValueError("num_steps goes with a sampler given by name; this sampler object "
+                             f"has its own ({getattr(sampler, 'num_steps', None)})")
+        model_kwargs, unconditional, count = guidance_inputs(
+            self.model, num_samples, labels=labels, prompts=prompts,
+            negative_prompts=negative_prompts, guidance_scale=guidance_scale,
+            device=self.device,
+        )
+        if unconditional is not None:
+            sample_kwargs["unconditional_kwargs"] = unconditional
+        x = sampler.sample(
+            self.model, (count, *self.sample_shape), generator=generator,
+            model_kwargs=model_kwargs, guidance_scale=guidance_scale, progress=progress,
+            **sample_kwargs,
+        )
+        if self.latent is None:
+            return x
+        images = self.latent.decode(x)
+        return (images, x) if return_latents else images
+
+    # ------------------------------------------------------------------ save / load
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that ``pipeline.json`` records (no weights)."""
+        return {
+            "schedule": self.schedule.to_dict(),
+            "prediction": self.prediction,
+            "variance": self.variance,
+            "learn_sigma": self.learn_sigma,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike, *, model_folder: str = ".") -> Path:
+        """Write the bundle into ``directory`` (see the module's docstring for the layout).
+
+        Args:
+            directory: the folder (created if needed).
+            model_folder: the sub-folder of the denoiser (``"."``: the folder itself, so that
+                it is also a plain model folder; :class:`ddpm_lib.LatentDiffusion` uses
+                ``"unet"``).
+
+        Returns:
+            the folder.
+        """
+        from ._pipeline_formats import write_bundle
+
+        if self.latent is not None:
+            self.latent._require_scale("save")
+        return write_bundle(
+            Path(directory), model=self.model, model_folder=model_folder,
+            autoencoder=self.autoencoder, scale_factor=self.scale_factor,
+            diffusion=self.to_dict(), sampler=self.sampler_settings,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        device: str | torch.device | None = None,
+        default_schedule: NoiseSchedule | None = None,
+        model_class: type | None = None,
+        autoencoder_class: type | None = None,
+    ) -> DiffusionPipeline:
+        """Load a trained model from any folder the library writes (models in eval mode).
+
+        ``source`` is a pipeline folder (``pipeline.json``), a Trainer ``out_dir`` (its newest
+        good checkpoint; ``use_ema`` picks the averaged weights), one checkpoint folder, a
+        pretrained model folder (``config.json``, with ``diffusion.json`` / ``schedule.json``
+        beside it when an earlier version exported it), a latent model folder
+        (``latent_diffusion.json``) or a latent training run. A folder that records no
+        schedule gets ``default_schedule`` (DDPM's linear, T = 1000, when ``None``) and
+        eps-prediction. ``model_class`` / ``autoencoder_class`` override the saved classes
+        (your own subclasses).
+
+        Raises:
+            FileNotFoundError: ``source`` does not exist.
+            ValueError: a folder that is not one of the above, or whose files are corrupt
+                (the message names the file).
+        """
+        from ._pipeline_formats import read_parts, schedule_of
+
+        parts = read_parts(Path(source), use_ema=use_ema, model_class=model_class,
+                           autoencoder_class=autoencoder_class)
+        if parts.model is None:
+            raise ValueError(f"{source} holds no denoising model (only an autoencoder); "
+                             "load it with ddpm_lib.LatentDiffusion.from_pretrained")
+        diffusion = parts.diffusion
+        pipeline = cls(
+            parts.model, schedule_of(parts, default_schedule),
+            prediction=diffusion.get("prediction", "eps"), variance=diffusion.get("variance"),
+            autoencoder=parts.autoencoder, scale_factor=parts.scale_factor,
+            sampler=parts.sampler,
+        )
+        pipeline.source = parts.where
+        if device is not None:
+            pipeline.to(device)
+        return pipeline.eval()
+
+    def __repr__(self) -> str:
+        latent = (f", autoencoder={type(self.autoencoder).__name__}, "
+                  f"scale_factor={self.scale_factor}" if self.latent is not None else "")
+        return (f"DiffusionPipeline(model={type(self.model).__name__}, prediction="
+                f"{self.prediction!r}, variance={self.variance!r}, T="
+                f"{self.schedule.num_timesteps}{latent})")
+
+
+def _check_sampler_settings(settings: Any) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"sampler must be a dict of settings or None; got {type(settings).__name__}")
+    settings = dict(settings)
+    if "name" in settings:
+        check_choice("sampler['name']", settings["name"], SAMPLER_NAMES)
+    json.dumps(settings)  # saved in pipeline.json
+    return settings
+
+
+@dataclass
+class TrainedModel:
+    """Deprecated: what :func:`load_trained_model` returns; use :class:`DiffusionPipeline`.
+
+    ``model`` (eval mode), ``schedule``, ``prediction``, ``learn_sigma``, ``variance``,
+    ``num_classes`` and ``source`` (the folder read).
+    """
+
+    model: torch.nn.Module
+    schedule: Any
+    prediction: str
+    learn_sigma: bool
+    variance: str
+    num_classes: int | None
+    source: Path
+
+
+def load_trained_model(
+    source: str | os.PathLike,
+    *,
+    use_ema: bool = True,
+    device: str | torch.device | None = None,
+    default_schedule: Any = None,
+) -> TrainedModel:
+    """Deprecated: :meth:`DiffusionPipeline.from_pretrained` reads the same folders (and more)."""
+    pipe = DiffusionPipeline.from_pretrained(
+        source, use_ema=use_ema, device=device, default_schedule=default_schedule)
+    assert pipe.source is not None
+    return TrainedModel(model=pipe.model, schedule=pipe.schedule, prediction=pipe.prediction,
+                        learn_sigma=pipe.learn_sigma, variance=pipe.variance,
+                        num_classes=pipe.num_classes, source=pipe.source)
