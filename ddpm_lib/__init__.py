@@ -47,6 +47,11 @@ _EXPORTS = {
 
     "Trainer": "ddpm_lib.training",
 
+    "DiffusionPipeline": "ddpm_lib.pipeline",
+    "ClassLabel": "ddpm_lib.conditioning",
+    "Prompt": "ddpm_lib.conditioning",
+    "LowResImage": "ddpm_lib.conditioning",
+
     "LatentDiffusion": "ddpm_lib.latent",
     "LatentDataset": "ddpm_lib.latent",
 
@@ -61,8 +66,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
-_SUBMODULES = ("analytic", "cli", "data", "interop", "losses", "metrics", "models", "samplers",
-               "schedule", "training")
+_SUBMODULES = ("analytic", "cli", "conditioning", "data", "interop", "losses", "metrics",
+               "models", "pipeline", "samplers", "schedule", "training")
 
 
 def __getattr__(name: str) -> Any:

@@ -283,17 +283,23 @@ def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
     return []
 
 
-def default_unconditional_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The unconditional half's kwargs when the user gave none: ``model_kwargs`` with each
-    condition's entries replaced by its null (``y`` by ``-1``); others are kept as they are.
+def default_unconditional_kwargs(
+    model_kwargs: Mapping[str, Any], given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The unconditional half's kwargs: ``model_kwargs`` with each condition's entries replaced
+    by its null (``y`` by ``-1``), then by the user's ``given`` entries (negative prompts...).
 
-    Raises ``ValueError`` when nothing would differ (guidance with nothing to drop) or when
-    the null needs the model (prompts: pass the encoded negative prompts).
+    Raises ``ValueError`` when the null needs the model and the user gave none (prompts: pass
+    the encoded empty or negative prompts).
     """
     uncond = dict(model_kwargs)
     for kind in _KINDS:
-        if kind.guided:
-            uncond.update(kind.null_kwargs(model_kwargs))
+        if not kind.guided:
+            continue
+        if given is not None and kind is Prompt:
+            continue  # the user's unconditional kwargs stand in for the encoded null prompt
+        uncond.update(kind.null_kwargs(model_kwargs))
+    uncond.update(given or {})
     return uncond
 
 
@@ -309,15 +315,12 @@ def guidance_kwargs(
     Args:
         model_kwargs: the conditional kwargs (batch ``B``).
         unconditional_kwargs: the unconditional half's kwargs, replacing those of
-            ``model_kwargs`` by name; ``None``: :func:`default_unconditional_kwargs`.
+            ``model_kwargs`` by name (after the default nulls of
+            :func:`default_unconditional_kwargs`: ``y = -1``).
         batch: ``B``.
     """
     cond = dict(model_kwargs or {})
-    if unconditional_kwargs is None:
-        uncond = default_unconditional_kwargs(cond)
-    else:
-        uncond = dict(cond)
-        uncond.update(unconditional_kwargs)
+    uncond = default_unconditional_kwargs(cond, unconditional_kwargs)
     if not uncond.keys() - cond.keys() and all(uncond[k] is cond[k] for k in cond):
         raise ValueError(
             "guidance_scale needs a condition to drop: pass model_kwargs={'y': labels} "

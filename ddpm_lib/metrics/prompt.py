@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ddpm_lib._checks import check_floating
+from ddpm_lib.conditioning import guidance_inputs
 
 __all__ = [
     "PromptEvaluation",
@@ -256,10 +257,13 @@ def evaluate_prompt_accuracy(
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        kwargs: dict[str, Any] = {"model_kwargs": model.encode_prompts(chunk)}
+        model_kwargs, unconditional, _ = guidance_inputs(
+            model, prompts=chunk, negative_prompts=[negative_prompt] * len(chunk),
+            guidance_scale=guidance_scale)
+        kwargs: dict[str, Any] = {"model_kwargs": model_kwargs}
         if guidance_scale is not None:
             kwargs["guidance_scale"] = guidance_scale
-            kwargs["unconditional_kwargs"] = model.encode_prompts([negative_prompt] * len(chunk))
+            kwargs["unconditional_kwargs"] = unconditional
         images.append(sampler.sample(
             model, (len(chunk), 3, image_size, image_size), generator=generator, **kwargs,
         ).cpu())

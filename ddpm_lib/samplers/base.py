@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_floating, check_tensor
+from ..conditioning import NULL_CLASS, guidance_kwargs  # noqa: F401 (NULL_CLASS: as before)
 from ..schedule import (
     PREDICTION_TYPES,
     NoiseSchedule,
@@ -47,8 +48,6 @@ from .grids import (  # noqa: F401 (SPACINGS and spaced_timesteps: re-exported, 
 COMPILE_CHOICES = ("auto", True, False)
 #: the non-finite flag is read (one host sync) every this many steps, and after the last one
 NONFINITE_CHECK_EVERY = 50
-#: the class label that means "no label" for classifier-free guidance
-NULL_CLASS = -1
 
 
 class SampleTrajectory(NamedTuple):
@@ -933,46 +932,7 @@ class Sampler:
             if unconditional_kwargs is not None:
                 raise ValueError("unconditional_kwargs is only used with guidance_scale; got None")
             return cond
-        uncond = dict(cond)
-        if "y" in cond:
-            y = cond["y"]
-            if not isinstance(y, torch.Tensor):
-                raise TypeError(
-                    f"model_kwargs['y'] must be a tensor of labels; got {type(y).__name__}"
-                )
-            uncond["y"] = torch.full_like(y, NULL_CLASS)
-        uncond.update(unconditional_kwargs or {})
-        if not uncond.keys() - cond.keys() and all(uncond[k] is cond[k] for k in cond):
-            raise ValueError(
-                "guidance_scale needs a condition to drop: pass model_kwargs={'y': labels} "
-                "(the unconditional half gets y = -1) or unconditional_kwargs (for a text "
-                "model: unconditional_kwargs=model.encode_prompts([''] * batch))"
-            )
-        batched = {}
-        for key in cond.keys() | uncond.keys():
-            if key not in cond or key not in uncond:
-                raise ValueError(
-                    f"model_kwargs and unconditional_kwargs must have the same keys; "
-                    f"{key!r} is in only one"
-                )
-            c, u = cond[key], uncond[key]
-            if isinstance(c, torch.Tensor) and c.ndim > 0:
-                if not isinstance(u, torch.Tensor) or u.shape != c.shape:
-                    raise ValueError(
-                        f"unconditional_kwargs[{key!r}] must be a tensor of shape "
-                        f"{tuple(c.shape)} like model_kwargs[{key!r}]; got "
-                        f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}"
-                    )
-                batched[key] = torch.cat([c, u.to(c.device)])
-            elif c is u or (not isinstance(c, torch.Tensor) and not isinstance(u, torch.Tensor)
-                            and c == u):
-                batched[key] = c
-            else:
-                raise ValueError(
-                    f"model_kwargs[{key!r}] is not batched (no batch dimension), so it cannot "
-                    f"differ between the conditional and unconditional halves"
-                )
-        return batched
+        return guidance_kwargs(cond, unconditional_kwargs, batch)
 
     def _raise_if_nonfinite(self, nonfinite: torch.Tensor) -> None:
         model_position, sample_position = (int(v) for v in nonfinite.tolist())

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ddpm_lib._checks import check_choice
+from ddpm_lib.conditioning import ClassLabel, Prompt, conditions_for, guidance_inputs
 from ddpm_lib.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -257,9 +258,9 @@ class Trainer:
         first = dataset[0]
         self._wrapped = isinstance(first, (tuple, list))  # (image,) or (image, label, ...)
         if isinstance(first, torch.Tensor):
-            self._labelled, image = False, first
+            image = first
         elif self._wrapped and len(first) >= 1 and isinstance(first[0], torch.Tensor):
-            self._labelled, image = len(first) >= 2, first[0]
+            image = first[0]
         else:
             raise TypeError(
                 "dataset items must be image tensors (C, H, W) or (image, label) pairs; "
@@ -283,18 +284,15 @@ class Trainer:
                 stacklevel=2,
             )
         self.image_shape = tuple(image.shape)
-        self._captioned = self._labelled and isinstance(first[1], str)
-        self._text_model = callable(getattr(unwrap_model(model), "encode_prompts", None))
-        if self._captioned and not self._text_model:
-            raise TypeError(
-                "dataset items are (image, caption) but the model has no encode_prompts method; "
-                "use a text-conditioned model such as ddpm_lib.TextConditionedUNet"
-            )
-        if self._text_model and not self._captioned:
-            raise ValueError(
-                "the model is text-conditioned (it has encode_prompts) but dataset items carry "
-                f"no caption; give (image, caption: str) items (item 0 is {type(first).__name__})"
-            )
+        # what the model is conditioned on: the item's field after the image (a label or a
+        # caption), read, dropped and encoded by its Condition (ddpm_lib.conditioning)
+        fields = list(first[1:2]) if self._wrapped else []
+        self.conditions = conditions_for(
+            unwrap_model(model), fields, class_dropout=self.class_dropout,
+            caption_dropout=self.caption_dropout,
+        )
+        self._captioned = any(isinstance(c, Prompt) for c in self.conditions)
+        self._text_model = self._captioned
         self.random_flip = not self._captioned if random_flip is None else bool(random_flip)
         if sample_prompts is not None:
             if not isinstance(sample_prompts, (list, tuple)) or not sample_prompts or not all(
@@ -303,18 +301,8 @@ class Trainer:
                 raise TypeError(f"sample_prompts must be a non-empty list of str; got {sample_prompts!r}")
             sample_prompts = list(sample_prompts)
         self.sample_prompts = sample_prompts
-        num_classes = getattr(unwrap_model(model), "num_classes", None)
-        self.num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
-        if self.num_classes is not None and self._captioned:
-            raise ValueError(
-                f"the model is class-conditional (num_classes={self.num_classes}) and items are "
-                "(image, caption): the Trainer trains on one condition; use num_classes=None"
-            )
-        if self.num_classes is not None and not self._labelled:
-            raise ValueError(
-                f"the model is class-conditional (num_classes={self.num_classes}) but dataset "
-                "items carry no labels; give (image, label) pairs or an unconditional model"
-            )
+        self.num_classes = next((c.num_classes for c in self.conditions
+                                 if isinstance(c, ClassLabel)), None)
 
         schedule = getattr(loss_fn, "schedule", None)
         self.num_timesteps = getattr(loss_fn, "num_timesteps", None) or getattr(
@@ -498,10 +486,7 @@ class Trainer:
 
     def _train_step(self, batch: Any) -> None:
         device = self.device
-        if self._labelled:
-            x0, y = batch[0], batch[1]
-        else:
-            x0, y = (batch[0] if self._wrapped else batch), None
+        x0 = batch[0] if self._wrapped else batch
         x0 = x0.to(device, non_blocking=True).float()  # (b, C, H, W), b = local batch
         global_b, local_b = self.batch_size, self.local_batch_size
         mine = slice(self.dist.rank * local_b, (self.dist.rank + 1) * local_b)
@@ -517,20 +502,13 @@ class Trainer:
         if self.random_flip:
             flip = torch.rand(global_b, generator=generator, device=device)[mine] < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        captions = None
-        if self._captioned:
-            captions = list(y)
-            y = None
-            if self.caption_dropout > 0:
+        values = []
+        for position, condition in enumerate(self.conditions, start=1):
+            value = condition.collate(batch[position], device)
+            if condition.dropout > 0:  # classifier-free guidance: some go to the null value
                 drop = torch.rand(global_b, generator=generator, device=device)[mine]
-                captions = ["" if dropped else caption for caption, dropped in
-                            zip(captions, (drop < self.caption_dropout).tolist())]
-        elif self.num_classes is not None:
-            y = y.to(device, non_blocking=True).long()
-            if self.class_dropout > 0:
-                drop = torch.rand(global_b, generator=generator, device=device)[mine]
-                y = torch.where(drop < self.class_dropout, torch.full_like(y, -1), y)
-            loss_kwargs["y"] = y
+                value = condition.drop(value, drop < condition.dropout)
+            values.append(value)
 
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
@@ -539,11 +517,10 @@ class Trainer:
             device.type, dtype=self._autocast_dtype or torch.float32,
             enabled=self._autocast_dtype is not None,
         ):
-            if captions is not None:
-                # The text encoder runs in the graph of this step's loss, so it trains jointly
-                # (and its gradients are all-reduced with the UNet's under DDP).
-                text_model: Any = unwrap_model(self.model)
-                loss_kwargs.update(text_model.encode_prompts(captions))
+            # A text encoder runs in the graph of this step's loss, so it trains jointly (and
+            # its gradients are all-reduced with the UNet's under DDP).
+            for condition, value in zip(self.conditions, values):
+                loss_kwargs.update(condition.model_kwargs(value, unwrap_model(self.model)))
             loss = self.loss_fn(self._train_model, x0, **loss_kwargs)
         if loss.ndim:
             loss = loss.mean()
@@ -682,49 +659,31 @@ class Trainer:
         """
         if self.sampler is None:
             self.sampler = self._default_sampler()
-        if prompts is not None or negative_prompts is not None:
-            if not self._text_model:
-                raise ValueError("prompts / negative_prompts need a text model (with encode_prompts)")
-            for name, value in (("prompts", prompts), ("negative_prompts", negative_prompts)):
-                if value is not None and (not isinstance(value, (list, tuple)) or not all(
-                        isinstance(prompt, str) for prompt in value)):
-                    raise TypeError(f"{name} must be a list of str; got {value!r}")
-            if num_samples is None and prompts is not None:
-                num_samples = len(prompts)
+        for name, value in (("prompts", prompts), ("negative_prompts", negative_prompts)):
+            if value is not None and (not isinstance(value, (list, tuple)) or not all(
+                    isinstance(prompt, str) for prompt in value)):
+                raise TypeError(f"{name} must be a list of str; got {value!r}")
+        if prompts is not None and num_samples is None:
+            num_samples = len(prompts)
         num_samples = _positive_int("num_samples", num_samples or self.num_samples)
         model = self.ema_model if use_ema else self.model
-        was_training = model.training
-        model.eval()
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(self.seed)
-        model_kwargs: dict[str, Any] = {}
-        unconditional_kwargs = None
-        if self._text_model:
-            if prompts is None:
-                fixed = self.default_sample_prompts()
-                prompts = [fixed[i % len(fixed)] for i in range(num_samples)]
-            for name, value in (("prompts", prompts), ("negative_prompts", negative_prompts)):
-                if value is not None and len(value) != num_samples:
-                    raise ValueError(
-                        f"{name} must have one prompt per sample ({num_samples}); got {len(value)}"
-                    )
-            if guidance_scale is None:
-                guidance_scale = self.guidance_scale
-            text_model: Any = unwrap_model(model)
-            model_kwargs = dict(text_model.encode_prompts(list(prompts)))
-            if guidance_scale is not None:
-                unconditional_kwargs = dict(text_model.encode_prompts(
-                    list(negative_prompts) if negative_prompts is not None else [""] * num_samples
-                ))
-        elif self.num_classes is not None:
-            if labels is None:
-                labels = torch.arange(num_samples) % self.num_classes
-            model_kwargs["y"] = labels.to(self.device)
-            if guidance_scale is None:
-                guidance_scale = self.guidance_scale
-        else:
+        if self._text_model and prompts is None:
+            fixed = self.default_sample_prompts()
+            prompts = [fixed[i % len(fixed)] for i in range(num_samples)]
+        if not self.conditions:
             guidance_scale = None
+        elif guidance_scale is None:
+            guidance_scale = self.guidance_scale
+        was_training = model.training
+        model.eval()
         try:
+            model_kwargs, unconditional_kwargs, _ = guidance_inputs(
+                unwrap_model(model), num_samples, labels=labels, prompts=prompts,
+                negative_prompts=negative_prompts, guidance_scale=guidance_scale,
+                device=self.device,
+            )
             images = self.sampler.sample(
                 model,
                 (num_samples, *self.image_shape),
