@@ -67,9 +67,9 @@ def _schedule(diffusion: dict[str, Any], where: Path, default: NoiseSchedule | N
 
 
 def _is_checkpoint(source: Path) -> bool:
-    from .training.checkpoint import STATE_FILE, is_checkpoint_name
+    from .training.checkpoint import STATE_FILE
 
-    return is_checkpoint_name(source.name) or (source / STATE_FILE).is_file()
+    return is_checkpoint_folder_name(source.name) or (source / STATE_FILE).is_file()
 
 
 def _from_checkpoint(source: Path, use_ema: bool,
@@ -156,6 +156,31 @@ def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
     return loaded.get("model"), loaded.get("autoencoder"), latent.get("scale_factor"), diffusion
 
 
+def _enclosing_latent(source: Path, autoencoder_class: type | None) -> tuple[Any, Any]:
+    """``(autoencoder, scale factor)`` of the latent training run that holds ``source`` (its
+    ``ema_model/`` or ``unet/``, or ``checkpoints/step_*``), else ``(None, None)``."""
+    inside = [source.parent] if source.name in ("ema_model", "unet") else []
+    if is_checkpoint_folder_name(source.name) and source.parent.name == "checkpoints":
+        inside.append(source.parent.parent)
+    for run in inside:
+        if (run / PIPELINE_FILE).is_file():
+            record = read_json(run / PIPELINE_FILE)
+            if (record.get("parts") or {}).get("autoencoder"):
+                _, autoencoder, scale_factor, _ = _pipeline_parts(
+                    run, record, False, autoencoder_class)
+                return autoencoder, scale_factor
+        elif (run / LEGACY_LATENT_FILE).is_file():
+            autoencoder, scale_factor, _ = _legacy_latent(run, autoencoder_class)
+            return autoencoder, scale_factor
+    return None, None
+
+
+def is_checkpoint_folder_name(name: str) -> bool:
+    from .training.checkpoint import is_checkpoint_name
+
+    return is_checkpoint_name(name)
+
+
 class BundleParts(NamedTuple):
     """What a saved folder holds, whatever its format (``None`` where it has no such part)."""
 
@@ -195,9 +220,12 @@ def read_parts(source: Path, *, use_ema: bool = True, model_class: type | None =
         unet = source / "unet"
         if load_model and not (run and prefer_checkpoint) and unet.is_dir():
             model, _ = _from_model_folder(unet, model_class)
+    latent_folder = autoencoder is not None  # a latent folder may hold no model
+    if not latent_folder:  # a checkpoint or export inside a latent run: the run's latents
+        autoencoder, scale_factor = _enclosing_latent(source, autoencoder_class)
     where = source
     wanted = load_model and model is None
-    if wanted and (run or autoencoder is None):  # a latent folder may hold no model
+    if wanted and (run or not latent_folder):
         if run or _is_checkpoint(source):
             model, saved, where = _from_checkpoint(source, use_ema, model_class)
         elif (source / "config.json").is_file():

@@ -694,6 +694,12 @@ def load_checkpoint_for_eval(path: str, device: Any, args: argparse.Namespace) -
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     pipe = _load_pipeline(path, device, default_schedule=default_schedule)
+    if pipe.is_text_model:
+        raise CLIError(
+            f"{path} is a text-to-image model: fid --checkpoint and bpd evaluate unconditional "
+            f"and class-conditional models; draw images with `ddpm-lib sample {path} --prompt "
+            "...` and compute fid on their folder"
+        )
     if args.prediction is None:
         args.prediction = pipe.prediction
     if args.variance == "auto":

@@ -384,6 +384,8 @@ def guidance_inputs(
     if labels is not None and ClassLabel not in kinds:
         raise ValueError("labels need a class-conditional model (an int num_classes); this one "
                          "has none")
+    if negative_prompts is not None and guidance_scale is None:
+        raise ValueError("negative_prompts act through guidance: give guidance_scale too")
     if guidance_scale is not None and not conditions:
         raise ValueError("guidance_scale needs a conditional model (class labels or prompts); "
                          "this one is unconditional")

@@ -143,6 +143,11 @@ class DiffusionPipeline:
             raise ValueError("scale_factor is the latents' scale: it needs an autoencoder")
         self.sampler_settings = _check_sampler_settings(sampler)
         self.source: Path | None = None
+        try:  # the saved settings must build a sampler: fail now, not at the first sample()
+            self.make_sampler()
+        except TypeError as error:
+            raise ValueError(f"sampler settings {self.sampler_settings} do not fit the "
+                             f"sampler: {error}") from None
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -372,7 +377,11 @@ def _check_sampler_settings(settings: Any) -> dict[str, Any]:
     settings = dict(settings)
     if "name" in settings:
         check_choice("sampler['name']", settings["name"], SAMPLER_NAMES)
-    json.dumps(settings)  # saved in pipeline.json
+    try:
+        json.dumps(settings)  # saved in pipeline.json
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"sampler settings must be JSON values (they are saved); got "
+                        f"{settings!r}: {error}") from None
     return settings
 
 

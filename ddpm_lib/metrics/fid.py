@@ -624,9 +624,12 @@ def generate_samples(
             images = sampler.sample(
                 model, (count, *shape), generator=generator, model_kwargs=kwargs
             )
-        if tuple(images.shape) != (count, *shape):
+        # a sampler that decodes latents (LatentDiffusion.decoding_sampler) returns images of
+        # another shape than the one it samples: only the batch and the image rank must match
+        if images.ndim != 1 + len(shape) or images.shape[0] != count:
             raise ValueError(
-                f"sampler.sample returned shape {tuple(images.shape)}; expected {(count, *shape)}"
+                f"sampler.sample returned shape {tuple(images.shape)}; expected {count} samples "
+                f"of rank {len(shape)} (sampled shape {(count, *shape)})"
             )
         done += count
         yield images

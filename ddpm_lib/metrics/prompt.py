@@ -257,9 +257,9 @@ def evaluate_prompt_accuracy(
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
+        negative = [negative_prompt] * len(chunk) if guidance_scale is not None else None
         model_kwargs, unconditional, _ = guidance_inputs(
-            model, prompts=chunk, negative_prompts=[negative_prompt] * len(chunk),
-            guidance_scale=guidance_scale)
+            model, prompts=chunk, negative_prompts=negative, guidance_scale=guidance_scale)
         kwargs: dict[str, Any] = {"model_kwargs": model_kwargs}
         if guidance_scale is not None:
             kwargs["guidance_scale"] = guidance_scale

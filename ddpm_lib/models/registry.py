@@ -40,8 +40,12 @@ def register_model_class(cls: type) -> type:
     """
     if not isinstance(cls, type):
         raise TypeError(f"register_model_class takes a class; got {type(cls).__name__}")
-    _REGISTERED[cls.__qualname__] = cls
     _REGISTERED[class_path(cls)] = cls
+    for name in {cls.__name__, cls.__qualname__}:
+        # a bare name of the library's (``"UNet"``) always means the library's class: a
+        # user's subclass of the same name is found by its module path only
+        if name not in _BUILTIN or cls.__module__.startswith("ddpm_lib."):
+            _REGISTERED[name] = cls
     return cls
 
 
@@ -66,7 +70,7 @@ def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> ty
     origin = f"{where}: " if where is not None else ""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{origin}the {what} class must be a saved class name; got {name!r}")
-    found = _REGISTERED.get(name)
+    found = _REGISTERED.get(name) if name not in _BUILTIN else None
     if found is not None:
         return found
     short = name.rpartition(".")[2]
@@ -81,7 +85,7 @@ def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> ty
             cls = getattr(importlib.import_module(module_name), short, None)
         except ImportError:
             cls = None
-        if isinstance(cls, type):
+        if isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None)):
             return cls
     raise ValueError(
         f"{origin}the {what} class {name!r} is not a ddpm_lib class nor a registered one; "
