@@ -28,7 +28,7 @@ from ddpm_lib._cli_checks import (
     validate,
 )
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "default_threads", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,18 +63,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def default_threads() -> int:
+    """The torch CPU threads of a command without ``--threads``: ``OMP_NUM_THREADS`` when it is
+    set to a positive integer, else 1.
+
+    One thread, because ``benchmarks/bench_threads.py`` measured ``ddpm-lib sample`` on the
+    shared 2-core machine 5.7x slower on torch's default of one thread per core (2) than on
+    one, the cores being busy with other jobs: oversubscribed OpenMP threads wait for each
+    other at every operation. On a dedicated many-core CPU, give ``--threads`` (or
+    ``OMP_NUM_THREADS``) the number of cores for large models; on a GPU it matters little.
+    """
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 @contextlib.contextmanager
 def _torch_threads(count: int | None) -> Iterator[None]:
-    """Run a command on ``count`` torch CPU threads (``--threads``), restoring the number after.
-
-    ``None`` (no ``--threads``) keeps torch's own default (one per core, or
-    ``OMP_NUM_THREADS``). See ``benchmarks/bench_threads.py`` for the measurements behind it.
-    """
+    """Run a command on ``count`` torch CPU threads (``--threads``, else :func:`default_threads`),
+    restoring the previous number afterwards (``main`` may be called in-process)."""
     import torch
 
     before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count if count is not None else default_threads())
     try:
         yield
     finally:
@@ -84,9 +96,9 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 def _add_threads_option(parser: Any) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
-        help="torch CPU threads (torch.set_num_threads). Default: torch's, one per core. On a "
-        "machine shared with other jobs, --threads 1 avoids oversubscription "
-        "(benchmarks/bench_threads.py)")
+        help="torch CPU threads (torch.set_num_threads). Default: 1, or OMP_NUM_THREADS when "
+        "set: on a machine shared with other jobs one thread was 5.7x faster than two "
+        "(benchmarks/bench_threads.py); on a dedicated many-core CPU give the number of cores")
 
 
 # ----------------------------------------------------------------------------- train / sample
@@ -222,7 +234,7 @@ def _train(args: argparse.Namespace) -> None:
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / _TRAIN_ARGS_FILE).write_text(json.dumps(options, indent=2) + "\n")
-        start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
+        start = "resuming" if trainer.resumed_from else "starting"  # the Trainer says from where
         num_images = len(dataset)  # type: ignore[arg-type]  # every built dataset is sized
         print(f"ddpm-lib train: {start}; {num_images} images {channels}x{height}x{width}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -1179,7 +1191,7 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
         num_workers=args.num_workers, random_flip=True, progress=not args.no_progress,
     )
     if trainer.dist.is_main:
-        start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
+        start = "resuming" if trainer.resumed_from else "starting"  # the Trainer says from where
         print(f"ddpm-lib train-autoencoder: {start}; {len(cast(Sized, dataset))} images "
               f"{'x'.join(map(str, image.shape))} -> latents {args.latent_channels}x"
               f"{image.shape[1] // factor}x{image.shape[2] // factor} (f={factor}), "
