@@ -43,11 +43,14 @@ class Range:
     def __contains__(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if not math.isfinite(value):
+        number = int(value) if isinstance(value, numbers.Integral) else float(value)  # exact ints
+        if not math.isfinite(number):
             return False
-        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+        if self.low is not None and not (number > self.low if self.low_open
+                                         else number >= self.low):
             return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return self.high is None or (number < self.high if self.high_open
+                                     else number <= self.high)
 
     def describe(self) -> str:
         """``'>= 1'``, ``'in [0, 1)'``, ``'> 0'``: the range as the error message says it."""
