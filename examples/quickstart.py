@@ -12,7 +12,8 @@ Running it again resumes from the last checkpoint; ``--steps`` trains further.
 
     pip install -e . && python examples/quickstart.py
 
-Every piece is a public class of ddpm_lib, so this file is also a template for your own runs.
+Every piece is a public class of ddpm_lib, so this file is also a template for your own runs
+(its only other import, examples/_common.py, holds the quick mode and --help of the examples).
 With ``DDPM_LIB_QUICK=1`` (as when the documentation is built) it trains for 40 steps and
 samples with 10, into ``runs/quickstart-quick/``: 40 steps teach the network nothing yet, so
 the grid below is still coloured noise. It shows that the pipeline runs end to end; the full run
