@@ -14,6 +14,7 @@ earlier ones, each turned into the same bundle.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,16 +164,44 @@ def _enclosing_latent(source: Path, autoencoder_class: type | None) -> tuple[Any
     if is_checkpoint_folder_name(source.name) and source.parent.name == "checkpoints":
         inside.append(source.parent.parent)
     for run in inside:
-        if (run / PIPELINE_FILE).is_file():
-            record = read_json(run / PIPELINE_FILE)
-            if (record.get("parts") or {}).get("autoencoder"):
-                _, autoencoder, scale_factor, _ = _pipeline_parts(
-                    run, record, False, autoencoder_class)
+        try:
+            if (run / PIPELINE_FILE).is_file():
+                record = read_json(run / PIPELINE_FILE)
+                if (record.get("parts") or {}).get("autoencoder"):
+                    _, autoencoder, scale_factor, _ = _pipeline_parts(
+                        run, record, False, autoencoder_class)
+                    return autoencoder, scale_factor
+            elif (run / LEGACY_LATENT_FILE).is_file():
+                autoencoder, scale_factor, _ = _legacy_latent(run, autoencoder_class)
                 return autoencoder, scale_factor
-        elif (run / LEGACY_LATENT_FILE).is_file():
-            autoencoder, scale_factor, _ = _legacy_latent(run, autoencoder_class)
-            return autoencoder, scale_factor
+        except (ValueError, OSError) as error:
+            warnings.warn(
+                f"{source} is part of the latent model {run}, whose autoencoder cannot be "
+                f"loaded ({error}); it is loaded alone, as a model of latents that are not "
+                "decoded (pass autoencoder_class= to decode them)", stacklevel=3,
+            )
     return None, None
+
+
+def is_latent_folder(source: Path) -> bool:
+    """Whether ``source`` holds (or sits in a run that holds) a latent model's autoencoder,
+    read from the small JSON files only."""
+    candidates = [source]
+    if source.name in ("ema_model", "unet"):
+        candidates.append(source.parent)
+    if is_checkpoint_folder_name(source.name) and source.parent.name == "checkpoints":
+        candidates.append(source.parent.parent)
+    for folder in candidates:
+        if (folder / LEGACY_LATENT_FILE).is_file():
+            return True
+        if (folder / PIPELINE_FILE).is_file():
+            try:
+                record = read_json(folder / PIPELINE_FILE)
+            except ValueError:
+                return False  # the loader reports the bad file
+            if (record.get("parts") or {}).get("autoencoder"):
+                return True
+    return False
 
 
 def is_checkpoint_folder_name(name: str) -> bool:

@@ -9,16 +9,26 @@ an incompatible checkpoint) are printed as one line without a traceback, exit st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
 
 
-class CLIError(Exception):
-    """An error caused by the user's input, printed as one line."""
+from ddpm_lib._cli_checks import (
+    SAMPLER_STEPS,
+    TRAIN_ARGS_FILE as _TRAIN_ARGS_FILE,
+    TRAIN_DEFAULTS as _TRAIN_DEFAULTS,
+    CLIError,
+    int_list as _int_list,
+    sampler_options,
+    validate,
+)
+
+__all__ = ["CLIError", "build_parser", "default_threads", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        validate(args)  # every argument, before any work or write
+        with _torch_threads(args.threads):
+            args.func(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError) as error:
         message = str(error) or type(error).__name__
         print(f"ddpm-lib {args.command}: error: {message}", file=sys.stderr)
@@ -51,56 +63,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def default_threads() -> int:
+    """The torch CPU threads of a command without ``--threads``: ``OMP_NUM_THREADS`` when it is
+    set to a positive integer, else 1.
+
+    One thread, because ``benchmarks/bench_threads.py`` measured ``ddpm-lib sample`` on the
+    shared 2-core machine 5.7x slower on torch's default of one thread per core (2) than on
+    one, the cores being busy with other jobs: oversubscribed OpenMP threads wait for each
+    other at every operation. On a dedicated many-core CPU, give ``--threads`` (or
+    ``OMP_NUM_THREADS``) the number of cores for large models; on a GPU it matters little.
+    """
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run a command on ``count`` torch CPU threads (``--threads``, else :func:`default_threads`),
+    restoring the previous number afterwards (``main`` may be called in-process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count if count is not None else default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _add_threads_option(parser: Any) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="torch CPU threads (torch.set_num_threads). Default: 1, or OMP_NUM_THREADS when "
+        "set: on a machine shared with other jobs one thread was 5.7x faster than two "
+        "(benchmarks/bench_threads.py); on a dedicated many-core CPU give the number of cores")
+
+
 # ----------------------------------------------------------------------------- train / sample
-
-# The defaults of `ddpm-lib train`. The parser's defaults are None so that, when a run is
-# resumed, an option not given on the command line takes the value saved by the first run
-# (out_dir/cli_args.json) instead of this default.
-_TRAIN_DEFAULTS: dict[str, Any] = {
-    "data": "shapes",
-    "data_root": None,
-    "image_size": None,
-    "dataset_size": 10_000,
-    "class_conditional": False,
-    "steps": 800_000,
-    "batch_size": 128,
-    "lr": 2e-4,
-    "warmup_steps": 5000,
-    "grad_clip": 1.0,
-    "ema_decay": 0.9999,
-    "mixed_precision": "no",
-    "class_dropout": 0.1,
-    "captions": None,
-    "language": "en",
-    "caption_dropout": 0.1,
-    "text_dim": 256,
-    "text_layers": 4,
-    "text_heads": 4,
-    "text_max_length": 64,
-    "text_attention": "joint",
-    "no_flip": False,
-    "base_channels": 128,
-    "channel_mults": "1,2,2,2",
-    "num_res_blocks": 2,
-    "attention_resolutions": "16",
-    "dropout": 0.1,
-    "schedule": "linear",
-    "num_timesteps": 1000,
-    "prediction": "eps",
-    "loss": "simple",
-    "min_snr_gamma": None,
-    "log_every": 1000,
-    "checkpoint_every": 5000,
-    "keep_checkpoints": 3,
-    "sample_every": 10_000,
-    "num_samples": 16,
-    "guidance_scale": None,
-    "seed": 0,
-    "num_workers": None,
-    "autoencoder": None,
-}
-_TRAIN_ARGS_FILE = "cli_args.json"
-
 
 class _OneLineWarnings:
     """Print warnings as ``ddpm-lib COMMAND: warning: ...`` lines, without source lines."""
@@ -123,33 +124,6 @@ class _OneLineWarnings:
 
     def __exit__(self, *exc: Any) -> None:
         self._catcher.__exit__(*exc)
-
-
-def _int_list(name: str, text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise CLIError(f"--{name.replace('_', '-')} must be integers separated by commas; got {text!r}") from None
-    return values
-
-
-def _resolve_train_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of this run: command line, else the first run's saved ones, else defaults."""
-    import json
-    from pathlib import Path
-
-    saved: dict[str, Any] = {}
-    saved_file = Path(args.out) / _TRAIN_ARGS_FILE
-    if saved_file.is_file():
-        try:
-            saved = json.loads(saved_file.read_text())
-        except ValueError as error:
-            raise CLIError(f"{saved_file} is not valid JSON ({error}); delete it or use a new --out") from None
-    resolved = {}
-    for key, default in _TRAIN_DEFAULTS.items():
-        given = getattr(args, key)
-        resolved[key] = given if given is not None else saved.get(key, default)
-    return resolved
 
 
 def _run_train(args: argparse.Namespace) -> None:
@@ -176,28 +150,9 @@ def _train(args: argparse.Namespace) -> None:
     from ddpm_lib.schedule import NoiseSchedule
     from ddpm_lib.training import Trainer
 
-    options = _resolve_train_args(args)
+    options = args.resolved  # the checked options of this run (see _cli_checks.validate)
     out = Path(args.out)
-    if options["data"] in ("cifar10", "mnist") and options["data_root"] is None:
-        raise CLIError(f"--data {options['data']} needs --data-root, the folder that holds it")
-    builtin = ("shapes", "captioned-shapes", "cifar10", "mnist")
-    if options["data"] not in builtin and not Path(options["data"]).is_dir():
-        raise CLIError(
-            f"--data must be 'shapes', 'captioned-shapes', 'cifar10', 'mnist' or a folder of "
-            f"images; {options['data']!r} is none of them"
-        )
     text = options["data"] == "captioned-shapes" or options["captions"] is not None
-    if options["captions"] is not None and options["data"] in builtin:
-        raise CLIError(f"--captions is for a folder of images; --data {options['data']} has "
-                       "its own labels or captions")
-    if text and options["class_conditional"]:
-        raise CLIError("--class-conditional and captions cannot be combined; the model is "
-                       "conditioned on the text")
-    if args.text_attention is not None and not text:
-        raise CLIError(f"--text-attention {args.text_attention} is for a text model; give "
-                       "--data captioned-shapes or a folder with --captions")
-    if options["min_snr_gamma"] is not None and options["loss"] != "simple":
-        raise CLIError(f"--min-snr-gamma weighs --loss simple; got --loss {options['loss']}")
     default_size = {"shapes": 32, "captioned-shapes": 16}.get(options["data"])
     dataset = build_dataset(
         options["data"],
@@ -279,7 +234,7 @@ def _train(args: argparse.Namespace) -> None:
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / _TRAIN_ARGS_FILE).write_text(json.dumps(options, indent=2) + "\n")
-        start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
+        start = "resuming" if trainer.resumed_from else "starting"  # the Trainer says from where
         num_images = len(dataset)  # type: ignore[arg-type]  # every built dataset is sized
         print(f"ddpm-lib train: {start}; {num_images} images {channels}x{height}x{width}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -302,42 +257,16 @@ def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from ddpm_lib.data import save_grid, tensor_to_uint8
-    from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 
     if args.out is None and args.npz is None:
         args.out = "samples.png"
-    if args.num < 1:
-        raise CLIError(f"--num must be at least 1; got {args.num}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1; got {args.batch_size}")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise CLIError(f"--device: not a device: {args.device!r}") from None
     loaded = _load_pipeline(args.source, device, use_ema=not args.no_ema)
     latent = loaded.latent
-    schedule = loaded.schedule
-    steps = args.steps
-    common: dict[str, Any] = {"prediction": loaded.prediction, "clip_denoised": latent is None}
-    sampler: DDPMSampler | DDIMSampler | DPMSolverSampler
-    analytic = None
-    if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
-        from ddpm_lib.samplers import AnalyticVariance
-
-        if args.sampler not in ("ddpm", "ddim"):
-            raise CLIError("--analytic-variance works with --sampler ddpm or ddim")
-        analytic = AnalyticVariance.load(args.analytic_variance, schedule)
-    if args.sampler == "ddpm":
-        sampler = DDPMSampler(schedule, variance=analytic or loaded.variance,
-                              num_steps=min(steps or 100, schedule.num_timesteps), **common)
-    elif args.sampler == "ddim":
-        sampler = DDIMSampler(schedule, num_steps=steps or 50, eta=args.eta,
-                              learn_sigma=loaded.learn_sigma, variance=analytic, **common)
-    else:
-        sampler = DPMSolverSampler(schedule, num_steps=steps or 20,
-                                   learn_sigma=loaded.learn_sigma, **common)
-    if args.eta and args.sampler != "ddim":
-        raise CLIError("--eta is a DDIM option; use it with --sampler ddim")
+    sampler = _sample_sampler(args, loaded, pixels=latent is None)
     num_classes = loaded.num_classes
     if args.label is not None and num_classes is None:
         raise CLIError("--class needs a class-conditional model; this one is unconditional")
@@ -351,10 +280,6 @@ def _sample(args: argparse.Namespace) -> None:
                        "text encoder")
     if args.guidance_scale is not None and num_classes is None and not text:
         raise CLIError("--guidance-scale needs a class-conditional model; this one is unconditional")
-    if args.guidance_rescale and args.guidance_scale is None:
-        raise CLIError("--guidance-rescale acts on guidance: give --guidance-scale too")
-    if args.negative_prompt is not None and args.guidance_scale is None:
-        raise CLIError("--negative-prompt acts through guidance: give --guidance-scale too")
 
     generator = torch.Generator(device).manual_seed(args.seed)
     if num_classes is not None:
@@ -369,8 +294,6 @@ def _sample(args: argparse.Namespace) -> None:
     config = config.get("unet", config)  # a text model: the UNet's part
     image_shape = (int(config["in_channels"]), int(config["image_size"]),
                    int(config["image_size"]))
-    if latent is not None and args.inpaint is not None:
-        raise CLIError("--inpaint works on pixel-space runs; this run samples latents")
     inpaint = _inpaint_inputs(args, image_shape, device)
     for start in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - start)
@@ -423,17 +346,44 @@ def _sample(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _sample_sampler(args: argparse.Namespace, loaded: Any, pixels: bool) -> Any:
+    """The sampler of ``ddpm-lib sample``: ``--sampler`` with the options given for it.
+
+    The model's prediction and learned variance come from the run; ``--steps`` defaults per
+    sampler (:data:`ddpm_lib._cli_checks.SAMPLER_STEPS`, at most T); clipping is on for pixel
+    runs and off for latents unless ``--clip-denoised`` / ``--no-clip-denoised`` says.
+    """
+    from ddpm_lib import samplers
+
+    schedule = loaded.schedule
+    num_timesteps = schedule.num_timesteps
+    if args.steps is not None and args.steps > num_timesteps:
+        raise CLIError(f"--steps must be at most the model's T = {num_timesteps}; got {args.steps}")
+    name, keywords = sampler_options(args)
+    keywords.update(
+        num_steps=args.steps or min(SAMPLER_STEPS[args.sampler], num_timesteps),
+        prediction=loaded.prediction,
+        clip_denoised=pixels if args.clip_denoised is None else args.clip_denoised,
+    )
+    analytic = None
+    if args.analytic_variance is not None:  # Analytic-DPM's table, saved by AnalyticVariance.save
+        analytic = samplers.AnalyticVariance.load(args.analytic_variance, schedule)
+    if args.sampler == "ddpm":
+        keywords["variance"] = analytic or loaded.variance
+    else:
+        keywords["learn_sigma"] = loaded.learn_sigma
+        if analytic is not None:
+            keywords["variance"] = analytic
+    return getattr(samplers, name)(schedule, **keywords)
+
+
 def _inpaint_inputs(args: argparse.Namespace, image_shape: tuple[int, ...], device: Any) -> Any:
     """``(image (1, C, H, W), mask (1, 1, H, W))`` from ``--inpaint`` / ``--mask``, or ``None``.
 
     Both are resized to the model's size; the mask is read as grayscale, white (>= 128) = keep.
     """
-    if args.inpaint is None and args.mask is None:
-        if args.resample != 1 or args.jump_length != 1:
-            raise CLIError("--resample and --jump-length are inpainting options; add --inpaint")
+    if args.inpaint is None:  # validate() checked that --mask comes with --inpaint
         return None
-    if args.inpaint is None or args.mask is None:
-        raise CLIError("--inpaint IMAGE and --mask MASK go together; got only one of them")
     from PIL import Image
 
     from ddpm_lib.data import image_to_tensor
@@ -589,6 +539,7 @@ def _add_train_parser(subparsers: Any) -> None:
     output.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance for the grids of a conditional model")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_threads_option(optim)
     parser.set_defaults(func=_run_train)
 
 
@@ -618,15 +569,7 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--npz", default=None, metavar="FILE", help="write the samples as uint8 arrays")
     parser.add_argument("--num", type=int, default=16,
                         help="number of samples; of each prompt for a text model (default: 16)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver"), default="ddpm",
-                        help="ddpm: ancestral, respaced, the most forgiving; ddim: deterministic "
-                        "with --eta 0; dpm-solver: DPM-Solver++ 2M, for well-trained models in "
-                        "10-20 steps (default: ddpm)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="sampling steps (default: ddpm 100, ddim 50, dpm-solver 20; "
-                        "ddpm with --steps T is the paper's full chain)")
-    parser.add_argument("--eta", type=float, default=0.0,
-                        help="DDIM noise: 0 deterministic, 1 like DDPM (default: 0)")
+    _add_sampler_options(parser)
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance for a class-conditional or text model (e.g. 3)")
     parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
@@ -651,6 +594,7 @@ def _add_sample_parser(subparsers: Any) -> None:
     parser.add_argument("--analytic-variance", default=None, metavar="TABLE",
                         help="Analytic-DPM's optimal variance from TABLE (written by "
                              "AnalyticVariance.save) for --sampler ddpm / ddim")
+    _add_threads_option(parser)
     inpaint = parser.add_argument_group("inpainting (RePaint)")
     inpaint.add_argument("--inpaint", default=None, metavar="IMAGE",
                          help="fill in IMAGE where --mask is black (resized to the model's size)")
@@ -661,6 +605,51 @@ def _add_sample_parser(subparsers: Any) -> None:
     inpaint.add_argument("--jump-length", type=int, default=1, metavar="J",
                          help="steps gone back up at each RePaint jump (default: 1)")
     parser.set_defaults(func=_run_sample)
+
+
+def _add_sampler_options(parser: Any) -> None:
+    """``--sampler`` and the options of each sampler (checked by ``_cli_checks.validate``)."""
+    from ddpm_lib.samplers import SPACINGS
+    from ddpm_lib.samplers.sde import METHODS
+    from ddpm_lib.samplers.unipc import VARIANTS
+
+    group = parser.add_argument_group(
+        "sampler", "An option is accepted only by the samplers that have it (--order for ddim\n"
+        "is an error); not given, it keeps the sampler's default.")
+    steps = ", ".join(f"{name} {count}" for name, count in SAMPLER_STEPS.items())
+    group.add_argument(
+        "--sampler", choices=tuple(SAMPLER_STEPS), default="ddpm",
+        help="ddpm: ancestral, respaced, the most forgiving (a briefly trained model); ddim: "
+        "deterministic with --eta 0; dpm-solver: DPM-Solver++ multistep; unipc: UniPC "
+        "predictor-corrector (15-25 steps); pndm: iPNDM / PLMS (5-10 steps with --spacing "
+        "quadratic --final-step denoise); deis: DEIS multistep; sde: the score-SDE samplers "
+        "(--method) (default: ddpm)")
+    group.add_argument("--steps", type=int, default=None,
+                       help=f"sampling steps, at most T (default: {steps}; ddpm with --steps T is "
+                       "the paper's full chain)")
+    group.add_argument("--spacing", choices=SPACINGS, default=None,
+                       help="the grid of timesteps (default: ddpm linspace, ddim trailing, sde "
+                       "linspace, the multistep solvers logsnr)")
+    group.add_argument("--order", type=int, default=None,
+                       help="dpm-solver, unipc, deis: 1-3 (default: 2, deis 3); pndm: 1-4 "
+                       "(default: 4)")
+    group.add_argument("--final-step", choices=("solver", "denoise"), default=None,
+                       help="dpm-solver, unipc, pndm, deis: end with a full-order step to t = 0 "
+                       "(solver) or a step to sigma = 0 (denoise) (default: solver)")
+    group.add_argument("--eta", type=float, default=None,
+                       help="ddim: noise, 0 deterministic, 1 like DDPM (default: 0)")
+    group.add_argument("--variant", choices=VARIANTS, default=None,
+                       help="unipc: the B(h) of the update (default: bh2)")
+    group.add_argument("--method", choices=METHODS, default=None,
+                       help="sde: euler_maruyama (the reverse SDE), predictor_corrector (with "
+                       "Langevin corrector steps), heun (the probability-flow ODE, Karras et "
+                       "al.), adaptive (Jolicoeur-Martineau et al.) (default: euler_maruyama)")
+    group.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                       help="clamp the predicted x0 to [-1, 1] at every step (default: on for "
+                       "pixel runs, off for latent runs)")
+    group.add_argument("--dynamic-threshold", type=float, default=None, metavar="P",
+                       help="Imagen's dynamic thresholding of x0 at percentile P in (0, 1) "
+                       "(0.995 in the paper) instead of clipping (default: off)")
 
 
 # ----------------------------------------------------------------------------- fid / bpd
@@ -825,8 +814,6 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
 
     from .metrics import statistics_from_sampler
 
-    if args.num_samples is None:
-        raise CLIError("--checkpoint needs --num-samples (50000 is the standard for FID)")
     device = _device(args.device)
     model, schedule = load_checkpoint_for_eval(args.checkpoint, device, args)
     sampler = _build_sampler(args, schedule, model)
@@ -875,23 +862,6 @@ def _run_fid(args: argparse.Namespace) -> None:
     import torch
 
     from .metrics import kernel_inception_distance
-
-    expected = 1 if (args.checkpoint or args.save_stats) else 2
-    if len(args.paths) != expected:
-        usage = {
-            2: "two paths (image folders or .npz files)",
-            1: "one path: the reference (with --checkpoint) or the images (with --save-stats)",
-        }[expected]
-        raise CLIError(f"expected {usage}; got {len(args.paths)}")
-    if args.checkpoint and args.save_stats:
-        raise CLIError("use either --checkpoint or --save-stats, not both")
-    if args.num_samples is not None and args.num_samples < 2:
-        raise CLIError(f"--num-samples must be >= 2; got {args.num_samples}")
-    for path in args.paths:  # fail before any feature is computed
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"not found: {path!r} (expected an image folder or a .npz file)"
-            )
 
     @lru_cache(maxsize=None)
     def extractor() -> Any:  # loaded only when some side needs features
@@ -960,10 +930,6 @@ def _run_bpd(args: argparse.Namespace) -> None:
 
     from .metrics import ImageFolder, nll_bits_per_dim
 
-    if args.num_samples is not None and args.num_samples < 1:
-        raise CLIError(f"--num-samples must be >= 1; got {args.num_samples}")
-    if not os.path.exists(args.data):
-        raise FileNotFoundError(f"data not found: {args.data!r}")
     device = _device(args.device)
     model, schedule = load_checkpoint_for_eval(args.checkpoint, device, args)
     if getattr(args, "latent_model", None) is not None:
@@ -1030,6 +996,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_threads_option(parser)
 
 
 def _add_fid_parser(subparsers: Any) -> None:
@@ -1194,10 +1161,6 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
     from ddpm_lib.training import Trainer
 
     out = Path(args.out)
-    if args.data != "shapes" and not Path(args.data).is_dir():
-        raise CLIError(f"--data must be 'shapes' or a folder of images; {args.data!r} is neither")
-    if args.data != "shapes" and args.image_size is None:
-        raise CLIError("--data FOLDER needs --image-size")
     dataset = build_dataset(args.data, image_size=args.image_size or 32, class_labels=False,
                             size=args.dataset_size, seed=args.seed)
     first = dataset[0]
@@ -1210,9 +1173,6 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
         num_res_blocks=args.num_res_blocks, norm_groups=math.gcd(32, args.base_channels),
     )
     factor = 2 ** (len(channel_mults) - 1)
-    if image.shape[1] % factor or image.shape[2] % factor:
-        raise CLIError(f"--image-size {image.shape[1]} is not a multiple of the downsampling "
-                       f"factor {factor} of --channel-mults {args.channel_mults}")
     loss_options: dict[str, Any] = {"kl_weight": args.kl_weight, "l2_weight": args.l2_weight}
     if args.adversarial_start is not None:
         loss_options.update(discriminator=True, adversarial_start=args.adversarial_start)
@@ -1225,7 +1185,7 @@ def _train_autoencoder(args: argparse.Namespace) -> None:
         num_workers=args.num_workers, random_flip=True, progress=not args.no_progress,
     )
     if trainer.dist.is_main:
-        start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
+        start = "resuming" if trainer.resumed_from else "starting"  # the Trainer says from where
         print(f"ddpm-lib train-autoencoder: {start}; {len(cast(Sized, dataset))} images "
               f"{'x'.join(map(str, image.shape))} -> latents {args.latent_channels}x"
               f"{image.shape[1] // factor}x{image.shape[2] // factor} (f={factor}), "
@@ -1315,6 +1275,7 @@ def _add_train_autoencoder_parser(subparsers: Any) -> None:
                         help="data loading processes (default: 0 on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_threads_option(parser)
     parser.set_defaults(func=_run_train_autoencoder)
 
 

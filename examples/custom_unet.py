@@ -19,7 +19,6 @@ each network trains for 5 steps instead of 15.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import torch
@@ -29,7 +28,8 @@ from torch import nn
 from ddpm_lib import NoiseSchedule, UNet
 from ddpm_lib.models import GroupNormAct, zero_module
 
-QUICK = os.environ.get("DDPM_LIB_QUICK", "") not in ("", "0")  # the docs build sets it
+from _common import QUICK  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 STEPS = 5 if QUICK else 15
 
 
@@ -115,7 +115,8 @@ def train(model: UNet, schedule: NoiseSchedule, steps: int, generator: torch.Gen
     return losses
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    example_parser(__doc__).parse_args(argv)  # no options: --help prints what this does
     torch.set_num_threads(min(2, torch.get_num_threads()))
     generator = torch.Generator().manual_seed(0)
     schedule = NoiseSchedule.linear(100, beta_start=1e-3, beta_end=0.2)

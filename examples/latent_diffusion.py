@@ -5,7 +5,8 @@ Trains a KL autoencoder that compresses 32x32 shapes by f=4 per side (3x32x32 ->
 latents), encodes the dataset once into a latent cache, trains a class-conditional UNet on the
 latents, and samples images by running DDPM in latent space and decoding (Rombach et al. 2022).
 On two CPU cores it takes about ten minutes in all (each stage has a time budget, so a busy
-machine stops training early instead of running long). Outputs, under ``runs/latent_diffusion``:
+machine stops training early instead of running long). Outputs, under ``runs/latent_diffusion``
+(``runs/latent_diffusion-quick`` in quick mode):
 
 - ``reconstructions.png``: held-out shapes (odd columns) beside their reconstructions (even),
 - ``samples.png``: samples of the latent model, one column per class,
@@ -24,8 +25,6 @@ outputs are then noise)::
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -45,7 +44,8 @@ from ddpm_lib import (
 )
 from ddpm_lib.data import ShapesDataset, save_grid
 
-QUICK = os.environ.get("DDPM_LIB_QUICK") == "1"
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 IMAGE_SIZE = 32
 
 
@@ -90,20 +90,29 @@ def time_sampling(sample: Callable[[], object], repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--out", default="runs/latent_diffusion", help="output folder")
-    parser.add_argument("--ae-steps", type=int, default=20 if QUICK else 12000)
+    parser = example_parser(__doc__)
+    default_out = run_folder("latent_diffusion")
+    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    parser.add_argument("--ae-steps", type=int, default=20 if QUICK else 12000,
+                        help="autoencoder steps at most; the time budget usually ends first "
+                        "(default: 12000; 20 with DDPM_LIB_QUICK=1)")
     parser.add_argument("--ae-minutes", type=float, default=0.05 if QUICK else 6.0,
-                        help="time budget of the autoencoder (default: 6)")
-    parser.add_argument("--unet-steps", type=int, default=20 if QUICK else 6000)
+                        help="time budget of the autoencoder in minutes (default: 6)")
+    parser.add_argument("--unet-steps", type=int, default=20 if QUICK else 6000,
+                        help="latent UNet steps at most; the time budget usually ends first "
+                        "(default: 6000; 20 with DDPM_LIB_QUICK=1)")
     parser.add_argument("--unet-minutes", type=float, default=0.05 if QUICK else 2.5,
-                        help="time budget of the latent UNet (default: 2.5)")
-    parser.add_argument("--dataset-size", type=int, default=256 if QUICK else 6000)
+                        help="time budget of the latent UNet in minutes (default: 2.5)")
+    parser.add_argument("--dataset-size", type=int, default=256 if QUICK else 6000,
+                        help="training images of the built-in shapes, generated on the fly "
+                        "(default: 6000; 256 with DDPM_LIB_QUICK=1)")
     parser.add_argument("--sampling-steps", type=int, default=5 if QUICK else 100,
-                        help="DDPM steps (respaced) of the sample grid and the timing")
+                        help="DDPM steps (respaced) of the sample grid and the timing "
+                        "(default: 100)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data, the initialisation and the noise (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -12,7 +12,8 @@ Running it again resumes from the last checkpoint; ``--steps`` trains further.
 
     pip install -e . && python examples/quickstart.py
 
-Every piece is a public class of ddpm_lib, so this file is also a template for your own runs.
+Every piece is a public class of ddpm_lib, so this file is also a template for your own runs
+(its only other import, examples/_common.py, holds the quick mode and --help of the examples).
 With ``DDPM_LIB_QUICK=1`` (as when the documentation is built) it trains for 40 steps and
 samples with 10, into ``runs/quickstart-quick/``: 40 steps teach the network nothing yet, so
 the grid below is still coloured noise. It shows that the pipeline runs end to end; the full run
@@ -21,8 +22,6 @@ the grid below is still coloured noise. It shows that the pipeline runs end to e
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
@@ -33,13 +32,13 @@ from ddpm_lib.data import ShapesDataset, save_grid
 
 
 # DDPM_LIB_QUICK=1: a few seconds of training and sampling (the docs build runs this file).
-QUICK = os.environ.get("DDPM_LIB_QUICK", "") not in ("", "0")
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description="Train a small class-conditional DDPM on the built-in shapes and sample it.")
-    default_out = "runs/quickstart-quick" if QUICK else "runs/quickstart"
+    parser = example_parser(__doc__)
+    default_out = run_folder("quickstart")
     parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     parser.add_argument("--steps", type=int, default=40 if QUICK else 2000,
                         help="optimizer steps (default: 2000; 40 with DDPM_LIB_QUICK=1)")

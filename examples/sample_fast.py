@@ -24,10 +24,8 @@ With ``DDPM_LIB_QUICK=1`` the batch is 32 instead of 128.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -37,7 +35,8 @@ from ddpm_lib import GaussianOracle, NoiseSchedule
 from ddpm_lib.data import save_grid
 from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 
-QUICK = os.environ.get("DDPM_LIB_QUICK", "") not in ("", "0")  # the docs build sets it
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 
 
 def gaussian_images(
@@ -57,15 +56,19 @@ def wasserstein(samples: torch.Tensor, mean: torch.Tensor, std: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description="DDPM, DDIM and DPM-Solver++ on one model: quality against model calls and time.")
-    parser.add_argument("--batch", type=int, default=32 if QUICK else 128)
-    parser.add_argument("--size", type=int, default=8, help="image size for the Gaussian model")
-    parser.add_argument("--unet", default=None, help="directory of UNet.save_pretrained")
-    parser.add_argument("--out", default="runs/sample_fast/samplers.png",
+    parser = example_parser(__doc__)
+    parser.add_argument("--batch", type=int, default=32 if QUICK else 128,
+                        help="samples per sampler (default: 128; 32 with DDPM_LIB_QUICK=1)")
+    parser.add_argument("--size", type=int, default=8,
+                        help="image size of the Gaussian model (default: 8)")
+    parser.add_argument("--unet", default=None,
+                        help="directory of UNet.save_pretrained to sample instead of the Gaussian "
+                        "model (then only timings are reported)")
+    default_out = run_folder("sample_fast") + "/samplers.png"
+    parser.add_argument("--out", default=default_out,
                         help="where to save a grid of 8 samples of each sampler, one row each "
-                        "(default: runs/sample_fast/samplers.png)")
-    parser.add_argument("--seed", type=int, default=0)
+                        f"(default: {default_out})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     args = parser.parse_args()
 
     schedule = NoiseSchedule.linear(1000)

@@ -25,9 +25,7 @@ With ``DDPM_LIB_QUICK=1`` the batch is 16 and the L_simple check uses 1024 sampl
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import time
 from pathlib import Path
 
@@ -36,7 +34,8 @@ import torch
 from ddpm_lib import GaussianOracle, HybridLoss, NoiseSchedule, SimpleLoss, VLBLoss
 from ddpm_lib.losses import discretized_gaussian_log_likelihood
 
-QUICK = os.environ.get("DDPM_LIB_QUICK", "") not in ("", "0")  # the docs build sets it
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 
 
 class Scaled(torch.nn.Module):
@@ -89,13 +88,15 @@ def plot_schedules(schedules: dict[str, NoiseSchedule], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description="The noise schedules and the DDPM losses, checked against the closed form.")
-    parser.add_argument("--num-timesteps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=16 if QUICK else 64)
-    parser.add_argument("--out", default="runs/schedule_and_losses",
-                        help="folder of the schedule plot (default: runs/schedule_and_losses)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__)
+    parser.add_argument("--num-timesteps", type=int, default=1000,
+                        help="diffusion steps T of the schedules (default: 1000)")
+    parser.add_argument("--batch-size", type=int, default=16 if QUICK else 64,
+                        help="images per loss evaluation (default: 64; 16 with DDPM_LIB_QUICK=1)")
+    default_out = run_folder("schedule_and_losses")
+    parser.add_argument("--out", default=default_out,
+                        help=f"folder of the schedule plot (default: {default_out})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and noise (default: 0)")
     args = parser.parse_args()
     T = args.num_timesteps
     torch.set_num_threads(min(2, torch.get_num_threads()))

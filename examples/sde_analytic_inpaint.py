@@ -7,12 +7,12 @@ pixel noise of std 0.3) drives the samplers of the score-SDE view (reverse SDE, 
 corrector, probability-flow Heun, adaptive), DDPM with fixed and Analytic-DPM variances, and
 RePaint inpainting. Each is scored against the true data law: the per-pixel 2-Wasserstein
 distance between the samples' Gaussian fit and the data's (0 is perfect). The images go to
-``runs/sde_analytic_inpaint/``. ``DDPM_LIB_QUICK=1`` uses fewer samples.
+``runs/sde_analytic_inpaint/``. ``DDPM_LIB_QUICK=1`` uses fewer samples (and
+``runs/sde_analytic_inpaint-quick/``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -26,8 +26,11 @@ from ddpm_lib import (
     optimal_timesteps,
 )
 
-QUICK = os.environ.get("DDPM_LIB_QUICK") == "1"
-OUT = Path("runs/sde_analytic_inpaint")
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
+
+example_parser(__doc__).parse_args()  # no options: --help prints what this script does
+OUT = Path(run_folder("sde_analytic_inpaint"))
 SIZE, STD = 16, 0.3
 BATCH = 32 if QUICK else 256
 

@@ -6,7 +6,7 @@ background", or in Chinese "黑色背景上左边有一个小的红色圆形"), 
 classifier-free guidance (captions dropped to ``""`` 10% of the time in training) sharpens the
 samples. In at most 10 minutes on two CPU cores (no GPU, no download) the script trains on the
 built-in :class:`ddpm_lib.data.CaptionedShapesDataset` in English and Chinese, with some
-combinations of attributes held out of the training set on purpose, then
+combinations of attributes held out of the training set on purpose, then:
 
 - writes ``runs/text_to_image/grid.png``: one prompt a row (listed in ``grid.txt``), including
   held-out combinations the model never saw as a whole and a Chinese prompt;
@@ -16,15 +16,14 @@ combinations of attributes held out of the training set on purpose, then
   and 5, next to the chance level of shuffled prompts.
 
 Running it again resumes from the last checkpoint (``--steps`` trains further). With
-``DDPM_LIB_QUICK=1`` it trains for a few seconds and samples with a few steps (for the docs).
+``DDPM_LIB_QUICK=1`` it trains for a few seconds and samples with a few steps (for the docs),
+into ``runs/text_to_image-quick/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -34,6 +33,9 @@ from torch.utils.data import ConcatDataset
 from ddpm_lib import DDPMSampler, NoiseSchedule, SimpleLoss, TextConditionedUNet, TextEncoder, Trainer, UNet
 from ddpm_lib.data import SHAPES, CaptionedShapesDataset, save_grid, shape_caption
 from ddpm_lib.metrics import evaluate_prompt_accuracy, prompt_accuracy
+
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 
 #: Combinations of attributes left out of the training set: the model has seen each attribute,
 #: never these three together.
@@ -78,9 +80,10 @@ def evaluation_attributes() -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    quick = os.environ.get("DDPM_LIB_QUICK") == "1"
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/text_to_image", help="output folder")
+    quick = QUICK
+    parser = example_parser(__doc__)
+    default_out = run_folder("text_to_image")
+    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     parser.add_argument("--steps", type=int, default=20 if quick else 20_000,
                         help="optimizer steps (default: 20000; the time budget ends first)")
     parser.add_argument("--max-minutes", type=float, default=0.2 if quick else 9.0,

@@ -27,22 +27,25 @@ Afterwards: ``ddpm-lib sample runs/cifar10 --num 64 --out grid.png``, or 50k sam
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 from ddpm_lib import DDPMSampler, NoiseSchedule, SimpleLoss, Trainer, UNet
 from ddpm_lib.data import torchvision_dataset
 
+from _common import parser as example_parser  # plain-text --help from this docstring
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The DDPM paper's CIFAR-10 recipe.")
+    parser = example_parser(__doc__)
     parser.add_argument("--data-root", required=True, help="folder with cifar-10-batches-py/")
-    parser.add_argument("--out", default="runs/cifar10", help="output folder")
-    parser.add_argument("--steps", type=int, default=800_000, help="total steps (paper: 800k)")
+    parser.add_argument("--out", default="runs/cifar10",
+                        help="output folder; the same command resumes (default: runs/cifar10)")
+    parser.add_argument("--steps", type=int, default=800_000,
+                        help="total steps (default: 800000, the paper's)")
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
                         help="bf16 roughly doubles the speed on recent GPUs (the paper used fp32)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)  # the model's initialisation and dropout

@@ -143,7 +143,7 @@ def test_sample_option_errors(trained: Path, capsys, tmp_path) -> None:
     assert main(["sample", str(trained), "--class", "9", "--out", out]) == 2
     assert "--class must be in [0, 3]" in _error_line(capsys)
     assert main(["sample", str(trained), "--eta", "0.5", "--out", out]) == 2
-    assert "--eta is a DDIM option" in _error_line(capsys)
+    assert "--eta is an option of --sampler ddim; not of --sampler ddpm" in _error_line(capsys)
 
 
 def test_console_entry_point_prints_one_line(tmp_path) -> None:

@@ -143,4 +143,4 @@ def test_train_with_cross_attention_and_min_snr(tmp_path, monkeypatch, capsys) -
     assert "--min-snr-gamma weighs --loss simple; got --loss hybrid" in _error_line(capsys)
     assert main(["train", "--out", str(tmp_path / "o"), "--steps", "1", "--data", "shapes",
                  "--min-snr-gamma", "-1", *TINY[:TINY.index("--text-dim")]]) == 2
-    assert "min_snr_gamma must be a positive finite float; got -1.0" in _error_line(capsys)
+    assert "--min-snr-gamma must be > 0; got -1.0" in _error_line(capsys)  # before any work

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -410,7 +411,9 @@ def test_subclass_with_new_conditioning_round_trips(tmp_path, generator):
         UNet.from_pretrained(tmp_path)
 
 
-def test_custom_unet_example_runs():
+def test_custom_unet_example_runs(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as `python examples/custom_unet.py`
+    monkeypatch.setattr(sys, "argv", ["custom_unet.py"])
     runpy.run_path(str(ROOT / "examples" / "custom_unet.py"), run_name="__main__")
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -145,7 +146,8 @@ class Trainer:
         ema_decay: decay of the weight EMA, warmed up as ``min(decay, (1 + n) / (10 + n))``.
         mixed_precision: ``"no"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
         out_dir: where checkpoints, ``log.jsonl``, sample grids and TensorBoard events go.
-            A checkpoint already there is resumed from (``resume=True``).
+            A checkpoint already there is resumed from (``resume=True``); a line on stderr
+            says from which step and epoch.
         log_every: write a line to ``log.jsonl`` (and TensorBoard) every this many steps.
         checkpoint_every: save a checkpoint every this many steps (and at the end of ``train``).
         sample_every: save a PNG grid of EMA samples every this many steps (``None``: never).
@@ -406,7 +408,8 @@ class Trainer:
 
         ``max_seconds`` stops earlier, after the first step that ends past this wall-clock
         budget (measured from the call; all processes stop at the same step), with the same
-        checkpoint at the end: for time-limited jobs and demos. Returns ``step``.
+        checkpoint at the end: for time-limited jobs and demos. Returns ``step``. A run that
+        has already reached ``num_steps`` trains nothing and says so on stderr.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"num_steps must be a non-negative int; got {num_steps!r}")
@@ -416,6 +419,8 @@ class Trainer:
         ):
             raise ValueError(f"max_seconds must be a positive number or None; got {max_seconds!r}")
         if self.step >= num_steps:
+            self._say(f"already done: step {self.step} (epoch {self.epoch}) has reached "
+                      f"num_steps={num_steps}; nothing to train (ask for more steps to continue)")
             return self.step
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         progress = self._progress_bar(num_steps)
@@ -821,6 +826,13 @@ class Trainer:
                 checkpoint = load_checkpoint(chosen[0], map_location="cpu")
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
+            self._say(f"resuming from step {self.step} (epoch {self.epoch}, batch "
+                      f"{self._position} of it) of {checkpoint.path}")
+
+    def _say(self, message: str) -> None:
+        """One line on stderr from the main process: what a resume or a finished run did."""
+        if self.dist.is_main:
+            print(f"Trainer: {message}", file=sys.stderr, flush=True)
 
     def load_checkpoint(self, checkpoint: Checkpoint | str | os.PathLike) -> None:
         """Restore the complete training state from a checkpoint (folder or loaded)."""
