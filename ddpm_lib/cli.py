@@ -278,7 +278,9 @@ def _train(args: argparse.Namespace) -> None:
     )
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / _TRAIN_ARGS_FILE).write_text(json.dumps(options, indent=2) + "\n")
+        from ddpm_lib import _io
+
+        _io.write_json(out / _TRAIN_ARGS_FILE, options)
         start = f"resuming from step {trainer.step}" if trainer.resumed_from else "starting"
         num_images = len(dataset)  # type: ignore[arg-type]  # every built dataset is sized
         print(f"ddpm-lib train: {start}; {num_images} images {channels}x{height}x{width}, "
@@ -417,11 +419,10 @@ def _sample(args: argparse.Namespace) -> None:
         import numpy as np
 
         uint8 = tensor_to_uint8(samples).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        if num_classes is not None:
-            np.savez(args.npz, arr_0=uint8, arr_1=labels.numpy())
-        else:
-            np.savez(args.npz, arr_0=uint8)
+        from ddpm_lib import _io
+
+        arrays = {"arr_0": uint8} if num_classes is None else {"arr_0": uint8, "arr_1": labels.numpy()}
+        _io.save_npz(args.npz, **arrays)
         written.append(args.npz)
     print(f"ddpm-lib sample: {args.num} samples from {loaded.source} -> {', '.join(written)}",
           file=sys.stderr)

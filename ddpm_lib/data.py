@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddpm_lib import _io
 from ddpm_lib._checks import check_choice, check_floating
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,8 +118,9 @@ def save_grid(
     if upscale > 1:
         images = images.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images + 1.0) / 2.0, path, nrow=nrow, padding=2, pad_value=1.0)
+    with _io.atomic_path(path) as tmp:  # PNG by default, else the format the suffix names
+        save_image((images + 1.0) / 2.0, tmp, nrow=nrow, padding=2, pad_value=1.0,
+                   format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -294,11 +294,11 @@ class FeatureStatistics:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``."""
-        if self.num_samples is None:
-            np.savez_compressed(path, mu=self.mean, sigma=self.covariance)
-        else:
-            np.savez_compressed(path, mu=self.mean, sigma=self.covariance,
-                                num_samples=np.asarray(self.num_samples, dtype=np.int64))
+        from ddpm_lib import _io
+
+        extra = {} if self.num_samples is None else {
+            "num_samples": np.asarray(self.num_samples, dtype=np.int64)}
+        _io.save_npz(path, compressed=True, mu=self.mean, sigma=self.covariance, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:

@@ -488,12 +488,13 @@ class HFTextEncoder(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, the model (``model/``, safetensors) and the tokenizer
         (``tokenizer/``) with ``transformers``' own ``save_pretrained``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory / "model", safe_serialization=True)
-        self.tokenizer.save_pretrained(directory / "tokenizer")
+        from ddpm_lib import _io
+
         config = {"_class_name": type(self).__name__, **self.config}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        with _io.atomic_folder(directory) as tmp:  # swapped in whole, with a manifest
+            self.model.save_pretrained(tmp / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            _io.write_json(tmp / CONFIG_NAME, config, sort_keys=True)
 
     @classmethod
     def from_pretrained(
@@ -501,6 +502,8 @@ class HFTextEncoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> HFTextEncoder:
         """Rebuild an adapter written by :meth:`save_pretrained` from local files only."""
+        from ddpm_lib import _io
+
         try:
             import transformers
         except ImportError as error:
@@ -522,6 +525,7 @@ class HFTextEncoder(nn.Module):
             directory / "tokenizer", local_files_only=True
         )
         encoder = cls(model, tokenizer, max_length=config.get("max_length"))
+        _io.verify_folder(directory)  # refuses a folder that mixes parts of two saves
         if dtype is not None:
             encoder.to(dtype=dtype)
         if device is not None:
@@ -530,7 +534,12 @@ class HFTextEncoder(nn.Module):
 
 
 def _read_config(directory: Path, class_name: str) -> dict[str, Any]:
+    """The ``config.json`` of a folder written by ``save_pretrained``, its manifest checked."""
+    from ddpm_lib import _io
+
     path = directory / CONFIG_NAME
+    if not path.is_file():
+        _io.recover_folder(directory)  # a save interrupted between its two renames
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
     try:
@@ -643,19 +652,22 @@ class TextConditionedUNet(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write both parts: ``directory/unet/`` and ``directory/text_encoder/`` (each a
         ``config.json`` and safetensors weights, by the parts' own ``save_pretrained``), and
-        ``directory/config.json`` naming their classes. No pickle."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(directory / "unet")
-        self.text_encoder.save_pretrained(directory / "text_encoder")
+        ``directory/config.json`` naming their classes, with a ``manifest.json`` of their hashes.
+        The folder is swapped in whole, so an interrupted save leaves the previous model (never
+        a new UNet beside an old text encoder), and a loader refuses a folder that mixes parts
+        of two saves. No pickle."""
+        from ddpm_lib import _io
+
         config = {
             "_class_name": type(self).__name__,
             "unet_class": type(self.unet).__name__,
             "text_encoder_class": type(self.text_encoder).__name__,
         }
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, directory / CONFIG_NAME)
+        # one folder swap for all parts: a failed save leaves the previous model whole
+        with _io.atomic_folder(directory) as tmp:
+            self.unet.save_pretrained(tmp / "unet")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            _io.write_json(tmp / CONFIG_NAME, config, sort_keys=True)
 
     @classmethod
     def from_pretrained(
@@ -674,8 +686,11 @@ class TextConditionedUNet(nn.Module):
 
         Raises:
             FileNotFoundError: a file is missing.
-            ValueError: a file is corrupt or describes other classes.
+            ValueError: a file is corrupt or describes other classes, or the parts come from
+                different saves (they do not match the folder's ``manifest.json``).
         """
+        from ddpm_lib import _io
+
         directory = Path(directory)
         config = _read_config(directory, cls.__name__)
         known: dict[str, type] = {
@@ -693,4 +708,5 @@ class TextConditionedUNet(nn.Module):
             parts.append(part)
         unet = parts[0].from_pretrained(directory / "unet", device=device, dtype=dtype)
         encoder = parts[1].from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
+        _io.verify_folder(directory)  # the parts checked themselves; this refuses a mix of them
         return cls(unet, encoder).eval()

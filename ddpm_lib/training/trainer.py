@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ddpm_lib import _io
 from ddpm_lib._checks import check_choice
 from ddpm_lib.training.checkpoint import (
     Checkpoint,
@@ -764,7 +765,7 @@ class Trainer:
         if self._text_model:  # the prompts of the grid, in reading order, beside it
             fixed = self.default_sample_prompts()
             prompts = [fixed[i % len(fixed)] for i in range(images.shape[0])]
-            path.with_suffix(".txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+            _io.write_text(path.with_suffix(".txt"), "\n".join(prompts) + "\n")
         writer = self._tensorboard()
         if writer is not None:
             from torchvision.utils import make_grid
@@ -931,9 +932,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = log.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, log)
+        _io.write_text(log, "".join(line + "\n" for line in kept))
 
     def export(self) -> Path | None:
         """Write the EMA model with ``save_pretrained`` to ``out_dir/ema_model`` (rank 0).
@@ -946,11 +945,12 @@ class Trainer:
         if not self.dist.is_main or save_pretrained is None:
             return None
         target = self.out_dir / EXPORT_DIR
-        save_pretrained(target)
         diffusion = self._meta()["diffusion"]
-        (target / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
-        if "schedule" in diffusion:
-            (target / "schedule.json").write_text(json.dumps(diffusion["schedule"]))
+        with _io.atomic_folder(target) as tmp:  # the model and its diffusion.json, one swap
+            save_pretrained(tmp)
+            _io.write_json(tmp / "diffusion.json", diffusion)
+            if "schedule" in diffusion:
+                _io.write_json(tmp / "schedule.json", diffusion["schedule"])
         return target
 
     def latest_checkpoint(self) -> Path | None:
