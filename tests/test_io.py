@@ -1,0 +1,257 @@
+"""The atomic-write helper (ddpm_lib/_io.py): files, folder swaps, manifests, leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from ddpm_lib import _io
+from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
+from ddpm_lib.models.unet import UNet
+
+
+class DiskFull(OSError):
+    pass
+
+
+def fail_after(monkeypatch, limit: int) -> None:
+    """Every handle _io opens for writing raises after ``limit`` bytes (a full disk)."""
+    real = _io._open_for_write
+
+    class Limited:
+        def __init__(self, handle):
+            self.handle, self.written = handle, 0
+
+        def write(self, data):
+            room = limit - self.written
+            if len(data) > room:
+                self.handle.write(data[:max(room, 0)])
+                self.handle.flush()
+                raise DiskFull("no space left on device")
+            self.written += len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(_io, "_open_for_write", lambda *args: Limited(real(*args)))
+
+
+def names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("limit", [0, 1, 100])
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch, limit):
+    path = tmp_path / "table.json"
+    _io.write_json(path, {"old": list(range(50))})
+    before = path.read_bytes()
+    fail_after(monkeypatch, limit)
+    with pytest.raises(DiskFull):
+        _io.write_json(path, {"new": list(range(500))})
+    with pytest.raises((DiskFull, RuntimeError)):  # torch's zip writer may re-raise its own
+        _io.torch_save({"new": torch.arange(1000)}, path)
+    assert path.read_bytes() == before
+    assert names(tmp_path) == ["table.json"]  # no temporary file left behind
+    monkeypatch.undo()
+    entry = _io.write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and entry["bytes"] == 3
+
+
+def test_file_helpers_round_trip(tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    _io.save_safetensors(tmp_path / "w.safetensors", {"w": torch.ones(2, 3)}, {"k": "v"})
+    assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.ones(2, 3))
+    _io.torch_save({"a": torch.arange(3)}, tmp_path / "s.pt")
+    assert torch.equal(torch.load(tmp_path / "s.pt", weights_only=True)["a"], torch.arange(3))
+    written = _io.save_npz(tmp_path / "stats", compressed=True, mu=np.zeros(2))
+    assert written.name == "stats.npz" and np.load(written)["mu"].shape == (2,)
+    _io.write_text(tmp_path / "deep" / "t.txt", "é\n")
+    assert (tmp_path / "deep" / "t.txt").read_text(encoding="utf-8") == "é\n"
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w'; got 'a'"):
+        with _io.atomic_open(tmp_path / "x", "a"):
+            pass
+
+
+def test_a_safetensors_save_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "w.safetensors"
+    _io.save_safetensors(path, {"w": torch.zeros(4)})
+    before = path.read_bytes()
+
+    def cut_short(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 10)
+        raise DiskFull("no space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+    with pytest.raises(DiskFull):
+        _io.save_safetensors(path, {"w": torch.ones(400)})
+    assert path.read_bytes() == before and names(tmp_path) == ["w.safetensors"]
+
+
+def write_parts(folder, version: str) -> None:
+    (folder / "a.txt").write_text(f"a {version}")
+    with _io.atomic_folder(folder / "part") as part:
+        (part / "b.txt").write_text(f"b {version}")
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_folder_swap_replaces_the_whole_folder_and_keeps_foreign_files(
+        tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    target = tmp_path / "model"
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "old")
+        (tmp / "only_old.txt").write_text("dropped by the next save")
+    manifest = _io.verify_folder(target)
+    assert set(manifest["files"]) == {"a.txt", "only_old.txt", "part/manifest.json"}
+    (target / "notes.txt").write_text("mine")  # a file no save wrote
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "new")
+    assert names(tmp_path) == ["model"]
+    assert names(target) == ["a.txt", "manifest.json", "notes.txt", "part"]
+    assert (target / "a.txt").read_text() == "a new"
+    assert (target / "part" / "b.txt").read_text() == "b new"
+    assert (target / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in _io.verify_folder(target)["files"]  # still not the save's
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("limit", [0, 5, 200])
+def test_a_folder_save_that_fails_midway_leaves_the_old_folder(
+        tmp_path, monkeypatch, exchange, limit):
+    if not exchange:
+        monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    target = tmp_path / "model"
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "old")
+        _io.write_json(tmp / "config.json", {"version": "old"})
+    before = snapshot(target)
+    fail_after(monkeypatch, limit)
+    with pytest.raises(DiskFull):
+        with _io.atomic_folder(target) as tmp:
+            write_parts(tmp, "new")
+            _io.write_json(tmp / "config.json", {"version": "new" * 100})
+    assert snapshot(target) == before and names(tmp_path) == ["model"]
+    assert _io.verify_folder(target) is not None
+
+
+def test_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    target = tmp_path / "model"
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "old")
+    before = snapshot(target)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(str(src)).startswith(".tmp-model-"):
+            raise DiskFull("rename failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DiskFull):
+        with _io.atomic_folder(target) as tmp:
+            write_parts(tmp, "new")
+    monkeypatch.undo()
+    assert snapshot(target) == before and names(tmp_path) == ["model"]
+
+
+def test_a_crash_between_the_two_renames_is_finished_by_the_next_reader(tmp_path):
+    """Killed after the old folder was moved aside and before the new one was moved in."""
+    target = tmp_path / "model"
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "old")
+    new = tmp_path / "staging"
+    with _io.atomic_folder(new) as tmp:
+        write_parts(tmp, "new")
+    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    token = f"model-{dead}-abcdef"
+    os.replace(target, tmp_path / f".old-{token}")
+    os.replace(new, tmp_path / f".tmp-{token}")
+    assert _io.verify_folder(target) is not None  # the reader recovers the complete new one
+    assert (target / "a.txt").read_text() == "a new" and names(tmp_path) == ["model"]
+
+
+def test_leftovers_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
+    target = tmp_path / "model"
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "v1")
+    dead = 2 ** 22 + 12345
+    for name in (f".tmp-model-{dead}-aaaa", f".old-model-{dead}-bbbb",
+                 f".tmp-model-x-{dead}-cccc"):  # the last one belongs to "model-x"
+        (tmp_path / name).mkdir()
+    (tmp_path / f".tmp-model-{os.getppid()}-dddd").mkdir()  # a live process may be writing it
+    with _io.atomic_folder(target) as tmp:
+        write_parts(tmp, "v2")
+    assert names(tmp_path) == [f".tmp-model-{os.getppid()}-dddd", f".tmp-model-x-{dead}-cccc",
+                               "model"]
+    assert _io.clean_leftovers(tmp_path) == [tmp_path / f".tmp-model-x-{dead}-cccc"]
+
+
+def test_the_manifest_refuses_a_folder_that_mixes_two_saves(tmp_path):
+    for version in ("old", "new"):
+        with _io.atomic_folder(tmp_path / version) as tmp:
+            write_parts(tmp, version)
+            (tmp / "c.txt").write_text(version)
+    mixed = tmp_path / "new"
+    (mixed / "c.txt").write_text("old")  # same size, other content
+    with pytest.raises(ValueError, match=r"new: c.txt does not match its SHA-256 .* mixes parts"):
+        _io.verify_folder(mixed)
+    (mixed / "c.txt").write_text("older")
+    with pytest.raises(ValueError, match=r"new: c.txt has 5 bytes, manifest.json says 3"):
+        _io.verify_folder(mixed)
+    (mixed / "c.txt").unlink()
+    with pytest.raises(ValueError, match=r"new: c.txt is missing"):
+        _io.verify_folder(mixed)
+    (mixed / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match=r"new: manifest.json is unreadable"):
+        _io.verify_folder(mixed)
+    (mixed / "manifest.json").unlink()
+    assert _io.verify_folder(mixed) is None  # a folder of an older version: nothing to check
+
+
+def tiny_text_model(seed: int) -> TextConditionedUNet:
+    torch.manual_seed(seed)
+    encoder = TextEncoder(dim=16, num_layers=1, num_heads=2, max_length=8)
+    unet = UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+                image_size=8, norm_groups=4, context_dim=16)
+    return TextConditionedUNet(unet, encoder)
+
+
+def test_text_model_mixed_from_two_saves_is_refused_naming_the_folder(tmp_path):
+    tiny_text_model(0).save_pretrained(tmp_path / "a")
+    tiny_text_model(1).save_pretrained(tmp_path / "b")
+    # the new UNet beside the old text encoder: every part loads, the mix must not
+    os.replace(tmp_path / "a" / "unet", tmp_path / "unet_a")
+    os.replace(tmp_path / "b" / "unet", tmp_path / "a" / "unet")
+    with pytest.raises(ValueError, match=r"a: unet/manifest.json does not match its SHA-256"):
+        TextConditionedUNet.from_pretrained(tmp_path / "a")
+
+
+def test_text_model_save_that_fails_midway_keeps_the_old_model(tmp_path, monkeypatch):
+    tiny_text_model(0).save_pretrained(tmp_path / "m")
+    before = snapshot(tmp_path / "m")
+    monkeypatch.setattr(TextEncoder, "save_pretrained",
+                        lambda self, directory: (_ for _ in ()).throw(DiskFull("disk full")))
+    with pytest.raises(DiskFull):
+        tiny_text_model(1).save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
+    assert snapshot(tmp_path / "m") == before and names(tmp_path) == ["m"]
+    reference = tiny_text_model(0).unet.state_dict()
+    loaded = TextConditionedUNet.from_pretrained(tmp_path / "m").unet.state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["format"] == 1
