@@ -219,9 +219,10 @@ def torch_save(value: Any, path: str | os.PathLike) -> None:
         torch.save(value, handle)
 
 
-def save_npz(path: str | os.PathLike, *, compressed: bool = False, **arrays: Any) -> Path:
-    """``numpy.savez`` (``savez_compressed`` when ``compressed``) atomically; like numpy,
-    adds ``.npz`` to a name without it. Returns the path written."""
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any], *,
+             compressed: bool = False) -> Path:
+    """``numpy.savez(path, **arrays)`` (``savez_compressed`` when ``compressed``) atomically;
+    like numpy, adds ``.npz`` to a name without it. Returns the path written."""
     import numpy as np
 
     path = Path(path)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_timesteps
+from ._checks import check_choice, check_int, check_timesteps
 from .schedule import PREDICTION_TYPES, NoiseSchedule, gather
 
 
@@ -217,7 +217,7 @@ class GaussianMixtureOracle(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact draws of the data ``(n, *event)`` (float64), from ``generator``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if check_int("n", n) < 1:
             raise ValueError(f"n must be a positive int; got {n!r}")
         index = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
         noise = torch.randn((n, *self.event_shape), generator=generator, dtype=torch.float64)

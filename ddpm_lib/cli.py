@@ -422,7 +422,7 @@ def _sample(args: argparse.Namespace) -> None:
         from ddpm_lib import _io
 
         arrays = {"arr_0": uint8} if num_classes is None else {"arr_0": uint8, "arr_1": labels.numpy()}
-        _io.save_npz(args.npz, **arrays)
+        _io.save_npz(args.npz, arrays)
         written.append(args.npz)
     print(f"ddpm-lib sample: {args.num} samples from {loaded.source} -> {', '.join(written)}",
           file=sys.stderr)

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ddpm_lib import _io
+from ddpm_lib._checks import check_int
 
 __all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
 
@@ -478,8 +479,8 @@ class LatentDiffusion:
         Returns:
             The new scale factor.
         """
-        _check_positive_int("num_samples", num_samples)
-        _check_positive_int("batch_size", batch_size)
+        check_int("num_samples", num_samples, 1)
+        check_int("batch_size", batch_size, 1)
         size = len(dataset)
         if size == 0:
             raise ValueError("dataset is empty")
@@ -570,7 +571,7 @@ class LatentDiffusion:
         Returns:
             A :class:`LatentDataset` whose items are shaped like ``dataset``'s.
         """
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
         if len(dataset) == 0:
@@ -675,7 +676,7 @@ class LatentDiffusion:
         if unet is None:
             raise ValueError("no model to sample with: pass unet= or build LatentDiffusion with "
                              "unet=")
-        _check_positive_int("n", n)
+        check_int("n", n, 1)
         if getattr(sampler, "clip_denoised", False):
             raise ValueError(
                 "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
@@ -805,12 +806,6 @@ class LatentDiffusion:
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
 
 
 def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:

@@ -69,7 +69,7 @@ def test_file_helpers_round_trip(tmp_path):
     assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.ones(2, 3))
     _io.torch_save({"a": torch.arange(3)}, tmp_path / "s.pt")
     assert torch.equal(torch.load(tmp_path / "s.pt", weights_only=True)["a"], torch.arange(3))
-    written = _io.save_npz(tmp_path / "stats", compressed=True, mu=np.zeros(2))
+    written = _io.save_npz(tmp_path / "stats", {"mu": np.zeros(2)}, compressed=True)
     assert written.name == "stats.npz" and np.load(written)["mu"].shape == (2,)
     _io.write_text(tmp_path / "deep" / "t.txt", "é\n")
     assert (tmp_path / "deep" / "t.txt").read_text(encoding="utf-8") == "é\n"

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ddpm_lib._checks import check_bool, check_int, check_probability
+
 from .layers import masked_mean
 from .pretrained import PretrainedModel
 from .unet import UNet
@@ -87,14 +89,6 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
                 "the unconditional prompt)"
             )
     return list(prompts)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return value
 
 
 def _utf8_prefix(data: bytes, limit: int) -> bytes:
@@ -180,18 +174,15 @@ class TextEncoder(PretrainedModel):
         pooling: str = "mean", bag_of_ngrams: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive_int("dim", dim)
-        _check_positive_int("num_layers", num_layers)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("max_length", max_length)
+        check_int("dim", dim, 1)
+        check_int("num_layers", num_layers, 1)
+        check_int("num_heads", num_heads, 1)
+        check_int("max_length", max_length, 1)
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-            0.0 <= dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        _check_positive_int("ngram_size", ngram_size)
-        _check_positive_int("ngram_buckets", ngram_buckets)
+        check_probability("dropout", dropout)
+        check_int("ngram_size", ngram_size, 1)
+        check_int("ngram_buckets", ngram_buckets, 1)
         if ngram_size > len(_NGRAM_MULTIPLIERS) + 1:
             raise ValueError(
                 f"ngram_size must be at most {len(_NGRAM_MULTIPLIERS) + 1}; got {ngram_size}"
@@ -200,8 +191,7 @@ class TextEncoder(PretrainedModel):
             raise ValueError(f"ngram_buckets must be >= 2 with ngram_size > 1; got {ngram_buckets}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-        if not isinstance(bag_of_ngrams, bool):
-            raise TypeError(f"bag_of_ngrams must be a bool; got {type(bag_of_ngrams).__name__}")
+        check_bool("bag_of_ngrams", bag_of_ngrams)
         self.dim, self.num_layers, self.num_heads = dim, num_layers, num_heads
         self.ngram_size, self.ngram_buckets, self.pooling = ngram_size, ngram_buckets, pooling
         self.max_length, self.dropout = max_length, float(dropout)
@@ -435,7 +425,7 @@ class HFTextEncoder(nn.Module):
         if max_length is None:
             limit = getattr(tokenizer, "model_max_length", None)
             max_length = int(limit) if isinstance(limit, int) and 0 < limit <= 512 else 77
-        self.max_length = _check_positive_int("max_length", max_length)
+        self.max_length = check_int("max_length", max_length, 1)
         self.model = model
         self.tokenizer = tokenizer
         config = model.config

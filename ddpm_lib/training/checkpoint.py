@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ddpm_lib import _io
+from ddpm_lib._checks import check_int
 
 __all__ = [
     "Checkpoint",
@@ -109,8 +110,7 @@ def save_checkpoint(
             lists, tuples, dicts).
         meta: JSON-serialisable description, stored as ``meta.json``.
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int; got {step!r}")
+    check_int("step", step, 0)
     for name in weights:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):
             raise ValueError(f"weights keys must be simple names; got {name!r}")
@@ -234,8 +234,7 @@ def load_latest_checkpoint(
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints; returns the deleted folders."""
-    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-        raise ValueError(f"keep_last must be a positive int; got {keep_last!r}")
+    check_int("keep_last", keep_last, 1)
     paths = list_checkpoints(directory)
     doomed = paths[:-keep_last]
     for path in doomed:
