@@ -1184,10 +1184,11 @@ def _reconstruction_psnr(autoencoder: Any, images: Any) -> float:
     """Mean PSNR in dB of ``decode(encode(x).mode())`` over images in ``[-1, 1]`` (peak 2)."""
     import torch
 
+    from ddpm_lib.metrics import psnr
+
     with torch.no_grad():
         reconstructed = autoencoder.decode(autoencoder.encode(images).mode()).clamp(-1, 1)
-    mse = (reconstructed - images).square().flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(4.0 / mse)).mean())
+    return float(psnr(reconstructed, images).mean())
 
 
 def _train_autoencoder(args: argparse.Namespace) -> None:
