@@ -102,9 +102,9 @@ class UNet(PretrainedModel):
             self-attention's (GLIDE, :class:`ddpm_lib.models.AttentionBlock` with
             ``context_dim``); ``"cross"``: a separate cross-attention layer after each
             self-attention (Latent Diffusion, :class:`ddpm_lib.models.CrossAttentionBlock`).
-            Joint is the default because it measured faster and smaller
-            (``benchmarks/bench_text.py --part b``: 0.96x the time, 0.93x the peak memory and
-            0.95x the parameters of cross; see ``docs/guides/text_to_image.md``).
+            Joint is the default because it measured faster and smaller than cross
+            (``benchmarks/bench_text.py --part b``; the figures are in
+            ``docs/guides/text_to_image.md``).
 
     Call ``model(x_t, t, y=None, *, context=None, context_mask=None, context_pooled=None)``:
         ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
