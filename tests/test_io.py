@@ -208,18 +208,18 @@ def test_the_manifest_refuses_a_folder_that_mixes_two_saves(tmp_path):
             write_parts(tmp, version)
             (tmp / "c.txt").write_text(version)
     mixed = tmp_path / "new"
-    (mixed / "c.txt").write_text("old")  # same size, other content
-    with pytest.raises(ValueError, match=r"new: c.txt does not match its SHA-256 .* mixes parts"):
-        _io.verify_folder(mixed)
-    (mixed / "c.txt").write_text("older")
-    with pytest.raises(ValueError, match=r"new: c.txt has 5 bytes, manifest.json says 3"):
-        _io.verify_folder(mixed)
-    (mixed / "c.txt").unlink()
-    with pytest.raises(ValueError, match=r"new: c.txt is missing"):
-        _io.verify_folder(mixed)
-    (mixed / "manifest.json").write_text("{")
-    with pytest.raises(ValueError, match=r"new: manifest.json is unreadable"):
-        _io.verify_folder(mixed)
+    damages = [
+        (lambda: (mixed / "c.txt").write_text("old"),  # same size, other content
+         r"new: c.txt does not match its SHA-256 .* mixes parts"),
+        (lambda: (mixed / "c.txt").write_text("older"),
+         r"new: c.txt has 5 bytes, manifest.json says 3"),
+        (lambda: (mixed / "c.txt").unlink(), r"new: c.txt is missing"),
+        (lambda: (mixed / "manifest.json").write_text("{"), r"new: manifest.json is unreadable"),
+    ]
+    for damage, message in damages:
+        damage()
+        with pytest.raises(ValueError, match=message):
+            _io.verify_folder(mixed)
     (mixed / "manifest.json").unlink()
     assert _io.verify_folder(mixed) is None  # a folder of an older version: nothing to check
 
