@@ -714,7 +714,7 @@ class LatentDiffusion:
         written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
         and ``diffusion.json`` so that ``ddpm-lib sample`` and
         ``load_trained_model`` read it as a pretrained model. The folder is swapped in whole
-        with a ``manifest.json`` of its parts' hashes (:func:`ddpm_lib._io.atomic_folder`): an
+        with a ``manifest.json`` of its parts' hashes (``ddpm_lib/_io.py``): an
         interrupted save leaves the previous model, and a loader refuses a mix of two saves.
         """
         self._require_scale("save")

@@ -67,7 +67,7 @@ class PretrainedModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, ``model.safetensors`` and a ``manifest.json`` of their
-        hashes into ``directory`` as one atomic folder swap (:func:`ddpm_lib._io.atomic_folder`):
+        hashes into ``directory`` as one atomic folder swap (``ddpm_lib/_io.py``):
         an interrupted save leaves the previous folder, never a mix of old and new files.
         Files in ``directory`` that no save wrote are kept."""
         from ddpm_lib import _io

@@ -9,7 +9,7 @@ A checkpoint is a folder ``<dir>/step_<step:09d>/`` holding
 - ``meta.json``: a human-readable description (model class and config, hyper-parameters),
 - ``manifest.json``: the size and SHA-256 of every other file, written last.
 
-Writing is atomic (:func:`ddpm_lib._io.atomic_folder`). Every file goes into a temporary
+Writing is atomic (``ddpm_lib/_io.py``). Every file goes into a temporary
 sibling folder and is ``fsync``-ed; the folder is ``fsync``-ed and swapped in under its final
 name as a whole; the parent folder is ``fsync``-ed so the rename itself is durable. A process
 killed at any
