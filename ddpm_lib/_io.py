@@ -130,6 +130,11 @@ def _leftovers(path: Path, prefix: str) -> list[Path]:
     return sorted(found)
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute and normalised (``"."`` and ``"a/.."`` have no name to swap)."""
+    return Path(os.path.abspath(path))
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -144,7 +149,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write by any means; on a normal exit it is
     ``fsync``-ed and renamed over ``path`` (and the folder ``fsync``-ed), on an exception
     it is deleted and ``path`` is left as it was. The parent folder is created."""
-    path = Path(path)
+    path = _absolute(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in _leftovers(path, _TMP):
         _remove(leftover)
@@ -285,7 +290,7 @@ def verify_folder(folder: str | os.PathLike) -> dict[str, Any] | None:
             from what was saved with the others (a mix of two saves, a truncated or
             corrupted part); the message names the folder and the file.
     """
-    folder = Path(folder)
+    folder = _absolute(folder)
     recover_folder(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -321,7 +326,7 @@ def recover_folder(path: str | os.PathLike) -> None:
     """Finish or undo a folder swap that a crash interrupted, and delete the leftovers of
     dead processes: afterwards ``path`` is the newest complete save (or absent when none
     completed)."""
-    path = Path(path)
+    path = _absolute(path)
     old = _leftovers(path, _OLD)
     new = _leftovers(path, _TMP)
     if not path.exists() and old:
@@ -384,10 +389,14 @@ def _carry_foreign(old: Path, new: Path) -> None:
     for file in sorted(old.rglob("*")):
         relative = file.relative_to(old)
         target = new / relative
-        if (not file.is_file() or relative.as_posix() in owned or target.exists()
-                or owned_folders.intersection(relative.parents)):
+        if (relative.as_posix() in owned or target.exists() or relative in owned_folders
+                or owned_folders.intersection(relative.parents)
+                or any(parent.exists() and not parent.is_dir() for parent in target.parents)):
             continue
-        if any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        if file.is_dir() and not file.is_symlink():
+            target.mkdir(parents=True)  # empty folders too (a working folder, a log folder)
+            continue
+        if not file.is_file():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -397,6 +406,17 @@ def _carry_foreign(old: Path, new: Path) -> None:
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
+    try:
+        cwd: Path | None = Path.cwd()
+    except OSError:  # pragma: no cover - the working folder was deleted
+        cwd = None
+    _swap(tmp, path)
+    if cwd is not None and (cwd == path or path in cwd.parents):
+        # the working folder was in the old folder: move it to the same path in the new one
+        os.chdir(cwd if cwd.is_dir() else path)
+
+
+def _swap(tmp: Path, path: Path) -> None:
     if not path.exists():
         os.replace(tmp, path)
     elif _exchange(tmp, path):
@@ -428,7 +448,7 @@ def atomic_folder(path: str | os.PathLike, **manifest_extra: Any) -> Iterator[Pa
     Saves may nest: a part's ``save_pretrained(tmp / "unet")`` writes ``unet/`` with its own
     manifest, and the outer manifest, written last, covers every file.
     """
-    path = Path(path)
+    path = _absolute(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a folder; cannot save a folder there")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,9 @@ def test_folder_swap_replaces_the_whole_folder_and_keeps_foreign_files(
     assert (target / "a.txt").read_text() == "a new"
     assert (target / "part" / "b.txt").read_text() == "b new"
     assert (target / "notes.txt").read_text() == "mine"
+    with _io.atomic_folder(target) as tmp:  # a save without the part drops all of it
+        (tmp / "a.txt").write_text("a newer")
+    assert names(target) == ["a.txt", "manifest.json", "notes.txt"]
     assert "notes.txt" not in _io.verify_folder(target)["files"]  # still not the save's
 
 
@@ -255,3 +258,19 @@ def test_text_model_save_that_fails_midway_keeps_the_old_model(tmp_path, monkeyp
     loaded = TextConditionedUNet.from_pretrained(tmp_path / "m").unet.state_dict()
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["format"] == 1
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_saving_into_the_working_folder_keeps_it_usable(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "run" / "sub")
+    for version in ("old", "new"):
+        with _io.atomic_folder("..") as tmp:  # the folder that holds the working folder
+            (tmp / "a.txt").write_text(version)
+    assert os.getcwd() == str(tmp_path / "run" / "sub")  # the same path, in the new folder
+    with open("../a.txt") as handle:
+        assert handle.read() == "new"
+    assert names(tmp_path) == ["run"] and names(tmp_path / "run") == [
+        "a.txt", "manifest.json", "sub"]
