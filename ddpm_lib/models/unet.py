@@ -217,12 +217,19 @@ class UNet(PretrainedModel):
             self.context_embed = self.make_context_embedding()
         self.conv_in = self.make_input()
 
-        skip_channels = [base_channels]
-        ch = base_channels
+        ch = self._build_levels()  # self.down, self.mid, self.up
+        self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+
+    def _build_levels(self) -> int:
+        """The down path, the middle and the up path (skip connections paired in reverse);
+        returns the channels of the last up level."""
+        channels, num_levels = self.level_channels, self.num_levels
+        skip_channels = [self.base_channels]
+        ch = self.base_channels
         self.down = nn.ModuleList()
         for level, out_ch in enumerate(channels):
             blocks = []
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 blocks.append(self._res_attn(ch, out_ch, level))
                 ch = out_ch
                 skip_channels.append(ch)
@@ -244,13 +251,12 @@ class UNet(PretrainedModel):
         for level in reversed(range(num_levels)):
             out_ch = channels[level]
             blocks = []
-            for _ in range(num_res_blocks + 1):
+            for _ in range(self.num_res_blocks + 1):
                 blocks.append(self._res_attn(ch + skip_channels.pop(), out_ch, level))
                 ch = out_ch
             resample = self.make_upsample(ch, level) if level > 0 else None
             self.up.append(UNetLevel(blocks, resample))
-
-        self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+        return ch
 
     # ------------------------------------------------------------------------------------
     # Presets
