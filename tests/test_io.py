@@ -274,3 +274,64 @@ def test_saving_into_the_working_folder_keeps_it_usable(tmp_path, monkeypatch, e
         assert handle.read() == "new"
     assert names(tmp_path) == ["run"] and names(tmp_path / "run") == [
         "a.txt", "manifest.json", "sub"]
+
+
+def tiny_latent_model(seed: int, scale_factor: float):
+    from ddpm_lib import AutoencoderKL, LatentDiffusion, NoiseSchedule
+
+    torch.manual_seed(seed)
+    autoencoder = AutoencoderKL(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                                norm_groups=4)
+    unet = UNet(in_channels=autoencoder.latent_channels, base_channels=8, channel_mults=(1,),
+                num_res_blocks=1, attention_resolutions=(), image_size=8, norm_groups=4)
+    return LatentDiffusion(autoencoder, scale_factor, unet=unet,
+                           schedule=NoiseSchedule.linear(50), prediction="v")
+
+
+def test_latent_model_is_saved_whole_and_a_mix_is_refused(tmp_path, monkeypatch):
+    from ddpm_lib import AutoencoderKL, LatentDiffusion
+
+    tiny_latent_model(0, 0.5).save_pretrained(tmp_path / "m")
+    before = snapshot(tmp_path / "m")
+    # the UNet fails to save after the autoencoder was written: the old model stays whole
+    monkeypatch.setattr(UNet, "save_pretrained",
+                        lambda self, directory: (_ for _ in ()).throw(DiskFull("disk full")))
+    with pytest.raises(DiskFull):
+        tiny_latent_model(1, 2.0).save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
+    assert snapshot(tmp_path / "m") == before and names(tmp_path) == ["m"]
+    loaded = LatentDiffusion.from_pretrained(tmp_path / "m")
+    assert loaded.scale_factor == 0.5 and loaded.prediction == "v"
+    # the new autoencoder beside the old UNet and scale factor: refused, naming the folder
+    tiny_latent_model(1, 2.0).save_pretrained(tmp_path / "n")
+    os.replace(tmp_path / "m" / "autoencoder", tmp_path / "old_autoencoder")
+    os.replace(tmp_path / "n" / "autoencoder", tmp_path / "m" / "autoencoder")
+    assert isinstance(AutoencoderKL.from_pretrained(tmp_path / "m" / "autoencoder"),
+                      AutoencoderKL)  # the part alone is intact
+    with pytest.raises(ValueError, match=r"m: autoencoder/manifest.json does not match"):
+        LatentDiffusion.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".safetensors"])
+def test_a_table_saved_over_another_keeps_it_when_the_write_fails(tmp_path, monkeypatch, suffix):
+    import safetensors.torch
+
+    from ddpm_lib import AnalyticVariance, NoiseSchedule
+
+    schedule = NoiseSchedule.linear(20)
+    path = tmp_path / f"table{suffix}"
+    AnalyticVariance(schedule, torch.linspace(0.1, 0.9, 20), num_samples=4).save(path)
+    before = path.read_bytes()
+    fail_after(monkeypatch, 10)
+
+    def cut_short(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 10)
+        raise DiskFull("no space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+    with pytest.raises(DiskFull):
+        AnalyticVariance(schedule, torch.linspace(0.2, 0.8, 20), num_samples=8).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and names(tmp_path) == [path.name]
+    assert AnalyticVariance.load(path, schedule).num_samples == 4
