@@ -40,6 +40,18 @@ def fail_after(monkeypatch, limit: int) -> None:
     monkeypatch.setattr(_io, "_open_for_write", lambda *args: Limited(real(*args)))
 
 
+def safetensors_fails_after_10_bytes(monkeypatch) -> None:
+    """safetensors' ``save_file`` writes 10 bytes, then the disk is full."""
+    import safetensors.torch
+
+    def cut_short(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 10)
+        raise DiskFull("no space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+
+
 def names(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -79,18 +91,10 @@ def test_file_helpers_round_trip(tmp_path):
 
 
 def test_a_safetensors_save_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
-    import safetensors.torch
-
     path = tmp_path / "w.safetensors"
     _io.save_safetensors(path, {"w": torch.zeros(4)})
     before = path.read_bytes()
-
-    def cut_short(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 10)
-        raise DiskFull("no space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+    safetensors_fails_after_10_bytes(monkeypatch)
     with pytest.raises(DiskFull):
         _io.save_safetensors(path, {"w": torch.ones(400)})
     assert path.read_bytes() == before and names(tmp_path) == ["w.safetensors"]
@@ -314,8 +318,6 @@ def test_latent_model_is_saved_whole_and_a_mix_is_refused(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("suffix", [".json", ".safetensors"])
 def test_a_table_saved_over_another_keeps_it_when_the_write_fails(tmp_path, monkeypatch, suffix):
-    import safetensors.torch
-
     from ddpm_lib import AnalyticVariance, NoiseSchedule
 
     schedule = NoiseSchedule.linear(20)
@@ -323,13 +325,7 @@ def test_a_table_saved_over_another_keeps_it_when_the_write_fails(tmp_path, monk
     AnalyticVariance(schedule, torch.linspace(0.1, 0.9, 20), num_samples=4).save(path)
     before = path.read_bytes()
     fail_after(monkeypatch, 10)
-
-    def cut_short(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 10)
-        raise DiskFull("no space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
+    safetensors_fails_after_10_bytes(monkeypatch)
     with pytest.raises(DiskFull):
         AnalyticVariance(schedule, torch.linspace(0.2, 0.8, 20), num_samples=8).save(path)
     monkeypatch.undo()
