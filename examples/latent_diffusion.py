@@ -43,7 +43,7 @@ from ddpm_lib import (
     Trainer,
     UNet,
 )
-from ddpm_lib.metrics import psnr
+from ddpm_lib.metrics import psnr as image_psnr
 from ddpm_lib.data import ShapesDataset, save_grid
 
 QUICK = os.environ.get("DDPM_LIB_QUICK") == "1"
@@ -76,7 +76,7 @@ def reconstruction_psnr(latents: LatentDiffusion, images: torch.Tensor,
         for start in range(0, len(images), batch_size):
             outputs.append(latents.decode(latents.encode(images[start:start + batch_size])))
     reconstructed = torch.cat(outputs).clamp(-1, 1)
-    return float(psnr(reconstructed, images).mean()), reconstructed
+    return float(image_psnr(reconstructed, images).mean()), reconstructed
 
 
 def time_sampling(sample: Callable[[], object], repeats: int) -> float:
