@@ -50,7 +50,7 @@ from bench_unet import interleaved_times, peak_step_memory, time_breakdown  # no
 
 from ddpm_lib import DDPMSampler, LatentDiffusion, NoiseSchedule, SimpleLoss  # noqa: E402
 from ddpm_lib.data import ShapesDataset  # noqa: E402
-from ddpm_lib.metrics import psnr  # noqa: E402
+from ddpm_lib.metrics import psnr as image_psnr  # noqa: E402
 from ddpm_lib.interop import autoencoder_from_diffusers  # noqa: E402
 
 
@@ -183,7 +183,7 @@ def part_a(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for start in range(0, len(images), 64):
             x = images[start:start + 64]
-            psnrs.append(psnr(latents.decode(latents.encode(x)).clamp(-1, 1), x))
+            psnrs.append(image_psnr(latents.decode(latents.encode(x)).clamp(-1, 1), x))
     psnr = torch.cat(psnrs)
     print(f"(a) reconstruction PSNR on {len(images)} held-out 32x32 shapes (f="
           f"{latents.downsampling_factor}, {latents.latent_channels} latent channels): "
