@@ -39,6 +39,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ddpm_lib import _io
+from ddpm_lib._checks import check_int
+
 __all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
 
 CACHE_FILE = "latents.safetensors"
@@ -164,39 +167,6 @@ def _field_kind(value: Any, position: int) -> str:
         f"field {position} of the dataset items must be a label (int), a number or a caption "
         f"(str) to be kept with the latents; got {type(value).__name__}"
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
-
-    The bytes go to a temporary sibling (``.<name>.tmp-<pid>``), are flushed and ``fsync``-ed,
-    then the file is renamed over ``path`` with :func:`os.replace` (atomic on POSIX) and the
-    folder is ``fsync``-ed so the rename is durable.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -509,8 +479,8 @@ class LatentDiffusion:
         Returns:
             The new scale factor.
         """
-        _check_positive_int("num_samples", num_samples)
-        _check_positive_int("batch_size", batch_size)
+        check_int("num_samples", num_samples, 1)
+        check_int("batch_size", batch_size, 1)
         size = len(dataset)
         if size == 0:
             raise ValueError("dataset is empty")
@@ -601,7 +571,7 @@ class LatentDiffusion:
         Returns:
             A :class:`LatentDataset` whose items are shaped like ``dataset``'s.
         """
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
         if len(dataset) == 0:
@@ -706,7 +676,7 @@ class LatentDiffusion:
         if unet is None:
             raise ValueError("no model to sample with: pass unet= or build LatentDiffusion with "
                              "unet=")
-        _check_positive_int("n", n)
+        check_int("n", n, 1)
         if getattr(sampler, "clip_denoised", False):
             raise ValueError(
                 "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
@@ -743,24 +713,18 @@ class LatentDiffusion:
         ``directory/autoencoder/`` and, when ``unet`` is set, ``directory/unet/``, each
         written by the model's own ``save_pretrained``; ``unet/`` also gets ``schedule.json``
         and ``diffusion.json`` so that ``ddpm-lib sample`` and
-        ``load_trained_model`` read it as a pretrained model.
+        ``load_trained_model`` read it as a pretrained model. The folder is swapped in whole
+        with a ``manifest.json`` of its parts' hashes (``ddpm_lib/_io.py``): an
+        interrupted save leaves the previous model, and a loader refuses a mix of two saves.
         """
         self._require_scale("save")
         directory = Path(directory)
         for name, model in (("autoencoder", self.autoencoder), ("unet", self.unet)):
             if model is not None and not callable(getattr(model, "save_pretrained", None)):
                 raise TypeError(f"the {name} ({type(model).__name__}) has no save_pretrained()")
-        directory.mkdir(parents=True, exist_ok=True)
-        self.autoencoder.save_pretrained(directory / "autoencoder")
         diffusion: dict[str, Any] = {"prediction": self.prediction}
         if self.schedule is not None:
             diffusion["schedule"] = self.schedule.to_dict()
-        if self.unet is not None:
-            self.unet.save_pretrained(directory / "unet")
-            (directory / "unet" / "diffusion.json").write_text(json.dumps(diffusion, indent=2))
-            if "schedule" in diffusion:
-                (directory / "unet" / "schedule.json").write_text(
-                    json.dumps(diffusion["schedule"]))
         config = {
             "format_version": _FORMAT_VERSION,
             "scale_factor": self.scale_factor,
@@ -768,7 +732,16 @@ class LatentDiffusion:
             "unet_class": _class_path(self.unet) if self.unet is not None else None,
             "diffusion": diffusion,
         }
-        _write_atomic(directory / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        # one folder swap for all parts: a failed save leaves the previous model whole
+        with _io.atomic_folder(directory) as tmp:
+            self.autoencoder.save_pretrained(tmp / "autoencoder")
+            if self.unet is not None:
+                with _io.atomic_folder(tmp / "unet") as unet_dir:  # one manifest for unet/
+                    self.unet.save_pretrained(unet_dir)
+                    _io.write_json(unet_dir / "diffusion.json", diffusion)
+                    if "schedule" in diffusion:
+                        _io.write_json(unet_dir / "schedule.json", diffusion["schedule"])
+            _io.write_json(tmp / CONFIG_FILE, config)
 
     @classmethod
     def from_pretrained(
@@ -795,6 +768,7 @@ class LatentDiffusion:
 
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
+        _io.recover_folder(directory)  # finishes or undoes a save a crash interrupted
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not a folder written by "
                                     "LatentDiffusion.save_pretrained")
@@ -816,6 +790,7 @@ class LatentDiffusion:
                     if "schedule" in diffusion else None)
         model = cls(autoencoder, config.get("scale_factor"), unet=unet, schedule=schedule,
                     prediction=diffusion.get("prediction", "eps"))
+        _io.verify_folder(directory)  # the parts checked themselves; this refuses a mix of them
         model.autoencoder.eval()
         if unet is not None:
             unet.eval()
@@ -831,12 +806,6 @@ class LatentDiffusion:
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
 
 
 def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:
@@ -879,8 +848,6 @@ def _convert_field(kind: str, value: Any, position: int) -> Any:
 def _write_cache(
     path: Path, key: str, latents: torch.Tensor, fields: list[list[Any]], wrapped: bool
 ) -> None:
-    from safetensors.torch import save
-
     latents = latents.float().contiguous()
     tensors = {"latents": latents}
     kinds = []
@@ -903,7 +870,7 @@ def _write_cache(
         "kinds": json.dumps(kinds),
         "captions": json.dumps(captions, ensure_ascii=False),
     }
-    _write_atomic(path, save(tensors, metadata=metadata))
+    _io.save_safetensors(path, tensors, metadata=metadata)
 
 
 def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[list[Any]], bool] | None:
