@@ -50,6 +50,7 @@ from bench_unet import interleaved_times, peak_step_memory, time_breakdown  # no
 
 from ddpm_lib import DDPMSampler, LatentDiffusion, NoiseSchedule, SimpleLoss  # noqa: E402
 from ddpm_lib.data import ShapesDataset  # noqa: E402
+from ddpm_lib.metrics import psnr as image_psnr  # noqa: E402
 from ddpm_lib.interop import autoencoder_from_diffusers  # noqa: E402
 
 
@@ -182,9 +183,7 @@ def part_a(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for start in range(0, len(images), 64):
             x = images[start:start + 64]
-            x_rec = latents.decode(latents.encode(x)).clamp(-1, 1)
-            mse = (x_rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
-            psnrs.append(10 * torch.log10(4.0 / mse))
+            psnrs.append(image_psnr(latents.decode(latents.encode(x)).clamp(-1, 1), x))
     psnr = torch.cat(psnrs)
     print(f"(a) reconstruction PSNR on {len(images)} held-out 32x32 shapes (f="
           f"{latents.downsampling_factor}, {latents.latent_channels} latent channels): "

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "NoiseSchedule": "ddpm_lib.schedule",
-    "GaussianOracle": "ddpm_lib.analytic",
-    "GaussianMixtureOracle": "ddpm_lib.analytic",
+    "GaussianOracle": "ddpm_lib.oracles",
+    "GaussianMixtureOracle": "ddpm_lib.oracles",
 
     "SimpleLoss": "ddpm_lib.losses",
     "VLBLoss": "ddpm_lib.losses",
@@ -58,6 +58,7 @@ _EXPORTS = {
     "frechet_distance": "ddpm_lib.metrics",
     "nll_bits_per_dim": "ddpm_lib.metrics",
     "prompt_accuracy": "ddpm_lib.metrics",
+    "psnr": "ddpm_lib.metrics",
 
     "CaptionedShapesDataset": "ddpm_lib.data",
 }
@@ -67,7 +68,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "interop", "losses", "metrics",
-               "models", "pipeline", "samplers", "schedule", "training")
+               "models", "oracles", "pipeline", "samplers", "schedule", "training")
 
 
 def __getattr__(name: str) -> Any:

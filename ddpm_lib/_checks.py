@@ -9,10 +9,113 @@ while ``torch.compile`` traces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. A ``TypeError``, and a ``ValueError`` too, so that code
+    catching either (the CLI catches ``ValueError``) reports it."""
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool`` (not merely truthy), else raise naming it."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return value
+
+
+def _bounds(minimum: Any, maximum: Any, open_min: bool = False, open_max: bool = False) -> str:
+    """``">= 1"``, ``"<= 5"``, ``"in [0, 1)"``: the range a value must lie in, in words."""
+    if minimum is not None and maximum is not None:
+        return f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
+    if minimum is not None:
+        return f"{'>' if open_min else '>='} {minimum}"
+    return f"{'<' if open_max else '<='} {maximum}"
+
+
+def check_int(
+    name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
+    allow_none: bool = False,
+) -> Any:
+    """Return ``value`` if it is an integer (``bool`` refused, numpy integers accepted) in
+    ``[minimum, maximum]`` (either bound optional), or ``None`` when ``allow_none``.
+
+    Raises :class:`ArgumentTypeError` for another type (``"num_steps must be an int; got
+    float 2.5"``) and ``ValueError`` for a value out of range (``"num_steps must be >= 1;
+    got 0"``).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{name} must be an int{' or None' if allow_none else ''}; "
+                                f"got {type(value).__name__} {value!r}")
+    number: Any = value
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise ValueError(f"{name} must be {_bounds(minimum, maximum)}; got {value!r}")
+    return int(value)
+
+
+def check_real(
+    name: str, value: Any, minimum: float | None = None, maximum: float | None = None, *,
+    open_min: bool = False, open_max: bool = False, finite: bool = True,
+    allow_none: bool = False,
+) -> Any:
+    """Return ``value`` if it is a real number (``bool`` refused; ints, floats, numpy scalars
+    accepted) in the range given by ``minimum`` / ``maximum`` (``open_min`` / ``open_max``
+    exclude the bound), finite unless ``finite=False``, or ``None`` when ``allow_none``.
+
+    Raises :class:`ArgumentTypeError` for another type and ``ValueError`` for NaN, an
+    infinity or a value out of range, each naming the argument, the value and the range.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a real number{' or None' if allow_none else ''}"
+                                f"; got {type(value).__name__} {value!r}")
+    value = value if isinstance(value, (int, float)) else float(value)  # numpy scalars
+    bounds = "" if minimum is None and maximum is None else " " + _bounds(
+        minimum, maximum, open_min, open_max)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number{bounds}; "
+                         f"got {value!r}")
+    below = minimum is not None and (value <= minimum if open_min else value < minimum)
+    above = maximum is not None and (value >= maximum if open_max else value > maximum)
+    if below or above:
+        raise ValueError(
+            f"{name} must be {_bounds(minimum, maximum, open_min, open_max)}; got {value!r}")
+    return value
+
+
+def check_probability(name: str, value: Any, *, allow_one: bool = False) -> float:
+    """Return ``value`` as a float if it is a probability in ``[0, 1)`` (``[0, 1]`` with
+    ``allow_one``): dropout rates, condition-dropout rates, EMA decays."""
+    interval = "[0, 1]" if allow_one else "[0, 1)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(
+            f"{name} must be a float in {interval}; got {type(value).__name__} {value!r}")
+    number: Any = value
+    if not (0 <= number <= 1 if allow_one else 0 <= number < 1):  # NaN fails both
+        raise ValueError(f"{name} must be a float in {interval}; got {value!r}")
+    return float(number)
+
+
+def check_int_tuple(
+    name: str, value: Any, minimum: int | None = None, *, allow_empty: bool = False,
+) -> tuple[int, ...]:
+    """Return ``value`` as a tuple if it is a sequence (not a string) of ints each
+    ``>= minimum``; empty only with ``allow_empty``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ArgumentTypeError(f"{name} must be a sequence of ints; got {value!r}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    for item in value:
+        check_int(f"each entry of {name}", item, minimum)
+    return tuple(value)
 
 
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
@@ -86,14 +189,3 @@ def check_timesteps(
         t = t.to(device)
     return t.long()
 
-
-def check_probability(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a real number in ``[0, 1]``, else raise naming it."""
-    import math
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1]; got {type(value).__name__}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1]; got {value!r}")
-    return float(value)

@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 
 from .models.registry import build_model, resolve_model_class
 from .schedule import NoiseSchedule
@@ -231,14 +230,15 @@ def read_parts(source: Path, *, use_ema: bool = True, model_class: type | None =
     its ``pipeline.json`` names, if any. ``load_model=False`` reads everything but the network.
     """
     run = (source / "checkpoints").is_dir()
+    from ._io import recover_folder, verify_folder
+
+    recover_folder(source)  # finishes or undoes a save that a crash interrupted
     if not source.exists():
         raise FileNotFoundError(f"{str(source)!r} does not exist")
     model = autoencoder = scale_factor = sampler = None
     diffusion: dict[str, Any] = {}
     if (source / PIPELINE_FILE).is_file():
-        from ._io import verify_folder
-
-        verify_folder(source)
+        verify_folder(source)  # refuses a folder that mixes the parts of two saves
         record = read_json(source / PIPELINE_FILE)
         skip = not load_model or (run and prefer_checkpoint)
         model, autoencoder, scale_factor, diffusion = _pipeline_parts(

@@ -30,22 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_floating
+from ._checks import check_choice, check_floating, check_int, check_real
 
 __all__ = ["AutoencoderLoss"]
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _number(name: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
-    if not value >= 0 or (positive and value == 0) or value == float("inf"):
-        raise ValueError(
-            f"{name} must be a {'positive' if positive else 'non-negative'} finite number; "
-            f"got {value!r}"
-        )
-    return float(value)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -96,15 +85,13 @@ class AutoencoderLoss:
         discriminator_betas: tuple[float, float] = (0.5, 0.9),
         adaptive_weight: bool = True,
     ) -> None:
-        self.kl_weight = _number("kl_weight", kl_weight)
-        self.l2_weight = _number("l2_weight", l2_weight)
-        if isinstance(adversarial_start, bool) or not isinstance(adversarial_start, int) or (
-            adversarial_start < 0
-        ):
-            raise ValueError(f"adversarial_start must be a non-negative int; got {adversarial_start!r}")
-        self.adversarial_start = adversarial_start
-        self.discriminator_weight = _number("discriminator_weight", discriminator_weight)
-        self.discriminator_lr = _number("discriminator_lr", discriminator_lr, positive=True)
+        self.kl_weight = float(check_real("kl_weight", kl_weight, 0))
+        self.l2_weight = float(check_real("l2_weight", l2_weight, 0))
+        self.adversarial_start = check_int("adversarial_start", adversarial_start, 0)
+        self.discriminator_weight = float(
+            check_real("discriminator_weight", discriminator_weight, 0))
+        self.discriminator_lr = float(
+            check_real("discriminator_lr", discriminator_lr, 0, open_min=True))
         self.adaptive_weight = bool(adaptive_weight)
         self.discriminator: nn.Module | None = self._build_discriminator(discriminator)
         self.optimizer: torch.optim.Optimizer | None = None

@@ -137,7 +137,6 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    import json
     import math
     from pathlib import Path
 
@@ -233,7 +232,9 @@ def _train(args: argparse.Namespace) -> None:
     )
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / _TRAIN_ARGS_FILE).write_text(json.dumps(options, indent=2) + "\n")
+        from ddpm_lib import _io
+
+        _io.write_json(out / _TRAIN_ARGS_FILE, options)
         start = "resuming" if trainer.resumed_from else "starting"  # the Trainer says from where
         num_images = len(dataset)  # type: ignore[arg-type]  # every built dataset is sized
         print(f"ddpm-lib train: {start}; {num_images} images {channels}x{height}x{width}, "
@@ -252,7 +253,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     import torch
 
@@ -333,14 +333,12 @@ def _sample(args: argparse.Namespace) -> None:
             else max(1, round(args.num ** 0.5)))
         written.append(str(save_grid(samples, args.out, nrow=nrow, upscale=args.upscale)))
     if args.npz is not None:
-        import numpy as np
 
         uint8 = tensor_to_uint8(samples).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        if num_classes is not None:
-            np.savez(args.npz, arr_0=uint8, arr_1=labels.numpy())
-        else:
-            np.savez(args.npz, arr_0=uint8)
+        from ddpm_lib import _io
+
+        arrays = {"arr_0": uint8} if num_classes is None else {"arr_0": uint8, "arr_1": labels.numpy()}
+        _io.save_npz(args.npz, arrays)
         written.append(args.npz)
     print(f"ddpm-lib sample: {args.num} samples from {loaded.source} -> {', '.join(written)}",
           file=sys.stderr)
@@ -856,7 +854,6 @@ def _warn_small(command: str, num_samples: int | None, what: str) -> None:
 
 
 def _run_fid(args: argparse.Namespace) -> None:
-    import os
     from functools import lru_cache
 
     import torch
@@ -1144,10 +1141,11 @@ def _reconstruction_psnr(autoencoder: Any, images: Any) -> float:
     """Mean PSNR in dB of ``decode(encode(x).mode())`` over images in ``[-1, 1]`` (peak 2)."""
     import torch
 
+    from ddpm_lib.metrics import psnr
+
     with torch.no_grad():
         reconstructed = autoencoder.decode(autoencoder.encode(images).mode()).clamp(-1, 1)
-    mse = (reconstructed - images).square().flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(4.0 / mse)).mean())
+    return float(psnr(reconstructed, images).mean())
 
 
 def _train_autoencoder(args: argparse.Namespace) -> None:

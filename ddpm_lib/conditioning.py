@@ -63,7 +63,7 @@ class Condition:
     guided: bool = True
 
     def __init__(self, dropout: float = 0.0) -> None:
-        self.dropout = check_probability("dropout", dropout)
+        self.dropout = check_probability("dropout", dropout, allow_one=True)
 
     # ------------------------------------------------------------------ values
     def collate(self, values: Any, device: torch.device) -> Any:

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddpm_lib._checks import check_choice, check_floating
+from ddpm_lib import _io
+from ddpm_lib._checks import check_choice, check_floating, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
@@ -111,14 +112,14 @@ def save_grid(
     check_floating("images", images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (B, C, H, W); got {tuple(images.shape)}")
-    if not isinstance(upscale, int) or upscale < 1:
-        raise ValueError(f"upscale must be a positive int; got {upscale!r}")
+    check_int("upscale", upscale, 1)
     images = images.detach().float().cpu().clamp(-1.0, 1.0)
     if upscale > 1:
         images = images.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images + 1.0) / 2.0, path, nrow=nrow, padding=2, pad_value=1.0)
+    with _io.atomic_path(path) as tmp:  # PNG by default, else the format the suffix names
+        save_image((images + 1.0) / 2.0, tmp, nrow=nrow, padding=2, pad_value=1.0,
+                   format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -239,12 +240,9 @@ class ShapesDataset(Dataset):
         jitter: float = 0.12,
         radius_range: tuple[float, float] = (0.22, 0.34),
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int; got {size!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-            raise ValueError(f"image_size must be an int >= 4; got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        check_int("size", size, 1)
+        check_int("image_size", image_size, 4)
+        check_int("seed", seed, 0)
         shapes = tuple(shapes)
         if not shapes or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes must be distinct names from {SHAPES}; got {shapes!r}")
@@ -456,8 +454,7 @@ class ImageFolderDataset(Dataset):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"root {str(root)!r} is not a folder of images")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int; got {image_size!r}")
+        check_int("image_size", image_size, 1)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3; got {channels!r}")
         if captions is not None:
@@ -582,10 +579,7 @@ def torchvision_dataset(
     under ``root``, ``FileNotFoundError`` says which files to put where.
     """
     name = check_choice("name", name, tuple(_TORCHVISION))
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
-        raise ValueError(f"image_size must be a positive int or None; got {image_size!r}")
+    check_int("image_size", image_size, 1, allow_none=True)
     import torchvision.datasets as tv_datasets
 
     title, where = _TORCHVISION[name]
@@ -720,8 +714,7 @@ def shape_caption(
     for key, value in attributes.items():
         check_choice("attributes key", key, ATTRIBUTES)
         check_choice(f"attributes[{key!r}]", value, allowed[key])
-    if isinstance(template, bool) or not isinstance(template, int):
-        raise TypeError(f"template must be an int; got {type(template).__name__}")
+    check_int("template", template)
     words = _WORDS[language]
     said = {key: words[value] for key, value in attributes.items()}
     template %= _NUM_TEMPLATES[language]
@@ -796,12 +789,9 @@ class CaptionedShapesDataset(Dataset):
         holdout: Sequence[dict[str, str]] = (),
         mention_probability: float = 0.5,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int; got {size!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8; got {image_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        check_int("size", size, 1)
+        check_int("image_size", image_size, 8)
+        check_int("seed", seed, 0)
         self.language = check_choice("language", language, CAPTION_LANGUAGES)
         values = {}
         for name, given, allowed in (

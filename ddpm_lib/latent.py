@@ -26,7 +26,6 @@ is the glue between the two:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -38,6 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from ddpm_lib.models.registry import class_path
+
+from ddpm_lib import _io
+from ddpm_lib._checks import check_int
 
 __all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
 
@@ -63,25 +67,6 @@ def _check_scale_factor(value: Any) -> float | None:
     return float(value)
 
 
-def _class_path(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _import_class(path: str, what: str, where: Path) -> Any:
-    module_name, _, name = path.rpartition(".")
-    if not module_name.startswith("ddpm_lib"):
-        raise ValueError(
-            f"{where} names the {what} class {path!r}, which is not part of ddpm_lib; pass "
-            f"{what}_class= to from_pretrained to load it"
-        )
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{where}: the {what} class {path!r} does not exist in this version of "
-                         f"ddpm_lib; pass {what}_class= to from_pretrained") from None
-
-
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The raw bytes of a tensor (any dtype, bfloat16 included)."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
@@ -95,7 +80,7 @@ def autoencoder_fingerprint(autoencoder: nn.Module) -> str:
     a weight, a configuration value or the class changes it.
     """
     digest = hashlib.sha256()
-    digest.update(_class_path(autoencoder).encode())
+    digest.update(class_path(autoencoder).encode())
     config = getattr(autoencoder, "config", None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(autoencoder.state_dict().items()):
@@ -121,7 +106,7 @@ def dataset_fingerprint(dataset: Any) -> str:
     removed) and the contents of its first, middle and last items."""
     digest = hashlib.sha256()
     size = len(dataset)
-    digest.update(f"{_class_path(dataset)}|{size}|".encode())
+    digest.update(f"{class_path(dataset)}|{size}|".encode())
     digest.update(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(dataset)).encode())
     for index in sorted({0, size // 2, size - 1}):
         _hash_value(digest, dataset[index])
@@ -164,39 +149,6 @@ def _field_kind(value: Any, position: int) -> str:
         f"field {position} of the dataset items must be a label (int), a number or a caption "
         f"(str) to be kept with the latents; got {type(value).__name__}"
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
-
-    The bytes go to a temporary sibling (``.<name>.tmp-<pid>``), are flushed and ``fsync``-ed,
-    then the file is renamed over ``path`` with :func:`os.replace` (atomic on POSIX) and the
-    folder is ``fsync``-ed so the rename is durable.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -509,8 +461,8 @@ class LatentDiffusion:
         Returns:
             The new scale factor.
         """
-        _check_positive_int("num_samples", num_samples)
-        _check_positive_int("batch_size", batch_size)
+        check_int("num_samples", num_samples, 1)
+        check_int("batch_size", batch_size, 1)
         size = len(dataset)
         if size == 0:
             raise ValueError("dataset is empty")
@@ -601,7 +553,7 @@ class LatentDiffusion:
         Returns:
             A :class:`LatentDataset` whose items are shaped like ``dataset``'s.
         """
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
         if len(dataset) == 0:
@@ -706,7 +658,7 @@ class LatentDiffusion:
         if unet is None:
             raise ValueError("no model to sample with: pass unet= or build LatentDiffusion with "
                              "unet=")
-        _check_positive_int("n", n)
+        check_int("n", n, 1)
         if getattr(sampler, "clip_denoised", False):
             raise ValueError(
                 "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
@@ -778,6 +730,7 @@ class LatentDiffusion:
         from ddpm_lib._pipeline_formats import read_parts
 
         directory = Path(directory)
+        _io.recover_folder(directory)  # finishes or undoes a save a crash interrupted
         if directory.exists() and not any(
                 (directory / name).is_file() for name in ("pipeline.json", CONFIG_FILE)):
             raise FileNotFoundError(f"{directory} has neither pipeline.json nor {CONFIG_FILE}: "
@@ -809,12 +762,6 @@ class LatentDiffusion:
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
 
 
 def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:
@@ -857,8 +804,6 @@ def _convert_field(kind: str, value: Any, position: int) -> Any:
 def _write_cache(
     path: Path, key: str, latents: torch.Tensor, fields: list[list[Any]], wrapped: bool
 ) -> None:
-    from safetensors.torch import save
-
     latents = latents.float().contiguous()
     tensors = {"latents": latents}
     kinds = []
@@ -881,7 +826,7 @@ def _write_cache(
         "kinds": json.dumps(kinds),
         "captions": json.dumps(captions, ensure_ascii=False),
     }
-    _write_atomic(path, save(tensors, metadata=metadata))
+    _io.save_safetensors(path, tensors, metadata=metadata)
 
 
 def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[list[Any]], bool] | None:

@@ -29,7 +29,14 @@ from typing import Any
 
 import torch
 
-from ._checks import check_choice, check_floating, check_same_shape, check_tensor, check_timesteps
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_floating,
+    check_same_shape,
+    check_tensor,
+    check_timesteps,
+)
 from .schedule import PREDICTION_TYPES, VARIANCE_TYPES, NoiseSchedule, gather
 
 __all__ = [
@@ -428,9 +435,7 @@ class VLBLoss(_DiffusionLoss):
         super().__init__(schedule)
         self.variance = check_choice("variance", variance, VARIANCE_TYPES)
         self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
-        if not isinstance(clip_denoised, bool):
-            raise TypeError(f"clip_denoised must be a bool; got {type(clip_denoised).__name__}")
-        self.clip_denoised = clip_denoised
+        self.clip_denoised = check_bool("clip_denoised", clip_denoised)
 
     def __repr__(self) -> str:
         return (

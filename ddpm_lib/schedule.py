@@ -25,7 +25,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._checks import check_choice, check_floating, check_same_shape, check_timesteps
+from ._checks import (
+    check_choice,
+    check_floating,
+    check_int,
+    check_same_shape,
+    check_timesteps,
+)
 
 PREDICTION_TYPES = ("eps", "x0", "v")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -203,7 +209,7 @@ class NoiseSchedule:
         cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
     ) -> NoiseSchedule:
         """The DDPM paper's schedule: betas linear from ``beta_start`` to ``beta_end``."""
-        num_timesteps = _check_num_timesteps(num_timesteps)
+        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         _check_beta_range(beta_start, beta_end)
         return cls(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
 
@@ -212,7 +218,7 @@ class NoiseSchedule:
         cls, num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
     ) -> NoiseSchedule:
         """Linear in ``sqrt(beta)``, the latent-diffusion / Stable Diffusion schedule."""
-        num_timesteps = _check_num_timesteps(num_timesteps)
+        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         _check_beta_range(beta_start, beta_end)
         sqrt_betas = torch.linspace(
             math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps, dtype=torch.float64
@@ -224,7 +230,7 @@ class NoiseSchedule:
         cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
     ) -> NoiseSchedule:
         """Betas on a sigmoid from ``beta_start`` to ``beta_end`` (GeoDiff; diffusers' "sigmoid")."""
-        num_timesteps = _check_num_timesteps(num_timesteps)
+        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         _check_beta_range(beta_start, beta_end)
         ramp = torch.sigmoid(torch.linspace(-6.0, 6.0, num_timesteps, dtype=torch.float64))
         return cls(ramp * (beta_end - beta_start) + beta_start)
@@ -238,7 +244,7 @@ class NoiseSchedule:
         :math:`\beta_t = 1 - \bar\alpha(t+1) / \bar\alpha(t)`, clipped at ``max_beta`` to avoid
         the singularity at the end of the chain.
         """
-        num_timesteps = _check_num_timesteps(num_timesteps)
+        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         if not s >= 0:
             raise ValueError(f"s must be >= 0; got {s!r}")
         if not 0 < max_beta < 1:
@@ -520,14 +526,6 @@ class NoiseSchedule:
         check_floating(other_name, other)
         check_same_shape(other_name, other, x_name, x_t)
         return check_timesteps(t, self.num_timesteps, x_t.shape[0], x_t.device)
-
-
-def _check_num_timesteps(num_timesteps: Any) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int):
-        raise TypeError(f"num_timesteps must be an int; got {type(num_timesteps).__name__}")
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1; got {num_timesteps}")
-    return num_timesteps
 
 
 def _check_beta_range(beta_start: float, beta_end: float) -> None:

@@ -42,6 +42,7 @@ from ddpm_lib import (
     Trainer,
     UNet,
 )
+from ddpm_lib.metrics import psnr as image_psnr
 from ddpm_lib.data import ShapesDataset, save_grid
 
 from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
@@ -75,8 +76,7 @@ def reconstruction_psnr(latents: LatentDiffusion, images: torch.Tensor,
         for start in range(0, len(images), batch_size):
             outputs.append(latents.decode(latents.encode(images[start:start + batch_size])))
     reconstructed = torch.cat(outputs).clamp(-1, 1)
-    mse = (reconstructed - images).square().flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(4.0 / mse)).mean()), reconstructed
+    return float(image_psnr(reconstructed, images).mean()), reconstructed
 
 
 def time_sampling(sample: Callable[[], object], repeats: int) -> float:

@@ -99,3 +99,18 @@ def test_bad_arguments(small_schedule):
         oracle(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="n must be a positive int"):
         oracle.sample(0)
+
+
+def test_the_old_module_name_still_imports_and_warns(monkeypatch):
+    import importlib
+    import sys
+
+    import ddpm_lib
+    from ddpm_lib import oracles
+
+    monkeypatch.delitem(sys.modules, "ddpm_lib.analytic", raising=False)
+    with pytest.warns(DeprecationWarning, match="ddpm_lib.analytic is deprecated; import "
+                      "GaussianOracle and GaussianMixtureOracle from ddpm_lib.oracles"):
+        old = importlib.import_module("ddpm_lib.analytic")
+    assert old.GaussianOracle is oracles.GaussianOracle is ddpm_lib.GaussianOracle
+    assert old.GaussianMixtureOracle is oracles.GaussianMixtureOracle

@@ -94,7 +94,7 @@ def test_class_label_refuses_a_bad_number_of_classes(num_classes):
 
 
 def test_dropout_is_a_probability():
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\]; got 1.5"):
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\]; got 1.5"):
         ClassLabel(3, dropout=1.5)
     with pytest.raises(ValueError, match="dropout"):
         Prompt(dropout=float("nan"))

@@ -1,6 +1,6 @@
 """Losses and the variational bound, checked against closed forms and independent formulas.
 
-The Gaussian oracle (ddpm_lib.analytic) gives the exact optimum of every objective for data
+The Gaussian oracle (ddpm_lib.oracles) gives the exact optimum of every objective for data
 N(mu, s^2); torch.distributions gives an independent KL and Gaussian CDF; a model that predicts
 ``x0 + c`` makes every term of the bound deterministic and known in closed form.
 """

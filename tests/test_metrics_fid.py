@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -404,3 +405,20 @@ def test_extractor_runs_in_eval_mode_and_its_mode_is_restored(generator) -> None
     extractor = Recorder().train()
     compute_statistics(torch.rand(4, 3, 8, 8, generator=generator), extractor, batch_size=2)
     assert extractor.modes == [False, False] and extractor.training
+
+
+def test_psnr_is_the_peak_over_the_mean_squared_error_in_db():
+    from ddpm_lib import psnr
+
+    reference = torch.zeros(2, 3, 4, 4)
+    images = reference.clone()
+    images[0] += 0.2  # MSE 0.04 -> 10 log10(4 / 0.04) = 20 dB
+    images[1, 0] += 0.6  # a third of the values off by 0.6: MSE 0.12 -> 10 log10(4 / 0.12)
+    expected = torch.tensor([20.0, 10 * math.log10(4 / 0.12)])
+    assert torch.allclose(psnr(images, reference), expected, atol=1e-4)
+    assert torch.allclose(psnr(images / 2, reference / 2, data_range=1.0), expected, atol=1e-4)
+    assert psnr(reference, reference).tolist() == pytest.approx([10 * math.log10(4e10)] * 2)
+    with pytest.raises(ValueError, match=r"reference must have the shape of images"):
+        psnr(images, reference[:1])
+    with pytest.raises(ValueError, match=r"data_range must be > 0; got 0"):
+        psnr(images, reference, data_range=0)

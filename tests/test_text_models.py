@@ -210,6 +210,7 @@ def test_encoder_saved_before_the_ngram_options_still_loads(tmp_path):
     for key in ("ngram_size", "ngram_buckets", "pooling", "bag_of_ngrams"):
         config.pop(key)
     config_path.write_text(json.dumps(config))
+    (tmp_path / "old" / "manifest.json").unlink()  # older versions wrote no manifest
     loaded = TextEncoder.from_pretrained(tmp_path / "old")
     assert loaded.ngram_size == 1 and loaded.pooling == "last" and not loaded.bag_of_ngrams
     with torch.no_grad():
@@ -564,10 +565,11 @@ def test_guidance_batches_text_and_matches_the_formula(text_attention, generator
 def test_save_load_round_trip_is_bitwise(tmp_path, text_attention, generator):
     model = randomize(tiny_model(text_attention, num_classes=2), std=0.1).eval()
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "text_encoder", "unet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "manifest.json", "text_encoder", "unet"]
     for part in ("unet", "text_encoder"):
         assert sorted(p.name for p in (tmp_path / part).iterdir()) == [
-            "config.json", "model.safetensors"]
+            "config.json", "manifest.json", "model.safetensors"]
     assert json.loads((tmp_path / "unet" / "config.json").read_text())["text_attention"] == (
         text_attention)
     loaded = TextConditionedUNet.from_pretrained(tmp_path)

@@ -164,8 +164,8 @@ def test_class_conditioning_changes_output_and_minus_one_is_the_null_row(generat
 def test_save_load_round_trip_is_bitwise(tmp_path, generator):
     model = randomize(tiny(num_classes=5, learn_sigma=True, head_channels=8)).eval()
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
-                                                                   "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "manifest.json", "model.safetensors"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["_class_name"] == "UNet" and config["num_classes"] == 5
     loaded = UNet.from_pretrained(tmp_path / "m")

@@ -1,4 +1,4 @@
-"""Evaluation: FID / KID on image features and NLL in bits per dimension.
+"""Evaluation: FID / KID on image features, NLL in bits per dimension, PSNR, prompt accuracy.
 
 * :func:`frechet_distance` — FID from two (mean, covariance) pairs, as pytorch-fid computes it.
 * :class:`FeatureStatistics` — streaming float64 mean / covariance; pytorch-fid ``.npz`` files.
@@ -8,6 +8,7 @@
   a local ``pt_inception-2015-12-05-6726825d.pth`` (:func:`load_fid_inception`).
 * :func:`kernel_inception_distance` — KID, unbiased at small sample counts.
 * :func:`nll_bits_per_dim` — the full variational bound over a dataset with a per-term breakdown.
+* :func:`psnr` — peak signal-to-noise ratio of reconstructions, per image in dB.
 * :func:`prompt_accuracy`, :func:`detect_shape_attributes` — prompt adherence of text-to-image
   samples of the captioned shapes, read from the pixels.
 """
@@ -35,6 +36,7 @@ from .inception import (
     load_fid_inception,
 )
 from .nll import BitsPerDim, nll_bits_per_dim
+from .reconstruction import psnr
 from .prompt import (
     PromptEvaluation,
     attribute_accuracy,
@@ -53,6 +55,7 @@ __all__ = [
     "evaluate_prompt_accuracy",
     "detect_shape_attributes",
     "prompt_accuracy",
+    "psnr",
     "BitsPerDim",
     "FIDInceptionV3",
     "FeatureStatistics",

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ddpm_lib._checks import check_int
+
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 #: Below this many samples, FID figures are not comparable with published ones.
@@ -294,11 +296,11 @@ class FeatureStatistics:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``."""
-        if self.num_samples is None:
-            np.savez_compressed(path, mu=self.mean, sigma=self.covariance)
-        else:
-            np.savez_compressed(path, mu=self.mean, sigma=self.covariance,
-                                num_samples=np.asarray(self.num_samples, dtype=np.int64))
+        from ddpm_lib import _io
+
+        extra = {} if self.num_samples is None else {
+            "num_samples": np.asarray(self.num_samples, dtype=np.int64)}
+        _io.save_npz(path, {"mu": self.mean, "sigma": self.covariance, **extra}, compressed=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
@@ -435,9 +437,9 @@ def compute_statistics(
         raise TypeError(
             f"extractor must be callable (a torch.nn.Module); got {type(extractor).__name__}"
         )
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     if num_samples is not None:
-        num_samples = _check_positive_int("num_samples", num_samples)
+        num_samples = check_int("num_samples", num_samples, 1)
     device = torch.device(device) if device is not None else _model_device(extractor)
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
@@ -495,12 +497,6 @@ def _length_in_samples(images: Iterable) -> int | None:
         return len(dataset) if dataset is not None else None
     except TypeError:
         return None
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -574,7 +570,7 @@ def statistics_from_folder(
     dataset = ImageFolder(folder)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=_check_positive_int("batch_size", batch_size),
+        batch_size=check_int("batch_size", batch_size, 1),
         num_workers=num_workers,
         collate_fn=_collate_same_size,
     )
@@ -611,8 +607,8 @@ def generate_samples(
     ``model_kwargs`` is passed to every call, or, when it is a function
     ``model_kwargs(b, generator) -> dict``, called for each batch (e.g. to draw class labels).
     """
-    num_samples = _check_positive_int("num_samples", num_samples)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    num_samples = check_int("num_samples", num_samples, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if not callable(getattr(sampler, "sample", None)):
         raise TypeError(f"sampler must have a sample() method; got {type(sampler).__name__}")
     shape = tuple(int(s) for s in shape)
@@ -744,12 +740,12 @@ def kernel_inception_distance(
     for name, feats in (("features1", x_all), ("features2", y_all)):
         if feats.shape[0] < 2:
             raise ValueError(f"{name} must have at least 2 rows; got {feats.shape[0]}")
-    num_subsets = _check_positive_int("num_subsets", num_subsets)
-    subset_size = _check_positive_int("subset_size", subset_size)
+    num_subsets = check_int("num_subsets", num_subsets, 1)
+    subset_size = check_int("subset_size", subset_size, 1)
     subset_size = min(subset_size, x_all.shape[0], y_all.shape[0])
     if subset_size < 2:
         raise ValueError(f"subset_size must be >= 2; got {subset_size}")
-    degree = _check_positive_int("degree", degree)
+    degree = check_int("degree", degree, 1)
     gamma = 1.0 / x_all.shape[1] if gamma is None else float(gamma)
     y_all = y_all.to(x_all.device)
     values = torch.empty(num_subsets, dtype=torch.float64)

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fid import _check_positive_int, _model_device, _to_unit_range, eval_mode
+from ddpm_lib._checks import check_int
+
+from .fid import _model_device, _to_unit_range, eval_mode
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class BitsPerDim:
         Returns ``[(t_first, t_last, bits), ...]`` (inclusive bounds), e.g. how many bits/dim
         the first quarter of the chain accounts for.
         """
-        num_groups = _check_positive_int("num_groups", num_groups)
+        num_groups = check_int("num_groups", num_groups, 1)
         edges = np.linspace(0, len(self.terms), min(num_groups, len(self.terms)) + 1).round()
         return [
             (int(a), int(b) - 1, float(self.terms[int(a) : int(b)].sum()))
@@ -165,9 +167,9 @@ def nll_bits_per_dim(
         loss = VLBLoss(schedule, variance=variance, prediction=prediction)
     if not callable(getattr(loss, "bits_per_dim", None)):
         raise TypeError(f"loss must have a bits_per_dim method; got {type(loss).__name__}")
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     if num_samples is not None:
-        num_samples = _check_positive_int("num_samples", num_samples)
+        num_samples = check_int("num_samples", num_samples, 1)
     if isinstance(dataset, torch.Tensor) and dataset.ndim < 2:
         raise ValueError(f"dataset must be a (N, C, H, W) tensor; got {tuple(dataset.shape)}")
     device = torch.device(device) if device is not None else _model_device(model)

@@ -30,9 +30,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ddpm_lib._checks import check_bool, check_int, check_int_tuple, check_probability, check_real
+
 from .layers import AttentionBlock, Downsample, OutputHead, ResBlock, Upsample
 from .pretrained import PretrainedModel
-from .unet import UNetLevel, _check_bool, _check_int, _check_int_tuple
+from .unet import UNetLevel
 
 __all__ = ["AutoencoderKL", "AutoencoderOutput", "Decoder", "DiagonalGaussian", "Encoder"]
 
@@ -216,24 +218,19 @@ class AutoencoderKL(PretrainedModel):
         use_post_quant_conv: bool = True,
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("latent_channels", latent_channels, 1)
-        _check_int("base_channels", base_channels, 1)
-        channel_mults = _check_int_tuple("channel_mults", channel_mults, 1, allow_empty=False)
-        _check_int("num_res_blocks", num_res_blocks, 1)
-        _check_bool("attention", attention)
-        _check_int("norm_groups", norm_groups, 1)
-        if out_channels is not None:
-            _check_int("out_channels", out_channels, 1)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-            0.0 <= dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or norm_eps <= 0:
-            raise ValueError(f"norm_eps must be a positive float; got {norm_eps!r}")
-        _check_int("num_heads", num_heads, 1)
-        _check_bool("use_quant_conv", use_quant_conv)
-        _check_bool("use_post_quant_conv", use_post_quant_conv)
+        check_int("in_channels", in_channels, 1)
+        check_int("latent_channels", latent_channels, 1)
+        check_int("base_channels", base_channels, 1)
+        channel_mults = check_int_tuple("channel_mults", channel_mults, 1)
+        check_int("num_res_blocks", num_res_blocks, 1)
+        check_bool("attention", attention)
+        check_int("norm_groups", norm_groups, 1)
+        check_int("out_channels", out_channels, 1, allow_none=True)
+        check_probability("dropout", dropout)
+        check_real("norm_eps", norm_eps, 0, open_min=True)
+        check_int("num_heads", num_heads, 1)
+        check_bool("use_quant_conv", use_quant_conv)
+        check_bool("use_post_quant_conv", use_post_quant_conv)
         channels = [base_channels * mult for mult in channel_mults]
         bad = [c for c in channels if c % norm_groups]
         if bad:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddpm_lib._checks import check_int
+
 from .layers import GroupNormAct
-from .unet import _check_int
 
 __all__ = ["PatchDiscriminator"]
 
@@ -44,10 +45,10 @@ class PatchDiscriminator(nn.Module):
         norm_groups: int = 32,
     ) -> None:
         super().__init__()
-        _check_int("in_channels", in_channels, 1)
-        _check_int("base_channels", base_channels, 1)
-        _check_int("num_layers", num_layers, 1)
-        _check_int("norm_groups", norm_groups, 1)
+        check_int("in_channels", in_channels, 1)
+        check_int("base_channels", base_channels, 1)
+        check_int("num_layers", num_layers, 1)
+        check_int("norm_groups", norm_groups, 1)
         if (2 * base_channels) % norm_groups:
             raise ValueError(
                 f"norm_groups={norm_groups} must divide 2 * base_channels = {2 * base_channels}; "

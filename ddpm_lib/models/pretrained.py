@@ -72,21 +72,17 @@ class PretrainedModel(nn.Module):
         return next(self.parameters()).device
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if
-        needed). The weights are written to a temporary file and renamed, so an interrupted
-        save never leaves a truncated ``model.safetensors`` behind."""
-        from safetensors.torch import save_file
+        """Write ``config.json``, ``model.safetensors`` and a ``manifest.json`` of their
+        hashes into ``directory`` as one atomic folder swap (``ddpm_lib/_io.py``):
+        an interrupted save leaves the previous folder, never a mix of old and new files.
+        Files in ``directory`` that no save wrote are kept."""
+        from ddpm_lib import _io
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": type(self).__name__, **self.config}
-        tmp_config = directory / (CONFIG_NAME + ".tmp")
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        os.replace(tmp_config, directory / CONFIG_NAME)
+        with _io.atomic_folder(directory) as tmp:
+            _io.write_json(tmp / CONFIG_NAME, config, sort_keys=True)
+            _io.save_safetensors(tmp / WEIGHTS_NAME, state, metadata={"format": "pt"})
 
     @classmethod
     def load_config(cls, directory: str | os.PathLike) -> dict[str, Any]:
@@ -95,7 +91,11 @@ class PretrainedModel(nn.Module):
         Raises ``FileNotFoundError`` if it is missing and ``ValueError`` if it is not valid
         JSON or was written for another class.
         """
+        from ddpm_lib import _io
+
         path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            _io.recover_folder(directory)  # a save interrupted between its two renames
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
         try:
@@ -124,9 +124,12 @@ class PretrainedModel(nn.Module):
 
         The weights are read with safetensors, which never executes pickled code. ``dtype``
         defaults to the saved dtype. A missing file raises ``FileNotFoundError``; a truncated
-        file, or tensors whose names or shapes do not match the configuration, raise
+        file, tensors whose names or shapes do not match the configuration, or files that do
+        not match the folder's ``manifest.json`` (parts of different saves) raise
         ``ValueError`` naming the file and the tensors.
         """
+        from ddpm_lib import _io
+
         config = cls.load_config(directory)
         path = Path(directory) / CONFIG_NAME
         try:
@@ -134,6 +137,7 @@ class PretrainedModel(nn.Module):
         except TypeError as error:
             raise ValueError(f"{path} does not match {cls.__name__}'s arguments: {error}") from None
         model.load_weights(Path(directory) / WEIGHTS_NAME)
+        _io.verify_folder(directory)  # after the checks that say what differs: refuses a mix
         if dtype is not None:
             model.to(dtype=dtype)
         if device is not None:

@@ -38,12 +38,10 @@ from .layers import (
     masked_mean,
     zero_module,
 )
+from ._unet_config import TEXT_ATTENTION_CHOICES, check_unet_arguments, unet_geometry
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
 
 __all__ = ["UNet", "UNetLevel"]
-
-#: how the context tokens enter the attention layers (``UNet(text_attention=...)``)
-TEXT_ATTENTION_CHOICES = ("cross", "joint")
 
 
 class UNetLevel(nn.Module):
@@ -60,30 +58,6 @@ class UNetLevel(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.resample = resample
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
-    return value
-
-
-def _check_int_tuple(name: str, value: Any, minimum: int, allow_empty: bool) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints; got {value!r}")
-    if not value and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    for item in value:
-        _check_int(f"each entry of {name}", item, minimum)
-    return tuple(value)
 
 
 class UNet(PretrainedModel):
@@ -128,9 +102,9 @@ class UNet(PretrainedModel):
             self-attention's (GLIDE, :class:`ddpm_lib.models.AttentionBlock` with
             ``context_dim``); ``"cross"``: a separate cross-attention layer after each
             self-attention (Latent Diffusion, :class:`ddpm_lib.models.CrossAttentionBlock`).
-            Joint is the default because it measured faster and smaller
-            (``benchmarks/bench_text.py --part b``: 0.96x the time, 0.93x the peak memory and
-            0.95x the parameters of cross; see ``docs/guides/text_to_image.md``).
+            Joint is the default because it measured faster and smaller than cross
+            (``benchmarks/bench_text.py --part b``; the figures are in
+            ``docs/guides/text_to_image.md``).
 
     Call ``model(x_t, t, y=None, *, context=None, context_mask=None, context_pooled=None)``:
         ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
@@ -182,90 +156,21 @@ class UNet(PretrainedModel):
         text_attention: str = "joint",
     ) -> None:
         super().__init__()
-        # ---- validation: every error names the argument and what to change ----------------
-        _check_int("in_channels", in_channels, 1)
-        if out_channels is not None:
-            _check_int("out_channels", out_channels, 1)
-        _check_int("base_channels", base_channels, 1)
-        channel_mults = _check_int_tuple("channel_mults", channel_mults, 1, allow_empty=False)
-        _check_int("num_res_blocks", num_res_blocks, 1)
-        attention_resolutions = _check_int_tuple(
-            "attention_resolutions", attention_resolutions, 1, allow_empty=True
-        )
-        _check_int("image_size", image_size, 1)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-            0.0 <= dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        if num_classes is not None:
-            _check_int("num_classes", num_classes, 1)
-        _check_bool("learn_sigma", learn_sigma)
-        _check_int("num_heads", num_heads, 1)
-        _check_int("norm_groups", norm_groups, 1)
-        _check_bool("gradient_checkpointing", gradient_checkpointing)
-        if head_channels is not None:
-            _check_int("head_channels", head_channels, 1)
-        if emb_channels is not None:
-            _check_int("emb_channels", emb_channels, 1)
-        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or norm_eps <= 0:
-            raise ValueError(f"norm_eps must be a positive float; got {norm_eps!r}")
-        if downsample_padding not in (0, 1) or isinstance(downsample_padding, bool):
-            raise ValueError(f"downsample_padding must be 0 or 1; got {downsample_padding!r}")
-        _check_bool("flip_sin_to_cos", flip_sin_to_cos)
-        if isinstance(freq_shift, bool) or not isinstance(freq_shift, (int, float)):
-            raise TypeError(f"freq_shift must be a number; got {freq_shift!r}")
-        if context_dim is not None:
-            _check_int("context_dim", context_dim, 1)
-        if text_attention not in TEXT_ATTENTION_CHOICES:
-            raise ValueError(
-                f"text_attention must be one of {', '.join(map(repr, TEXT_ATTENTION_CHOICES))}; "
-                f"got {text_attention!r}"
-            )
-        if base_channels // 2 - freq_shift == 0:
-            raise ValueError(
-                f"freq_shift={freq_shift} equals base_channels // 2; the sinusoidal "
-                "frequencies would divide by zero"
-            )
-
+        # ---- validation (models/_unet_config.py): errors name the argument and the fix -----
+        check_unet_arguments(
+            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            channel_mults=channel_mults, num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions, image_size=image_size, dropout=dropout,
+            num_classes=num_classes, learn_sigma=learn_sigma, num_heads=num_heads,
+            norm_groups=norm_groups, gradient_checkpointing=gradient_checkpointing,
+            head_channels=head_channels, emb_channels=emb_channels, norm_eps=norm_eps,
+            downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift, context_dim=context_dim, text_attention=text_attention)
+        geometry = unet_geometry(channel_mults, attention_resolutions, image_size, base_channels,
+                                 norm_groups, num_heads, head_channels)
+        channel_mults, attention_resolutions = geometry.channel_mults, geometry.attention_resolutions
+        channels, attention_levels = list(geometry.channels), geometry.attention_levels
         num_levels = len(channel_mults)
-        factor = 2 ** (num_levels - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"image_size={image_size} must be divisible by 2^(levels - 1) = {factor} for "
-                f"{num_levels} levels (channel_mults={channel_mults}); change image_size or "
-                "use fewer levels"
-            )
-        resolutions = [image_size // 2**level for level in range(num_levels)]
-        for resolution in attention_resolutions:
-            if resolution not in resolutions:
-                raise ValueError(
-                    f"attention_resolutions contains {resolution}, which is not a resolution "
-                    f"of this network; with image_size={image_size} and {num_levels} levels "
-                    f"the resolutions are {resolutions}"
-                )
-        channels = [base_channels * mult for mult in channel_mults]
-        # every channel count (levels, concatenations) is a multiple of base_channels
-        if base_channels % norm_groups:
-            raise ValueError(
-                f"norm_groups={norm_groups} must divide every channel count, but "
-                f"base_channels={base_channels} is not divisible by it; change norm_groups "
-                "or base_channels"
-            )
-        attention_levels = tuple(
-            level for level, res in enumerate(resolutions) if res in attention_resolutions
-        )
-        for level in sorted(set(attention_levels) | {num_levels - 1}):
-            c = channels[level]
-            if head_channels is not None and c % head_channels:
-                raise ValueError(
-                    f"head_channels={head_channels} must divide the attention channels; level "
-                    f"{level} has {c} channels"
-                )
-            if head_channels is None and c % num_heads:
-                raise ValueError(
-                    f"num_heads={num_heads} must divide the attention channels; level {level} "
-                    f"has {c} channels"
-                )
 
         # ---- configuration ---------------------------------------------------------------
         self._config = dict(
@@ -312,12 +217,19 @@ class UNet(PretrainedModel):
             self.context_embed = self.make_context_embedding()
         self.conv_in = self.make_input()
 
-        skip_channels = [base_channels]
-        ch = base_channels
+        ch = self._build_levels()  # self.down, self.mid, self.up
+        self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+
+    def _build_levels(self) -> int:
+        """The down path, the middle and the up path (skip connections paired in reverse);
+        returns the channels of the last up level."""
+        channels, num_levels = self.level_channels, self.num_levels
+        skip_channels = [self.base_channels]
+        ch = self.base_channels
         self.down = nn.ModuleList()
         for level, out_ch in enumerate(channels):
             blocks = []
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 blocks.append(self._res_attn(ch, out_ch, level))
                 ch = out_ch
                 skip_channels.append(ch)
@@ -339,13 +251,12 @@ class UNet(PretrainedModel):
         for level in reversed(range(num_levels)):
             out_ch = channels[level]
             blocks = []
-            for _ in range(num_res_blocks + 1):
+            for _ in range(self.num_res_blocks + 1):
                 blocks.append(self._res_attn(ch + skip_channels.pop(), out_ch, level))
                 ch = out_ch
             resample = self.make_upsample(ch, level) if level > 0 else None
             self.up.append(UNetLevel(blocks, resample))
-
-        self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+        return ch
 
     # ------------------------------------------------------------------------------------
     # Presets

@@ -193,19 +193,18 @@ class AnalyticVariance:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table: ``.safetensors`` (float64 tensor + metadata), else JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+        from ddpm_lib import _io
 
+        path = Path(path)
+        if path.suffix == ".safetensors":  # written atomically: a failed save keeps the old table
             metadata = {"format": _FORMAT, "fingerprint": self.fingerprint,
                         "num_samples": str(self.num_samples)}
-            save_file({"gamma": self.gamma.contiguous()}, str(path), metadata=metadata)
+            _io.save_safetensors(path, {"gamma": self.gamma.contiguous()}, metadata=metadata)
         else:
             values = [None if math.isnan(v) else v for v in self.gamma.tolist()]
             record = {"format": _FORMAT, "fingerprint": self.fingerprint,
                       "num_samples": self.num_samples, "gamma": values}
-            path.write_text(json.dumps(record))
+            _io.write_text(path, json.dumps(record))
         return path
 
     @classmethod

@@ -9,9 +9,10 @@ A checkpoint is a folder ``<dir>/step_<step:09d>/`` holding
 - ``meta.json``: a human-readable description (model class and config, hyper-parameters),
 - ``manifest.json``: the size and SHA-256 of every other file, written last.
 
-Writing is atomic. Every file goes into a temporary sibling folder and is ``fsync``-ed; the
-folder is ``fsync``-ed and renamed to its final name with ``os.replace`` (atomic on POSIX);
-the parent folder is ``fsync``-ed so the rename itself is durable. A process killed at any
+Writing is atomic (``ddpm_lib/_io.py``). Every file goes into a temporary
+sibling folder and is ``fsync``-ed; the folder is ``fsync``-ed and swapped in under its final
+name as a whole; the parent folder is ``fsync``-ed so the rename itself is durable. A process
+killed at any
 moment therefore leaves either no new checkpoint (only a temporary folder, cleaned up later)
 or a complete one. Reading verifies the manifest; :func:`load_latest_checkpoint` reports a
 truncated or corrupted newest checkpoint with a warning and falls back to the previous good
@@ -35,6 +36,9 @@ from typing import Any
 
 import torch
 
+from ddpm_lib import _io
+from ddpm_lib._checks import check_int
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^step_(\d{9,})$")
-_TMP_PREFIX = ".tmp-"
+_DELETING_PREFIX = ".tmp-deleting-"
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
@@ -74,28 +78,6 @@ class Checkpoint:
     weights: dict[str, dict[str, torch.Tensor]]
     state: dict[str, Any]
     meta: dict[str, Any]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open folders (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> dict[str, Any]:
-    """Write ``data`` to ``path``, flush it to disk, return its manifest entry."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _maybe_sleep_mid_save(step: int) -> None:
@@ -132,45 +114,22 @@ def save_checkpoint(
             lists, tuples, dicts).
         meta: JSON-serialisable description, stored as ``meta.json``.
     """
-    from safetensors.torch import save as safetensors_bytes
-
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int; got {step!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / checkpoint_name(step)
-    tmp = directory / f"{_TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    files: dict[str, Any] = {}
-    for index, (name, state_dict) in enumerate(weights.items()):
+    check_int("step", step, 0)
+    for name in weights:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):
             raise ValueError(f"weights keys must be simple names; got {name!r}")
-        tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-        files[f"{name}.safetensors"] = _write_bytes(
-            tmp / f"{name}.safetensors", safetensors_bytes(tensors)
-        )
-        if index == 0:
-            _maybe_sleep_mid_save(step)
-    buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
-    files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, buffer.getvalue())
-    meta_dict = {"step": step, "format": FORMAT_VERSION, **dict(meta or {})}
-    files[META_FILE] = _write_bytes(
-        tmp / META_FILE, json.dumps(meta_dict, indent=2, sort_keys=True, default=str).encode()
-    )
-    manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
-    _write_bytes(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
-    _fsync_dir(tmp)
-    if final.exists():  # replacing a checkpoint of the same step: move the old one aside first
-        old = directory / f"{_TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(directory)
+    directory = Path(directory)
+    final = directory / checkpoint_name(step)
+    # written into a temporary sibling folder, manifest last, swapped in whole (_io)
+    with _io.atomic_folder(final, step=step) as tmp:
+        for index, (name, state_dict) in enumerate(weights.items()):
+            tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+            _io.save_safetensors(tmp / f"{name}.safetensors", tensors)
+            if index == 0:
+                _maybe_sleep_mid_save(step)
+        _io.torch_save(dict(state), tmp / STATE_FILE)
+        meta_dict = {"step": step, "format": FORMAT_VERSION, **dict(meta or {})}
+        _io.write_json(tmp / META_FILE, meta_dict, sort_keys=True, default=str)
     return final
 
 
@@ -279,13 +238,12 @@ def load_latest_checkpoint(
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints; returns the deleted folders."""
-    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-        raise ValueError(f"keep_last must be a positive int; got {keep_last!r}")
+    check_int("keep_last", keep_last, 1)
     paths = list_checkpoints(directory)
     doomed = paths[:-keep_last]
     for path in doomed:
         # rename first so a crash mid-delete never leaves a half-deleted "step_*" folder
-        trash = path.with_name(f"{_TMP_PREFIX}deleting-{path.name}")
+        trash = path.with_name(f"{_DELETING_PREFIX}{path.name}")
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
@@ -296,9 +254,11 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if p.name.startswith(_TMP_PREFIX)]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
+    stale = _io.clean_leftovers(directory)  # interrupted saves: finished or undone
+    for path in directory.iterdir():
+        if path.name.startswith(_DELETING_PREFIX):  # an interrupted prune
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
     return stale
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddpm_lib._checks import check_probability
+
 __all__ = ["EMA", "unwrap_model"]
 
 
@@ -50,8 +52,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
+        check_probability("decay", decay)
         source = unwrap_model(model)
         self.decay = float(decay)
         self.warmup = bool(warmup)

@@ -38,7 +38,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ddpm_lib._checks import check_choice
+from ddpm_lib import _io
+from ddpm_lib._checks import check_choice, check_int, check_probability, check_real
 from ddpm_lib.conditioning import ClassLabel, Prompt, conditions_for, guidance_inputs
 from ddpm_lib.training.checkpoint import (
     Checkpoint,
@@ -60,26 +61,6 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "log.jsonl"
 SAMPLES_DIR = "samples"
 EXPORT_DIR = "ema_model"
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None; got {value!r}")
-    return value
-
-
-def _non_negative_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number; got {value!r}")
-    return float(value)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -218,32 +199,24 @@ class Trainer:
             raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}")
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
-        self.batch_size = _positive_int("batch_size", batch_size)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"lr must be a positive number; got {lr!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int; got {warmup_steps!r}")
-        self.grad_clip = None if not grad_clip else _non_negative_float("grad_clip", grad_clip)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        check_real("lr", lr, 0, open_min=True)
+        check_int("warmup_steps", warmup_steps, 0)
+        self.grad_clip = None if not grad_clip else float(check_real("grad_clip", grad_clip, 0,
+                                                                     finite=False))
         self.mixed_precision = check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         if out_dir is None:
             raise ValueError("out_dir must be a folder path; got None")
-        self.log_every = _positive_int("log_every", log_every)
-        self.checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
-        self.sample_every = _optional_positive_int("sample_every", sample_every)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-        if num_workers is not None and (
-            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
-        ):
-            raise ValueError(f"num_workers must be a non-negative int or None; got {num_workers!r}")
-        self.class_dropout = _non_negative_float("class_dropout", class_dropout)
-        if self.class_dropout > 1:
-            raise ValueError(f"class_dropout must be in [0, 1]; got {class_dropout!r}")
-        self.caption_dropout = _non_negative_float("caption_dropout", caption_dropout)
-        if self.caption_dropout > 1:
-            raise ValueError(f"caption_dropout must be in [0, 1]; got {caption_dropout!r}")
-        self.num_samples = _positive_int("num_samples", num_samples)
-        self.keep_checkpoints = _positive_int("keep_checkpoints", keep_checkpoints)
+        self.log_every = check_int("log_every", log_every, 1)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        self.sample_every = check_int("sample_every", sample_every, 1, allow_none=True)
+        check_int("seed", seed, 0)
+        check_int("num_workers", num_workers, 0, allow_none=True)
+        self.class_dropout = check_probability("class_dropout", class_dropout, allow_one=True)
+        self.caption_dropout = check_probability("caption_dropout", caption_dropout,
+                                                 allow_one=True)
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.keep_checkpoints = check_int("keep_checkpoints", keep_checkpoints, 1)
         self.lr = float(lr)
         self.warmup_steps = warmup_steps
         self.seed = seed
@@ -411,13 +384,8 @@ class Trainer:
         checkpoint at the end: for time-limited jobs and demos. Returns ``step``. A run that
         has already reached ``num_steps`` trains nothing and says so on stderr.
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"num_steps must be a non-negative int; got {num_steps!r}")
-        if max_seconds is not None and (
-            isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-            or not max_seconds > 0
-        ):
-            raise ValueError(f"max_seconds must be a positive number or None; got {max_seconds!r}")
+        check_int("num_steps", num_steps, 0)
+        check_real("max_seconds", max_seconds, 0, open_min=True, finite=False, allow_none=True)
         if self.step >= num_steps:
             self._say(f"already done: step {self.step} (epoch {self.epoch}) has reached "
                       f"num_steps={num_steps}; nothing to train (ask for more steps to continue)")
@@ -670,7 +638,7 @@ class Trainer:
                 raise TypeError(f"{name} must be a list of str; got {value!r}")
         if prompts is not None and num_samples is None:
             num_samples = len(prompts)
-        num_samples = _positive_int("num_samples", num_samples or self.num_samples)
+        num_samples = check_int("num_samples", num_samples or self.num_samples, 1)
         model = self.ema_model if use_ema else self.model
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(self.seed)
@@ -728,7 +696,7 @@ class Trainer:
         if self._text_model:  # the prompts of the grid, in reading order, beside it
             fixed = self.default_sample_prompts()
             prompts = [fixed[i % len(fixed)] for i in range(images.shape[0])]
-            path.with_suffix(".txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+            _io.write_text(path.with_suffix(".txt"), "\n".join(prompts) + "\n")
         writer = self._tensorboard()
         if writer is not None:
             from torchvision.utils import make_grid
@@ -902,9 +870,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        tmp = log.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, log)
+        _io.write_text(log, "".join(line + "\n" for line in kept))
 
     def export(self) -> Path | None:
         """Write the EMA model to ``out_dir/ema_model`` (rank 0) for sampling and evaluation.

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 PACKAGE = "ddpm_lib"
 # Modules that are not API pages: private helpers and the command line (documented as a page
 # of its own in the guides, by its --help).
-SKIP_MODULES = {"ddpm_lib.cli", "ddpm_lib.__main__"}
+SKIP_MODULES = {"ddpm_lib.cli", "ddpm_lib.__main__", "ddpm_lib.analytic"}  # analytic: deprecated
 # Class names (any module) whose members a documented subclass does not repeat: torch's and
 # Python's bases, documented in their own projects.
 INHERITANCE_STOPS = ["Module", "Dataset", "DistributedSampler", "Function", "BaseException",
