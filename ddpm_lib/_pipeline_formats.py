@@ -73,7 +73,7 @@ def _is_checkpoint(source: Path) -> bool:
 
 
 def _from_checkpoint(source: Path, use_ema: bool,
-                     model_class: type | None) -> tuple[Any, dict, Path]:
+                     model_class: Any) -> tuple[Any, dict, Path]:
     """``(model, diffusion settings, checkpoint folder)`` from a run's newest good checkpoint
     or one checkpoint."""
     from .training.checkpoint import CheckpointError, load_checkpoint, load_latest_checkpoint
@@ -99,7 +99,7 @@ def _from_checkpoint(source: Path, use_ema: bool,
     return model, dict(meta.get("diffusion") or {}), where
 
 
-def _from_model_folder(source: Path, model_class: type | None) -> tuple[Any, dict]:
+def _from_model_folder(source: Path, model_class: Any) -> tuple[Any, dict]:
     """``(model, diffusion settings)`` from a pretrained folder (``config.json``)."""
     config = read_json(source / "config.json")
     cls = model_class or resolve_model_class(config.get("_class_name", "UNet"),
@@ -119,7 +119,7 @@ def _from_model_folder(source: Path, model_class: type | None) -> tuple[Any, dic
     return model, diffusion
 
 
-def _legacy_latent(source: Path, autoencoder_class: type | None) -> tuple[Any, float, dict]:
+def _legacy_latent(source: Path, autoencoder_class: Any) -> tuple[Any, Any, dict]:
     """``(autoencoder, scale factor, diffusion settings)`` of a ``latent_diffusion.json`` folder."""
     path = source / LEGACY_LATENT_FILE
     record = read_json(path)
@@ -130,7 +130,7 @@ def _legacy_latent(source: Path, autoencoder_class: type | None) -> tuple[Any, f
 
 
 def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
-                    autoencoder_class: type | None) -> tuple[Any, Any, Any, dict]:
+                    autoencoder_class: Any) -> tuple[Any, Any, Any, dict]:
     """``(model or None, autoencoder or None, scale factor, diffusion)`` of ``pipeline.json``."""
     path = source / PIPELINE_FILE
     if record.get("format") != _FORMAT:
@@ -156,7 +156,7 @@ def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
     return loaded.get("model"), loaded.get("autoencoder"), latent.get("scale_factor"), diffusion
 
 
-def _enclosing_latent(source: Path, autoencoder_class: type | None) -> tuple[Any, Any]:
+def _enclosing_latent(source: Path, autoencoder_class: Any) -> tuple[Any, Any]:
     """``(autoencoder, scale factor)`` of the latent training run that holds ``source`` (its
     ``ema_model/`` or ``unet/``, or ``checkpoints/step_*``), else ``(None, None)``."""
     inside = [source.parent] if source.name in ("ema_model", "unet") else []
@@ -220,8 +220,8 @@ class BundleParts(NamedTuple):
     where: Path  # the folder read (the checkpoint folder of a training run)
 
 
-def read_parts(source: Path, *, use_ema: bool = True, model_class: type | None = None,
-               autoencoder_class: type | None = None, load_model: bool = True,
+def read_parts(source: Path, *, use_ema: bool = True, model_class: Any = None,
+               autoencoder_class: Any = None, load_model: bool = True,
                prefer_checkpoint: bool = True) -> BundleParts:
     """The parts of any folder the library writes (see the module's docstring).
 

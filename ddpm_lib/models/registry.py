@@ -55,7 +55,7 @@ def class_path(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> type:
+def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> Any:
     """The class a saved ``name`` refers to: ``"UNet"`` or ``"ddpm_lib.models.unet.UNet"``.
 
     Args:
@@ -94,7 +94,7 @@ def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> ty
     )
 
 
-def build_model(cls: type, config: Mapping[str, Any], where: Any = None) -> Any:
+def build_model(cls: type, config: Any, where: Any = None) -> Any:
     """A new model of class ``cls`` from a saved configuration (keys starting with ``_`` are
     bookkeeping and dropped); ``cls.from_config(config)`` when the class has one.
 
