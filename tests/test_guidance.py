@@ -349,3 +349,121 @@ def test_use_clipped_model_output_is_validated_and_shown(small_schedule):
     assert "use_clipped_model_output=True" in repr(PNDMSampler(small_schedule, 5))
     # DPM-Solver++ reads only x0 and x_t: the option changes nothing and is not shown
     assert "use_clipped_model_output" not in repr(DPMSolverSampler(small_schedule, 5))
+
+
+# ----------------------------------------------------------------------------- guided accuracy
+class DigitDenoiser(nn.Module):
+    """A small class-conditional residual MLP on flattened 8x8 digits (64 values)."""
+
+    def __init__(self, width: int = 256, num_classes: int = 10) -> None:
+        super().__init__()
+        self.time = TimestepEmbedding(64, width)
+        self.label = ClassEmbedding(num_classes, width)
+        self.inp = nn.Linear(64, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(width, width)) for _ in range(3)
+        )
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, 64))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x_t)  # (B, width)
+        emb = self.time(t) + self.label(y)
+        for block in self.blocks:
+            h = h + block(h + emb)
+        return self.out(h)  # (B, 64)
+
+
+GUIDANCE_SCALES = (1.0, 3.0, 5.0)
+NUM_PER_CLASS = 10
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """(schedule, denoiser, classifier, images): a guided denoiser trained here (1,000 Adam
+    steps, label dropout 0.1, 10-25 s on one thread) and a logistic-regression classifier
+    fitted on the same digits (~99% accurate on them), which measures the class accuracy."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    digits = datasets.load_digits()
+    images = torch.tensor(digits.data / 8.0 - 1.0, dtype=torch.float32)  # [0, 16] -> [-1, 1]
+    labels = torch.tensor(digits.target)
+    torch.manual_seed(0)  # the weights' initialisation
+    schedule = NoiseSchedule.linear(1000)
+    model = DigitDenoiser()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    loss_fn = SimpleLoss(schedule)
+    generator = torch.Generator().manual_seed(0)
+    num_steps = 1000
+    for step in range(num_steps):
+        batch = torch.randint(0, len(images), (256,), generator=generator)
+        y = labels[batch].clone()
+        y[torch.rand(256, generator=generator) < 0.1] = -1  # the null label, for guidance
+        loss = loss_fn(model, images[batch], y=y, generator=generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:  # linear decay
+            group["lr"] = 2e-3 * (1 - step / num_steps) + 1e-4
+    model.eval().requires_grad_(False)
+    classifier = linear_model.LogisticRegression(max_iter=2000).fit(images.numpy(), digits.target)
+    torch.set_num_threads(threads)
+    return schedule, model, classifier, images
+
+
+def class_accuracy(sampler, model, classifier, scale) -> float:
+    requested = torch.arange(10).repeat(NUM_PER_CLASS)
+    samples = sampler.sample(model, (len(requested), 64), model_kwargs={"y": requested},
+                             guidance_scale=scale, generator=torch.Generator().manual_seed(1))
+    return float((classifier.predict(samples.numpy()) == requested.numpy()).mean())
+
+
+def accuracy_holds(accuracies: list[float]) -> bool:
+    """Accuracy at every scale >= 0.8 and never more than 0.05 (a 5-sample draw of the 100)
+    below its value at scale 1."""
+    return min(accuracies) >= 0.8 and all(a >= accuracies[0] - 0.05 for a in accuracies[1:])
+
+
+def guided_samplers(schedule, model, images):
+    def unconditional(x, t):
+        return model(x, t, y=torch.full((x.shape[0],), -1))
+
+    timesteps_25 = DDIMSampler(schedule, 25).timesteps
+    variance = AnalyticVariance.estimate(
+        unconditional, schedule, images, num_samples=400, progress=False,
+        generator=torch.Generator().manual_seed(2),
+        timesteps=torch.cat([timesteps_25, DDPMSampler(schedule, num_steps=25).timesteps]),
+    )
+    return {  # each in its documented configuration, clipping on (the default)
+        "ddpm": DDPMSampler(schedule, num_steps=100),
+        "ddpm_analytic": DDPMSampler(schedule, num_steps=25, variance=variance),
+        "ddim": DDIMSampler(schedule, 50),
+        "ddim_eta1": DDIMSampler(schedule, 50, eta=1.0),
+        "ddim_analytic": DDIMSampler(schedule, 25, variance=variance),
+        "dpm_solver_2m": DPMSolverSampler(schedule, 20),
+        "dpm_solver_3m": DPMSolverSampler(schedule, 20, order=3),
+        "unipc": UniPCSampler(schedule, 10),
+        "pndm": PNDMSampler(schedule, 10),
+        "deis": DEISSampler(schedule, 10),
+        "sde": SDESampler(schedule, 100),
+        "sde_pc": SDESampler(schedule, 50, "predictor_corrector"),
+        "sde_heun": SDESampler(schedule, 30, "heun"),
+        "sde_adaptive": SDESampler(schedule, method="adaptive"),
+    }
+
+
+@pytest.mark.slow
+def test_guided_class_accuracy_does_not_fall_with_the_scale(digits_model, one_thread):
+    """Every sampler with clipping on: class accuracy at guidance 1, 3, 5 stays high and does
+    not fall; diffusers' DDIM rule (use_clipped_model_output=False) fails the same check."""
+    schedule, model, classifier, images = digits_model
+    failures = {}
+    for name, sampler in guided_samplers(schedule, model, images).items():
+        accuracies = [class_accuracy(sampler, model, classifier, w) for w in GUIDANCE_SCALES]
+        if not accuracy_holds(accuracies):
+            failures[name] = accuracies
+    assert not failures, f"accuracy at guidance {GUIDANCE_SCALES}: {failures}"
+    diffusers_rule = DDIMSampler(schedule, 50, use_clipped_model_output=False)
+    accuracies = [class_accuracy(diffusers_rule, model, classifier, w) for w in GUIDANCE_SCALES]
+    assert not accuracy_holds(accuracies), accuracies  # the check can fail
