@@ -111,7 +111,8 @@ def train(args: argparse.Namespace, schedule: NoiseSchedule, images: torch.Tenso
         optimizer.step()
         for group in optimizer.param_groups:
             group["lr"] = args.lr * max(1 - step / args.steps, 0.05)
-        running = float(loss) if step == 0 else 0.98 * running + 0.02 * float(loss)
+        value = loss.item()
+        running = value if step == 0 else 0.98 * running + 0.02 * value
         step += 1
     return model.eval().requires_grad_(False), step, running
 
@@ -194,7 +195,7 @@ def plot(results: dict[str, list[tuple[float, float]]], scales: list[float], pat
     right.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
     right.annotate("real held-out digits", (scales[0], floor), fontsize=8, color="grey",
                    xytext=(0, 3), textcoords="offset points")
-    left.legend(fontsize=8, loc="lower left")
+    left.legend(fontsize=8, loc="center right")
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()

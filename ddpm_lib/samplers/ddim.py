@@ -8,9 +8,9 @@ One step from timestep ``t`` to the next timestep ``s`` of the list (eq. 12):
 where ``x0`` and ``eps`` are the model's estimates at ``(x_t, t)``. When ``x0`` is clipped (or
 thresholded), ``eps`` is the one of the clipped ``x0`` at ``x_t``, ``eps = (x_t - sqrt(abar_t)
 x0) / sqrt(1 - abar_t)``, so that the two still describe ``x_t`` (improved-diffusion's rule;
-``use_clipped_model_output=False`` keeps the model's ``eps``, diffusers' default). After the last timestep
-the step lands on ``abar = 1``: the clean sample ``x0``. ``eta = 1`` is the DDPM posterior
-(fixed_small variance) on the subsequence.
+``use_clipped_model_output=False`` keeps the model's ``eps``, diffusers' default). After the
+last timestep the step lands on ``abar = 1``: the clean sample ``x0``. ``eta = 1`` is the DDPM
+posterior (fixed_small variance) on the subsequence.
 """
 
 from __future__ import annotations
