@@ -21,6 +21,11 @@ best over the scales.
 
     PYTHONPATH=. python benchmarks/bench_guidance.py --threads 1 --plot docs/images/guidance.png
     PYTHONPATH=. python benchmarks/bench_guidance.py --steps 500 --minutes 1   # a quick look
+
+Training stops at ``--steps`` or after ``--minutes``, whichever comes first, so on a busy
+machine the time budget decides how many steps a run gets (printed); give ``--steps N`` with a
+large ``--minutes`` to train exactly ``N`` steps (the run is then the same on any machine, up
+to floating-point differences between thread counts).
 """
 
 from __future__ import annotations
