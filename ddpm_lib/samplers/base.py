@@ -203,8 +203,10 @@ class Sampler:
         schedule: the forward process the model was trained with.
         num_steps: number of model calls of a full run, ``1 <= num_steps <= T``.
         prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
-        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` at every step (images). Turn
-            it off for latents or any data not in ``[-1, 1]``.
+        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` at every step (images); an
+            update that reads ``eps`` then reads the one of the clamped ``x0`` (see
+            ``use_clipped_model_output``). Turn it off for latents or any data not in
+            ``[-1, 1]``.
         dynamic_threshold: a percentile in ``(0, 1)`` (Imagen uses 0.995) to threshold ``x0``
             dynamically instead of clipping; ``None`` to not.
         use_clipped_model_output: when ``x0`` is clipped or thresholded, the update reads the
