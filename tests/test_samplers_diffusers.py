@@ -95,18 +95,47 @@ def test_ddim_trajectory_equals_diffusers(spacing, num_steps):
     assert torch.equal(x0, trajectory.samples[-1])
 
 
-def test_ddim_plain_diffusers_loop_where_it_steps_to_the_next_timestep():
-    """The untouched diffusers loop ("trailing", N | T) gives our trajectory, with clipping too."""
-    schedule = NoiseSchedule.linear(1000)
-    oracle = GaussianOracle(schedule, mean=0.6, std=0.8)  # x0 estimates beyond [-1, 1]: clipped
-    x_T = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(1))
+def diffusers_clipped_ddim(oracle, x_T, use_clipped_model_output):
     reference = ddim_scheduler(1000, "trailing", clip_sample=True)
     reference.set_timesteps(20)
     x = x_T.clone()
     for t in reference.timesteps:
-        x = reference.step(oracle(x, t.expand(4)), t, x).prev_sample
-    ours = DDIMSampler(schedule, 20, clip_denoised=True).sample(oracle, None, x_T=x_T.clone())
-    torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
+        x = reference.step(
+            oracle(x, t.expand(x.shape[0])), t, x,
+            use_clipped_model_output=use_clipped_model_output,
+        ).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("use_clipped_model_output", [False, True])
+def test_ddim_plain_diffusers_loop_where_it_steps_to_the_next_timestep(use_clipped_model_output):
+    """The untouched diffusers loop ("trailing", N | T) gives our trajectory, with clipping too,
+    for both of diffusers' clipping rules (``use_clipped_model_output`` on both sides)."""
+    schedule = NoiseSchedule.linear(1000)
+    x_T = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(1))
+    oracle = GaussianOracle(schedule, mean=0.6, std=0.8)
+    expected = diffusers_clipped_ddim(oracle, x_T, use_clipped_model_output)
+    ours = DDIMSampler(
+        schedule, 20, clip_denoised=True, use_clipped_model_output=use_clipped_model_output
+    ).sample(oracle, None, x_T=x_T.clone())
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+
+def test_ddim_clipping_rules_equal_diffusers_and_differ():
+    """Data centred at 1.2: nearly every x0 estimate is clamped, so the two rules part by
+    ~0.1; each of ours equals diffusers' run with the same ``use_clipped_model_output``."""
+    schedule = NoiseSchedule.linear(1000)
+    x_T = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(1))
+    oracle = GaussianOracle(schedule, mean=1.2, std=0.5)
+    runs = {}
+    for flag in (True, False):
+        expected = diffusers_clipped_ddim(oracle, x_T, flag)
+        ours = DDIMSampler(schedule, 20, use_clipped_model_output=flag).sample(
+            oracle, None, x_T=x_T.clone()
+        )
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+        runs[flag] = ours
+    assert (runs[True] - runs[False]).abs().max() > 0.05  # the check can tell the rules apart
 
 
 @pytest.mark.parametrize(

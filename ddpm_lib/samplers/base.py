@@ -202,10 +202,20 @@ class Sampler:
         schedule: the forward process the model was trained with.
         num_steps: number of model calls of a full run, ``1 <= num_steps <= T``.
         prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
-        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` at every step (images). Turn
-            it off for latents or any data not in ``[-1, 1]``.
+        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` at every step (images); an
+            update that reads ``eps`` then reads the one of the clamped ``x0`` (see
+            ``use_clipped_model_output``). Turn it off for latents or any data not in
+            ``[-1, 1]``.
         dynamic_threshold: a percentile in ``(0, 1)`` (Imagen uses 0.995) to threshold ``x0``
             dynamically instead of clipping; ``None`` to not.
+        use_clipped_model_output: when ``x0`` is clipped or thresholded, the update reads the
+            ``eps = (x_t - alpha_t x0) / sigma_t`` of the clamped ``x0`` and the current
+            ``x_t`` (``True``, default: both describe the same ``x_t``, as improved-diffusion
+            and diffusers' ``use_clipped_model_output=True``), or the model's own ``eps``
+            (``False``: diffusers' ``DDIMScheduler`` default, which under strong guidance pairs
+            a clamped ``x0`` with an ``eps`` of an overshooting one and ruins the samples).
+            Only samplers whose update reads ``eps`` (DDIM, PLMS / iPNDM, DEIS, the SDE
+            samplers) depend on it; DDPM, DPM-Solver++ and UniPC read only ``x0`` and ``x_t``.
         learn_sigma: the model returns ``2C`` channels (prediction, then variance values);
             samplers that do not use a learned variance ignore the second half.
         timesteps: an explicit list of model timesteps instead of the sampler's grid: strictly
@@ -224,6 +234,8 @@ class Sampler:
     spacing: str = "linspace"
     #: ``num_steps`` when neither it nor ``timesteps`` is given
     default_num_steps: int = 50
+    #: whether the update reads ``eps`` (then ``use_clipped_model_output`` matters)
+    _reads_eps: bool = True
 
     def __init__(
         self,
@@ -235,6 +247,7 @@ class Sampler:
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        use_clipped_model_output: bool = True,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
@@ -262,6 +275,9 @@ class Sampler:
             dynamic_threshold = float(dynamic_threshold)
         self.dynamic_threshold = dynamic_threshold
         self.learn_sigma = _check_bool("learn_sigma", learn_sigma)
+        self.use_clipped_model_output = _check_bool(
+            "use_clipped_model_output", use_clipped_model_output
+        )
 
         timesteps = given if given is not None else self._make_timesteps()
         self._timesteps = timesteps
@@ -322,9 +338,13 @@ class Sampler:
         return self.num_steps
 
     def __repr__(self) -> str:
+        clipped = (
+            f"use_clipped_model_output={self.use_clipped_model_output}, "
+            if self._reads_eps else ""
+        )
         return (
             f"{type(self).__name__}(num_steps={self.num_steps}, prediction={self.prediction!r}, "
-            f"clip_denoised={self.clip_denoised}, schedule={self.schedule!r})"
+            f"clip_denoised={self.clip_denoised}, {clipped}schedule={self.schedule!r})"
         )
 
     @torch.no_grad()
@@ -784,6 +804,25 @@ class Sampler:
         if self.learn_sigma:
             model_output = model_output[:, : x_t.shape[1]]
         return x0_eps_from_prediction(self.prediction, model_output, x_t, alpha, sigma)
+
+    @property
+    def _clamps(self) -> bool:
+        """Whether ``x0`` is kept in ``[-1, 1]`` (clipping or dynamic thresholding)."""
+        return self.clip_denoised or self.dynamic_threshold is not None
+
+    def _clamped_x0_eps(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, alpha: Any, sigma: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` for the update: ``x0`` clipped or thresholded (:meth:`_process_x0`),
+        and, when it is and ``use_clipped_model_output``, the ``eps`` that matches it at
+        ``x_t``: ``eps = (x_t - alpha x0) / sigma``. Without clamping, the model's pair."""
+        x0, eps = self._split(model_output, x_t, alpha, sigma)
+        if not self._clamps:
+            return x0, eps
+        x0 = self._process_x0(x0)
+        if self.use_clipped_model_output:
+            eps = (x_t - alpha * x0) / sigma
+        return x0, eps
 
     def _coefficients(
         self, index: int | torch.Tensor, tables: _DeviceTables, like: torch.Tensor

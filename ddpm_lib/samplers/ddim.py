@@ -5,9 +5,12 @@ One step from timestep ``t`` to the next timestep ``s`` of the list (eq. 12):
     x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)      (eq. 16)
 
-where ``x0`` and ``eps`` are the model's estimates at ``(x_t, t)``. After the last timestep
-the step lands on ``abar = 1``: the clean sample ``x0``. ``eta = 1`` is the DDPM posterior
-(fixed_small variance) on the subsequence.
+where ``x0`` and ``eps`` are the model's estimates at ``(x_t, t)``. When ``x0`` is clipped (or
+thresholded), ``eps`` is the one of the clipped ``x0`` at ``x_t``, ``eps = (x_t - sqrt(abar_t)
+x0) / sqrt(1 - abar_t)``, so that the two still describe ``x_t`` (improved-diffusion's rule;
+``use_clipped_model_output=False`` keeps the model's ``eps``, diffusers' default). After the
+last timestep the step lands on ``abar = 1``: the clean sample ``x0``. ``eta = 1`` is the DDPM
+posterior (fixed_small variance) on the subsequence.
 """
 
 from __future__ import annotations
@@ -69,13 +72,17 @@ class DDIMSampler(Sampler):
         num_steps: number of steps (model calls), ``1 <= num_steps <= T``; default 50.
         eta: noise of each step relative to DDPM's (eq. 16): 0 deterministic, 1 DDPM-like.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
-        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (``eps`` stays the model's, as
-            in diffusers' ``DDIMScheduler``).
+        clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]``; the direction term then uses
+            the ``eps`` of the clamped ``x0`` at ``x_t`` (see ``use_clipped_model_output``).
         spacing: ``"trailing"`` (default; starts at ``T - 1``), ``"leading"`` or
             ``"linspace"``: the timesteps of diffusers' ``DDIMScheduler`` for that spacing;
             or a grid of ``ddpm_lib.samplers.grids`` (``"logsnr"``, ``"karras"``,
             ``"quadratic"``).
         dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        use_clipped_model_output: ``True`` (default): with clipping or thresholding, eq. 12
+            reads the ``eps`` re-derived from the clamped ``x0`` and ``x_t``; ``False``: the
+            model's ``eps`` (diffusers' ``DDIMScheduler`` default, which falls apart under
+            strong classifier-free guidance). See :class:`~ddpm_lib.samplers.base.Sampler`.
         variance: an :class:`~ddpm_lib.samplers.analytic_variance.AnalyticVariance` table of
             the model: each step's noise is Analytic-DPM's optimal one for this ``eta`` (with
             ``eta = 0``, Analytic-DDIM: the direction of eq. 12 with ``sigma = 0`` plus the
@@ -102,6 +109,8 @@ class DDIMSampler(Sampler):
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
         variance: AnalyticVariance | None = None,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         self.analytic = analytic_table(variance, schedule, allow_strings=False)
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
@@ -114,6 +123,7 @@ class DDIMSampler(Sampler):
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def __repr__(self) -> str:
@@ -142,8 +152,7 @@ class DDIMSampler(Sampler):
         continuing: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         alpha, sigma, alpha_next, direction, noise_std = coefficients
-        x0, eps = self._split(model_output, x_t, alpha, sigma)
-        x0 = self._process_x0(x0)
+        x0, eps = self._clamped_x0_eps(model_output, x_t, alpha, sigma)
         return ddim_update(x0, eps, alpha_next, direction, noise_std, noise), x0, state
 
     @torch.no_grad()

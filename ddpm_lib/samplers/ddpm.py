@@ -53,9 +53,12 @@ class DDPMSampler(Sampler):
             ``"quadratic"``), see ``ddpm_lib.samplers.grids``.
         dynamic_threshold: Imagen's percentile thresholding of ``x0`` instead of clipping.
         timesteps: explicit descending timesteps of the respaced chain instead of a grid.
+        use_clipped_model_output: accepted for a uniform interface; the posterior mean reads
+            only the (clipped) ``x0`` and ``x_t``, so DDPM is consistent either way.
     """
 
     _uses_noise = True
+    _reads_eps = False  # mu-tilde(x_t, x0): eq. 7 reads x0 and x_t only
 
     def __init__(
         self,
@@ -67,6 +70,8 @@ class DDPMSampler(Sampler):
         spacing: str = "linspace",
         dynamic_threshold: float | None = None,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
@@ -83,6 +88,7 @@ class DDPMSampler(Sampler):
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold,
             learn_sigma=variance in ("learned", "learned_range"), timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
         full = self._timestep_list == list(range(schedule.num_timesteps - 1, -1, -1))
         self.respaced_schedule = schedule if full else respace(schedule, self._timesteps)

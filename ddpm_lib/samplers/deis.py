@@ -77,14 +77,18 @@ class DEISSampler(MultistepSampler):
         order: 1 (DDIM), 2 or 3.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
+            The history then holds the ``eps`` of the clamped ``x0`` at ``x_t`` (``False``
+            for ``use_clipped_model_output``: the model's ``eps``).
         spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
         final_step: ``"denoise"`` (the last step goes to ``sigma = 0``: the last ``x0``) or
             ``"solver"`` (to the level of ``t = 0``, as diffusers' ``DEISMultistepScheduler``).
         lower_order_final: lower the order over the last steps.
-        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        dynamic_threshold, learn_sigma, timesteps, use_clipped_model_output: see
+            :class:`~ddpm_lib.samplers.base.Sampler`.
     """
 
     _form = "eps"
+    _reads_eps = True
     default_num_steps = 10
 
     def __init__(
@@ -100,10 +104,13 @@ class DEISSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
             schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
             lower_order_final, dynamic_threshold, learn_sigma, timesteps,
+            use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

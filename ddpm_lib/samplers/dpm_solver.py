@@ -63,13 +63,17 @@ class DPMSolverSampler(MultistepSampler):
         num_steps: number of steps (model calls); default 20.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
+            The update reads only ``x0`` and ``x_t`` (data prediction), so it is consistent
+            with the clamped ``x0`` by construction (``use_clipped_model_output`` is accepted
+            and changes nothing).
         spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``); default ``"logsnr"``
             (uniform in log-SNR, measured best from 10 calls up). ``"linspace"`` and
             ``"leading"`` give the timesteps of diffusers' ``DPMSolverMultistepScheduler``
             (``num_steps + 1`` points, the final 0 dropped); ``"logsnr"`` / ``"karras"`` those
             of its ``use_lu_lambdas`` / ``use_karras_sigmas`` (with ``final_step="denoise"``).
             ``spacing="linspace", final_step="denoise"`` is diffusers' default trajectory.
-        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        dynamic_threshold, learn_sigma, timesteps, use_clipped_model_output: see
+            :class:`~ddpm_lib.samplers.base.Sampler`.
         order: 1, 2 (2M, Algorithm 2) or 3 (3M).
         final_step: ``"solver"`` (default: a full-order step to the level of ``t = 0``; every
             call then advances the ODE) or ``"denoise"`` (the last step goes to ``sigma = 0``:
@@ -96,10 +100,13 @@ class DPMSolverSampler(MultistepSampler):
         order: int = 2,
         final_step: str = "solver",
         lower_order_final: bool = True,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
             schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
             lower_order_final, dynamic_threshold, learn_sigma, timesteps,
+            use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

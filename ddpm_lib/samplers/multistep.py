@@ -77,6 +77,7 @@ class MultistepSampler(Sampler):
     _form: str = "x0"
     _max_order: int = 3
     _uses_corrector: bool = False
+    _reads_eps = False  # the "x0" form; the "eps" solvers set it
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class MultistepSampler(Sampler):
         dynamic_threshold: float | None,
         learn_sigma: bool,
         timesteps: Sequence[int] | torch.Tensor | None,
+        use_clipped_model_output: bool = True,
     ) -> None:
         self.order = check_order(order, self._max_order)
         self.spacing = check_choice("spacing", spacing, SPACINGS)
@@ -100,6 +102,7 @@ class MultistepSampler(Sampler):
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def __repr__(self) -> str:
@@ -210,12 +213,6 @@ class MultistepSampler(Sampler):
         return torch.tensor(np.array(rows, dtype=np.float64))
 
     # ------------------------------------------------------------------ the update
-    @property
-    def _clamps(self) -> bool:
-        """Whether ``x0`` is kept in ``[-1, 1]`` (clipping or thresholding): then so is a final
-        sample that ends on the noisy level of ``t = 0``."""
-        return self.clip_denoised or self.dynamic_threshold is not None
-
     def _initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         history = [torch.zeros_like(x) for _ in range(self._history_length)]
         held = x.new_zeros((x.shape[0],) + (1,) * (x.ndim - 1))
@@ -241,9 +238,15 @@ class MultistepSampler(Sampler):
         held = state[-1] * continuing  # how many of ``past`` belong to this run
         masks = [(held == v).to(x_t.dtype) for v in range(history + 1)]
 
-        x0, _ = self._split(model_output, x_t, alpha, sigma)
-        x0 = self._process_x0(x0)
-        m = x0 if self._form == "x0" else (x_t - alpha * x0) / sigma
+        # with clipping, the eps form reads the eps of the clipped x0 (unless
+        # use_clipped_model_output=False); without, the eps of the model's x0 as before
+        x0, eps = self._clamped_x0_eps(model_output, x_t, alpha, sigma)
+        if self._form == "x0":
+            m = x0
+        elif self._clamps:
+            m = eps
+        else:
+            m = (x_t - alpha * x0) / sigma
         outputs = [m, *past]  # m_i, m_{i-1}, ..., m_{i-H}
 
         x = x_t

@@ -48,17 +48,21 @@ class PNDMSampler(MultistepSampler):
         order: the Adams-Bashforth order, 1-4 (4 is PLMS).
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
+            The history then holds the ``eps`` of the clamped ``x0`` at ``x_t`` (``False``
+            for ``use_clipped_model_output``: the model's ``eps``, diffusers-style).
         spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
         final_step: ``"denoise"`` (the last step lands on ``sigma = 0``: the last ``x0``) or
             ``"solver"`` (a full-order step to the level of ``t = 0``).
         lower_order_final: lower the order over the last steps.
-        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        dynamic_threshold, learn_sigma, timesteps, use_clipped_model_output: see
+            :class:`~ddpm_lib.samplers.base.Sampler`.
 
     The pseudo Runge-Kutta start of the original PNDM takes extra model calls at intermediate
     timesteps, which a one-call-per-step loop does not make; the iPNDM start replaces it.
     """
 
     _form = "eps"
+    _reads_eps = True
     _max_order = 4
     default_num_steps = 10
 
@@ -75,10 +79,13 @@ class PNDMSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
             schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
             lower_order_final, dynamic_threshold, learn_sigma, timesteps,
+            use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

@@ -177,7 +177,10 @@ class SDESampler(Sampler):
         max_model_calls: the adaptive solver gives up after this many model calls.
         prediction, clip_denoised, dynamic_threshold, learn_sigma: see
             :class:`~ddpm_lib.samplers.base.Sampler`. Clipping acts on ``x0``; the score is
-            then recomputed from it.
+            then recomputed from it (``-eps / sigma`` with the ``eps`` of the clipped ``x0``).
+        use_clipped_model_output: ``False`` keeps the model's ``eps`` in the score even when
+            ``x0`` is clipped (diffusers-style; not recommended), see
+            :class:`~ddpm_lib.samplers.base.Sampler`.
 
     Raises:
         ValueError: for an unknown method, a bad grid, non-positive tolerances or step
@@ -224,6 +227,7 @@ class SDESampler(Sampler):
         clip_denoised: bool = True,
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
+        use_clipped_model_output: bool = True,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
@@ -255,6 +259,7 @@ class SDESampler(Sampler):
         super().__init__(
             schedule, num_steps=num_steps, prediction=prediction, clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def __repr__(self) -> str:
@@ -340,16 +345,6 @@ class SDESampler(Sampler):
         return ()
 
     # ------------------------------------------------------------------ the update
-    def _x0_eps(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, alpha: Any, sigma: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x0`` (clipped or thresholded) and the ``eps`` consistent with it."""
-        x0, eps = self._split(model_output, x_t, alpha, sigma)
-        if self.clip_denoised or self.dynamic_threshold is not None:
-            x0 = self._process_x0(x0)
-            eps = (x_t - alpha * x0) / sigma
-        return x0, eps
-
     def _update(
         self,
         coefficients: Sequence[Any],
@@ -364,7 +359,7 @@ class SDESampler(Sampler):
         if self.method == "adaptive":
             return self._adaptive_update(model_output, x_t, noise, state)
         alpha, sigma, role, last, c1, c2, c3, c4 = coefficients
-        x0, eps = self._x0_eps(model_output, x_t, alpha, sigma)
+        x0, eps = self._clamped_x0_eps(model_output, x_t, alpha, sigma)
         if self.method != "heun" and noise is None:
             raise RuntimeError(f"method={self.method!r} needs the step's noise")
         if self.method == "euler_maruyama":
@@ -400,7 +395,7 @@ class SDESampler(Sampler):
         t = self.sde.timestep(run.evaluation_time)
         abar = float(self.schedule.alphas_cumprod[int(t)])
         alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
-        x0, eps = self._x0_eps(model_output, x_t, alpha, sigma)
+        x0, eps = self._clamped_x0_eps(model_output, x_t, alpha, sigma)
         if run.phase == 2:  # the final denoising call at the lowest level
             run.done = True
             return x0, x0, state

@@ -97,8 +97,12 @@ class UniPCSampler(MultistepSampler):
         num_steps: number of steps (model calls); default 10.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_denoised: clamp the predicted ``x0`` to ``[-1, 1]`` (images); off for latents.
+            Predictor and corrector read only ``x0`` and ``x_t`` (data prediction), so they are
+            consistent with the clamped ``x0`` by construction (``use_clipped_model_output``
+            is accepted and changes nothing).
         spacing: one of ``SPACINGS`` (``ddpm_lib.samplers.grids``).
-        dynamic_threshold, learn_sigma, timesteps: see :class:`~ddpm_lib.samplers.base.Sampler`.
+        dynamic_threshold, learn_sigma, timesteps, use_clipped_model_output: see
+            :class:`~ddpm_lib.samplers.base.Sampler`.
         order: the predictor's order, 1-3 (the corrector adds one); default 2.
         variant: ``"bh1"`` (``B(h) = h``, best for unconditional sampling in the paper) or
             ``"bh2"`` (``B(h) = e^h - 1``, guided sampling).
@@ -127,11 +131,14 @@ class UniPCSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
+        *,
+        use_clipped_model_output: bool = True,
     ) -> None:
         self.variant = check_choice("variant", variant, VARIANTS)
         super().__init__(
             schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
             lower_order_final, dynamic_threshold, learn_sigma, timesteps,
+            use_clipped_model_output,
         )
 
     def __repr__(self) -> str:
