@@ -14,6 +14,7 @@ and the PixelCNN++ / Wide-ResNet backbone it builds on.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -346,7 +347,9 @@ def multi_head_attention(
     """
     b, heads, n, d = q.shape
     dtype = q.dtype
-    with torch.autocast(q.device.type, enabled=False):
+    # (meta tensors, used to count flops without memory, have no autocast state)
+    off = nullcontext() if q.device.type == "meta" else torch.autocast(q.device.type, enabled=False)
+    with off:
         a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     return a.transpose(1, 2).reshape(b, n, heads * d).to(dtype)  # (B, N, heads * d)
 

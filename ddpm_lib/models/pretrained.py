@@ -23,10 +23,55 @@ if sys.version_info >= (3, 11):
 else:  # torch depends on typing_extensions
     from typing_extensions import Self
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel"]
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel", "register_model_class", "resolve_model_class",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+# The class registry: the name saved as ``_class_name`` -> the class (imported on first use, so
+# this module imports nothing else of ddpm_lib). Loaders that read a saved name resolve it here.
+_MODEL_MODULES = {
+    "UNet": "ddpm_lib.models.unet",
+    "DiT": "ddpm_lib.models.dit",
+    "AutoencoderKL": "ddpm_lib.models.autoencoder",
+    "TextEncoder": "ddpm_lib.models.text",
+    "HFTextEncoder": "ddpm_lib.models.text",
+    "TextConditionedUNet": "ddpm_lib.models.text",
+}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_model_class(cls: type) -> type:
+    """Register a model class under its ``__name__`` so that loaders reading a saved
+    ``_class_name`` (``TextConditionedUNet.from_pretrained``, checkpoints,
+    :func:`resolve_model_class`) find it; usable as a class decorator. A user class may
+    replace a built-in one of the same name."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_model_class takes a class; got {type(cls).__name__}")
+    _REGISTERED[cls.__name__] = cls
+    return cls
+
+
+def resolve_model_class(name: str) -> type:
+    """The model class saved under ``name`` (``"UNet"``, ``"DiT"``, ``"AutoencoderKL"``, ...,
+    or one added with :func:`register_model_class`). Raises ``ValueError`` naming the known
+    names for any other."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    module = _MODEL_MODULES.get(name)
+    if module is None:
+        known = sorted(set(_MODEL_MODULES) | set(_REGISTERED))
+        raise ValueError(
+            f"{name!r} is not a ddpm_lib model class (known: {', '.join(known)}); register your "
+            "own with ddpm_lib.models.register_model_class"
+        )
+    import importlib
+
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
 
 class PretrainedModel(nn.Module):
     """An ``nn.Module`` that can be rebuilt from its configuration and saved to a folder.

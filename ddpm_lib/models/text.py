@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .layers import masked_mean
-from .pretrained import PretrainedModel
+from .pretrained import PretrainedModel, resolve_model_class
 from .unet import UNet
 
 __all__ = [
@@ -554,8 +554,8 @@ class TextConditionedUNet(nn.Module):
     text.
 
     Args:
-        unet: a :class:`ddpm_lib.UNet` (or subclass) built with ``context_dim`` equal to the
-            encoder's width.
+        unet: a :class:`ddpm_lib.UNet` or :class:`ddpm_lib.DiT` (or a subclass) built with
+            ``context_dim`` equal to the encoder's width.
         text_encoder: a :class:`TextEncoder`, an :class:`HFTextEncoder`, or any module with
             ``dim`` and ``encode(prompts) -> TextEncoding``.
 
@@ -574,7 +574,10 @@ class TextConditionedUNet(nn.Module):
     def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
         super().__init__()
         if not isinstance(unet, nn.Module) or not hasattr(unet, "context_dim"):
-            raise TypeError(f"unet must be a ddpm_lib.UNet; got {type(unet).__name__}")
+            raise TypeError(
+                f"unet must be a ddpm_lib.UNet or DiT (a network with context_dim); got "
+                f"{type(unet).__name__}"
+            )
         if not isinstance(text_encoder, nn.Module) or not hasattr(text_encoder, "encode"):
             raise TypeError(
                 "text_encoder must be a module with encode(prompts) (TextEncoder, "
@@ -627,8 +630,13 @@ class TextConditionedUNet(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The configurations of both parts, as ``{"unet": ..., "text_encoder": ...}``."""
-        return {"unet": dict(self.unet.config), "text_encoder": dict(self.text_encoder.config)}
+        """The configurations of both parts, as ``{"unet": ..., "text_encoder": ...}``; a
+        network that is not a :class:`ddpm_lib.UNet` (a :class:`ddpm_lib.DiT`) also names its
+        class (``"_class_name"``)."""
+        unet = dict(self.unet.config)
+        if not isinstance(self.unet, UNet):
+            unet["_class_name"] = type(self.unet).__name__
+        return {"unet": unet, "text_encoder": dict(self.text_encoder.config)}
 
     @property
     def device(self) -> torch.device:
@@ -670,7 +678,8 @@ class TextConditionedUNet(nn.Module):
             device, dtype: where and in which dtype to put the weights (default: as saved).
             unet_class, text_encoder_class: the classes of the parts when they are subclasses
                 of :class:`ddpm_lib.UNet` / custom encoders (default: found by the saved name
-                among :class:`ddpm_lib.UNet`, :class:`TextEncoder` and :class:`HFTextEncoder`).
+                with :func:`ddpm_lib.models.resolve_model_class`: :class:`ddpm_lib.UNet`,
+                :class:`ddpm_lib.DiT`, :class:`TextEncoder`, :class:`HFTextEncoder`, ...).
 
         Raises:
             FileNotFoundError: a file is missing.
@@ -678,19 +687,16 @@ class TextConditionedUNet(nn.Module):
         """
         directory = Path(directory)
         config = _read_config(directory, cls.__name__)
-        known: dict[str, type] = {
-            "UNet": UNet, "TextEncoder": TextEncoder, "HFTextEncoder": HFTextEncoder,
-        }
         parts: list[Any] = []
         for key, given in (("unet_class", unet_class), ("text_encoder_class", text_encoder_class)):
             name = config.get(key)
-            part = given or known.get(str(name))
-            if part is None:
+            try:
+                parts.append(given or resolve_model_class(str(name)))
+            except ValueError:
                 raise ValueError(
                     f"{directory / CONFIG_NAME} names {key}={name!r}, which is not a ddpm_lib "
                     f"class; pass {key}= to from_pretrained"
-                )
-            parts.append(part)
+                ) from None
         unet = parts[0].from_pretrained(directory / "unet", device=device, dtype=dtype)
         encoder = parts[1].from_pretrained(directory / "text_encoder", device=device, dtype=dtype)
         return cls(unet, encoder).eval()

@@ -320,42 +320,51 @@ class TrainedModel:
     source: Path
 
 
+#: the networks a checkpoint can be rebuilt from by their saved class name
+_NETWORKS = ("UNet", "DiT")
+
+
 def _model_from_config(model_class: str | None, config: Any, where: Path) -> torch.nn.Module:
-    from ddpm_lib.models.unet import UNet
+    from ddpm_lib.models.pretrained import resolve_model_class
 
     if not isinstance(config, dict):
         raise CheckpointError(
             f"{where} holds no model configuration (a model of class {model_class}); "
-            "only ddpm_lib UNet checkpoints can be loaded by name, load others in Python"
+            "only ddpm_lib UNet / DiT checkpoints can be loaded by name, load others in Python"
         )
     if model_class is not None and model_class.endswith(".TextConditionedUNet"):
         return _text_model_from_config(config, where)
-    if model_class is not None and not model_class.endswith(".UNet"):
+    name = "UNet" if model_class is None else model_class.rsplit(".", 1)[-1]
+    if name not in _NETWORKS:
         raise CheckpointError(
-            f"{where} holds a {model_class}; only ddpm_lib UNet checkpoints can be loaded by "
-            "name, load others in Python"
+            f"{where} holds a {model_class}; only ddpm_lib UNet / DiT checkpoints can be loaded "
+            "by name, load others in Python"
         )
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     try:
-        return UNet(**config)
+        return resolve_model_class(name)(**config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: the saved model configuration is not valid: {error}") from None
 
 
 def _text_model_from_config(config: dict[str, Any], where: Path) -> torch.nn.Module:
     """A :class:`ddpm_lib.TextConditionedUNet` from its ``{"unet": ..., "text_encoder": ...}``."""
+    from ddpm_lib.models.pretrained import resolve_model_class
     from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
-    from ddpm_lib.models.unet import UNet
 
     parts = [config.get("unet"), config.get("text_encoder")]
     if not all(isinstance(part, dict) for part in parts):
         raise CheckpointError(f"{where}: a text model's configuration needs 'unet' and 'text_encoder'")
+    network = str(parts[0].get("_class_name", "UNet"))  # type: ignore[union-attr]
+    if network not in _NETWORKS:
+        raise CheckpointError(f"{where}: a text model's network {network!r} is not one of {_NETWORKS}")
     unet_config, encoder_config = (
         {k: v for k, v in part.items() if not k.startswith("_")} for part in parts  # type: ignore[union-attr]
     )
     try:
         encoder_config = TextEncoder.upgrade_config(encoder_config)
-        return TextConditionedUNet(UNet(**unet_config), TextEncoder(**encoder_config))
+        unet = resolve_model_class(network)(**unet_config)
+        return TextConditionedUNet(unet, TextEncoder(**encoder_config))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: the saved text model configuration is not valid: {error}") from None
 
@@ -414,15 +423,13 @@ def load_trained_model(
         diffusion = dict(meta.get("diffusion") or {})
         where = checkpoint.path
     elif (source / "config.json").is_file():
-        from ddpm_lib.models.unet import UNet
+        from ddpm_lib.models.pretrained import resolve_model_class
 
         try:
-            if _pretrained_class_name(source) == "TextConditionedUNet":
-                from ddpm_lib.models.text import TextConditionedUNet
-
-                model = TextConditionedUNet.from_pretrained(source)
-            else:
-                model = UNet.from_pretrained(source)
+            name = _pretrained_class_name(source) or "UNet"
+            if name not in (*_NETWORKS, "TextConditionedUNet"):
+                name = "UNet"  # UNet.from_pretrained names the class the folder holds
+            model = resolve_model_class(name).from_pretrained(source)  # type: ignore[attr-defined]
         except (ValueError, TypeError, OSError) as error:
             raise CheckpointError(f"{source}: cannot load the pretrained model: {error}") from None
         for name in ("diffusion.json", "schedule.json"):
