@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models.dit import _SIZES, DiT, sincos_position_embedding
+from .models.dit import _SIZES, DiT
+from .models.transformer_layers import sincos_position_embedding
 
 __all__ = ["dit_from_diffusers", "dit_from_original", "original_dit_state_dict"]
 

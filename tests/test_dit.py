@@ -27,7 +27,7 @@ from ddpm_lib import (
     VLBLoss,
 )
 from ddpm_lib.models import DiTBlock, Mlp, SelfAttention, resolve_model_class
-from ddpm_lib.models.dit import sincos_position_embedding
+from ddpm_lib.models import sincos_position_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,7 +209,7 @@ def test_bad_inputs_are_named():
     x, t, y = inputs()
     with pytest.raises(ValueError, match="divisible by patch_size=2; got \\(8, 7\\)"):
         model(x[..., :7], t, y=y)
-    with pytest.raises(ValueError, match="x has 3 channels but this DiT was built with in_channels=4"):
+    with pytest.raises(ValueError, match="x has 3 channels but this DiT was built with in_channel"):
         model(x[:, :3], t, y=y)
     with pytest.raises(ValueError, match="class-conditional"):
         model(x, t)
@@ -252,7 +252,7 @@ def test_every_loss_trains_a_dit(small_schedule, make_loss):
 
 # ----------------------------------------------------------------------------- samplers
 SAMPLERS = {
-    "ddpm-learned": lambda s: DDPMSampler(s, "learned_range", num_steps=4),
+    "ddpm-learned": lambda s: DDPMSampler(s, variance="learned_range", num_steps=4),
     "ddim": lambda s: DDIMSampler(s, 4, learn_sigma=True),
     "dpm-solver": lambda s: DPMSolverSampler(s, 4, learn_sigma=True),
     "unipc": lambda s: UniPCSampler(s, 4, learn_sigma=True),
@@ -287,7 +287,7 @@ def test_guided_model_equals_the_samplers_guidance_and_keeps_other_channels(smal
     torch.testing.assert_close(first_three[:, 3:], cond[:, 3:], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(first_three[:, 3], guided[:, 3])
     # sampling through it (no sampler guidance) equals the sampler's own guidance
-    sampler = DDPMSampler(small_schedule, "learned_range", num_steps=5)
+    sampler = DDPMSampler(small_schedule, variance="learned_range", num_steps=5)
     kwargs = dict(generator=torch.Generator().manual_seed(0))
     ours = sampler.sample(GuidedModel(model, 3.0), (2, 4, 8, 8), model_kwargs={"y": y}, **kwargs)
     kwargs = dict(generator=torch.Generator().manual_seed(0))
@@ -345,7 +345,7 @@ def _trainer(out_dir, **overrides):
     kwargs = dict(batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, out_dir=out_dir,
                   log_every=100, checkpoint_every=2, sample_every=None, progress=False,
                   tensorboard=False, seed=3,
-                  sampler=DDPMSampler(schedule, "learned_range", num_steps=3))
+                  sampler=DDPMSampler(schedule, variance="learned_range", num_steps=3))
     kwargs.update(overrides)
     return Trainer(model, HybridLoss(schedule), ShapesDataset(size=12, image_size=8, seed=0),
                    **kwargs)
@@ -400,7 +400,7 @@ def test_dit_in_an_autoencoders_latent_space(tmp_path):
                       random_flip=False, warmup_steps=0, lr=1e-3, log_every=100,
                       checkpoint_every=100, progress=False, tensorboard=False)
     trainer.train(2)
-    sampler = DDPMSampler(schedule, "learned_range", num_steps=3, clip_denoised=False)
+    sampler = DDPMSampler(schedule, variance="learned_range", num_steps=3, clip_denoised=False)
     decoded, z = latents.sample(sampler, trainer.ema_model, 2, model_kwargs={"y": torch.arange(2)},
                                 generator=torch.Generator().manual_seed(0), return_latents=True)
     assert z.shape == (2, 4, 8, 8) and decoded.shape == (2, 3, 16, 16)

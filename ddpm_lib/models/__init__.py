@@ -3,15 +3,7 @@ latent-diffusion :class:`AutoencoderKL`, the blocks they are built from (see ``l
 text encoders of text-to-image models (see ``text``)."""
 
 from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
-from .dit import (
-    DiT,
-    DiTBlock,
-    DiTFinalLayer,
-    Mlp,
-    PatchEmbed,
-    SelfAttention,
-    sincos_position_embedding,
-)
+from .dit import DiT
 from .discriminator import PatchDiscriminator
 from .guided import GuidedModel
 from .layers import (
@@ -33,6 +25,14 @@ from .layers import (
 )
 from .pretrained import PretrainedModel, register_model_class, resolve_model_class
 from .text import HFTextEncoder, TextConditionedUNet, TextEncoder, TextEncoding
+from .transformer_layers import (
+    DiTBlock,
+    DiTFinalLayer,
+    Mlp,
+    PatchEmbed,
+    SelfAttention,
+    sincos_position_embedding,
+)
 from .unet import UNet, UNetLevel
 
 __all__ = [

@@ -30,8 +30,8 @@ class GuidedModel(nn.Module):
     output for the rest. Sample from it *without* the sampler's ``guidance_scale``::
 
         guided = GuidedModel(dit, guidance_scale=1.5, cfg_channels=3)   # the DiT release
-        x0 = DDPMSampler(schedule, "learned_range").sample(guided, (n, 4, 32, 32),
-                                                           model_kwargs={"y": labels})
+        sampler = DDPMSampler(schedule, variance="learned_range", num_steps=250)
+        x0 = sampler.sample(guided, (n, 4, 32, 32), model_kwargs={"y": labels})
 
     Args:
         model: ``model(x_t, t, y=..., **kwargs)``, class-conditional with the null class ``-1``.
