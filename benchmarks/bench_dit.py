@@ -20,7 +20,7 @@ Three parts (``--part speed | flops | quality | all``):
 
 Usage::
 
-    python benchmarks/bench_dit.py --threads 1                       # all parts, ~6 CPU minutes
+    python benchmarks/bench_dit.py --threads 1     # all parts, ~10 minutes (quality ~6)
     python benchmarks/bench_dit.py --part quality --train-seconds 600 --samples 1024
     python benchmarks/bench_dit.py --part speed --size b --patch 4 --repeats 10
 """
