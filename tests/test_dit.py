@@ -433,6 +433,25 @@ def test_text_conditioned_dit_masks_padding_and_saves(tmp_path):
     assert torch.equal(loaded(x, t, **loaded.encode_prompts(["a red circle", ""])), out)
 
 
+def test_a_text_conditioned_dit_trains_and_reloads_from_its_checkpoint(tmp_path):
+    from ddpm_lib import CaptionedShapesDataset, TextConditionedUNet, TextEncoder, Trainer
+    from ddpm_lib.training.checkpoint import load_trained_model
+
+    torch.manual_seed(0)
+    model = TextConditionedUNet(
+        tiny(in_channels=3, context_dim=16, num_classes=None, learn_sigma=False),
+        TextEncoder(dim=16, num_layers=1, num_heads=2, max_length=96))
+    schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.4)
+    trainer = Trainer(model, SimpleLoss(schedule), CaptionedShapesDataset(size=8, image_size=8),
+                      batch_size=4, warmup_steps=0, out_dir=tmp_path / "run", log_every=100,
+                      checkpoint_every=100, progress=False, tensorboard=False)
+    trainer.train(2)
+    trained = load_trained_model(tmp_path / "run")  # the saved config names the DiT
+    assert type(trained.model.unet) is DiT
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(value, trainer.ema_model.state_dict()[key]), key
+
+
 def test_save_and_load_bitwise(tmp_path):
     model = perturbed(tiny(context_dim=None, num_classes=3)).eval()
     model.save_pretrained(tmp_path / "dit")
