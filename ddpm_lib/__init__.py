@@ -23,10 +23,14 @@ _EXPORTS = {
     "AutoencoderLoss": "ddpm_lib.autoencoder_loss",
 
     "UNet": "ddpm_lib.models.unet",
+    "DiT": "ddpm_lib.models.dit",
+    "GuidedModel": "ddpm_lib.models.guided",
     "TextEncoder": "ddpm_lib.models.text",
     "HFTextEncoder": "ddpm_lib.models.text",
     "TextConditionedUNet": "ddpm_lib.models.text",
     "unet_from_diffusers": "ddpm_lib.interop",
+    "dit_from_diffusers": "ddpm_lib.interop_dit",
+    "dit_from_original": "ddpm_lib.interop_dit",
     "AutoencoderKL": "ddpm_lib.models.autoencoder",
     "DiagonalGaussian": "ddpm_lib.models.autoencoder",
     "autoencoder_from_diffusers": "ddpm_lib.interop",
@@ -67,8 +71,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
-_SUBMODULES = ("analytic", "cli", "conditioning", "data", "interop", "losses", "metrics",
-               "models", "oracles", "pipeline", "samplers", "schedule", "training")
+_SUBMODULES = ("analytic", "cli", "conditioning", "data", "interop", "interop_dit", "losses",
+               "metrics", "models", "oracles", "pipeline", "samplers", "schedule", "training")
 
 
 def __getattr__(name: str) -> Any:

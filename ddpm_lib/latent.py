@@ -670,7 +670,7 @@ class LatentDiffusion:
         else:
             config = {}
         if image_size is None:
-            side = config.get("image_size")
+            side = config.get("image_size", config.get("input_size"))  # UNet / DiT
             if not isinstance(side, int):
                 raise ValueError("image_size is needed: the model's config has no image_size")
             image_size = side * self.downsampling_factor

@@ -1,12 +1,15 @@
-"""Networks: the DDPM :class:`UNet`, the latent-diffusion :class:`AutoencoderKL`, the blocks
-they are built from (see ``layers``) and the text encoders of text-to-image models (see
-``text``)."""
+"""Networks: the DDPM :class:`UNet`, the Diffusion Transformer :class:`DiT`, the
+latent-diffusion :class:`AutoencoderKL`, the blocks they are built from (see ``layers``) and the
+text encoders of text-to-image models (see ``text``)."""
 
 from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
+from .dit import DiT
 from .discriminator import PatchDiscriminator
+from .guided import GuidedModel
 from .layers import (
     AttentionBlock,
     ClassEmbedding,
+    CrossAttention,
     CrossAttentionBlock,
     Downsample,
     GroupNormAct,
@@ -20,8 +23,16 @@ from .layers import (
     sinusoidal_embedding,
     zero_module,
 )
-from .pretrained import PretrainedModel
+from .pretrained import PretrainedModel, register_model_class, resolve_model_class
 from .text import HFTextEncoder, TextConditionedUNet, TextEncoder, TextEncoding
+from .transformer_layers import (
+    DiTBlock,
+    DiTFinalLayer,
+    Mlp,
+    PatchEmbed,
+    SelfAttention,
+    sincos_position_embedding,
+)
 from .unet import UNet, UNetLevel
 
 __all__ = [
@@ -29,16 +40,24 @@ __all__ = [
     "AutoencoderKL",
     "AutoencoderOutput",
     "ClassEmbedding",
+    "CrossAttention",
     "CrossAttentionBlock",
+    "DiT",
+    "DiTBlock",
+    "DiTFinalLayer",
     "DiagonalGaussian",
     "Downsample",
     "GroupNormAct",
+    "GuidedModel",
     "HFTextEncoder",
+    "Mlp",
     "OutputHead",
     "PatchDiscriminator",
+    "PatchEmbed",
     "PretrainedModel",
     "ResAttnBlock",
     "ResBlock",
+    "SelfAttention",
     "TextConditionedUNet",
     "TextEncoder",
     "TextEncoding",
@@ -48,6 +67,9 @@ __all__ = [
     "Upsample",
     "masked_mean",
     "multi_head_attention",
+    "register_model_class",
+    "resolve_model_class",
+    "sincos_position_embedding",
     "sinusoidal_embedding",
     "zero_module",
 ]

@@ -14,6 +14,7 @@ and the PixelCNN++ / Wide-ResNet backbone it builds on.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 __all__ = [
     "AttentionBlock",
     "ClassEmbedding",
+    "CrossAttention",
     "CrossAttentionBlock",
     "Downsample",
     "GroupNormAct",
@@ -345,7 +347,9 @@ def multi_head_attention(
     """
     b, heads, n, d = q.shape
     dtype = q.dtype
-    with torch.autocast(q.device.type, enabled=False):
+    # (meta tensors, used to count flops without memory, have no autocast state)
+    off = nullcontext() if q.device.type == "meta" else torch.autocast(q.device.type, enabled=False)
+    with off:
         a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     return a.transpose(1, 2).reshape(b, n, heads * d).to(dtype)  # (B, N, heads * d)
 
@@ -450,15 +454,59 @@ class AttentionBlock(nn.Module):
         return x + out.to(x.dtype)
 
 
-class CrossAttentionBlock(nn.Module):
+class CrossAttention(nn.Module):
+    """Multi-head attention from tokens to context tokens (text), without normalisation or
+    residual: the cross-attention of Latent Diffusion's and PixArt-alpha's blocks.
+
+    ``q = Linear(h)``, ``k, v = Linear(context)``; ``out = Linear(softmax(q k^T / sqrt(d) +
+    mask) v)`` computed by :func:`multi_head_attention` (float32 softmax), the mask removing
+    padding tokens. The output projection ``proj_out`` starts at zero, so a residual branch
+    ``h + CrossAttention(h, ...)`` starts as the identity and a fresh network's output does not
+    depend on the context (PixArt-alpha zero-initialises the same projection).
+
+    Args:
+        channels: ``C`` of the query tokens; ``num_heads`` must divide it.
+        context_dim: width ``D`` of the context tokens.
+
+    Call: ``attn(h, context, context_mask=None)``: ``h`` ``(B, N, C)``, ``context``
+    ``(B, L, D)``, ``context_mask`` ``(B, L)`` bool (``True`` = real token; ``None``: all
+    real) -> ``(B, N, C)``.
+    """
+
+    def __init__(self, channels: int, context_dim: int, *, num_heads: int = 1) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(
+                f"num_heads must divide the attention channels; got num_heads={num_heads} "
+                f"for {channels} channels"
+            )
+        self.channels, self.num_heads, self.context_dim = channels, num_heads, context_dim
+        self.q = nn.Linear(channels, channels)
+        self.context_kv = nn.Linear(context_dim, 2 * channels)
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def forward(
+        self, h: torch.Tensor, context: torch.Tensor | None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, c, heads = h.shape[0], self.channels, self.num_heads
+        context = _check_context(type(self).__name__, context, self.context_dim, b)
+        length = context.shape[1]
+        q = _split_heads(self.q(h), heads)  # (B, heads, N, d)
+        kv = self.context_kv(context.to(h.dtype))  # (B, L, 2C)
+        k, v = kv.view(b, length, 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L)
+        return self.proj_out(multi_head_attention(q, k, v, mask))  # (B, N, C)
+
+
+class CrossAttentionBlock(CrossAttention):
     """Cross-attention from the pixels to context tokens (text), with a residual connection:
     the conditioning layer of Latent Diffusion (Rombach et al. 2022, Sec. 3.3).
 
-    ``q = Linear(GN(x))``, ``k, v = Linear(context)``;
-    ``out = x + Linear(softmax(q k^T / sqrt(d) + mask) v)`` computed by
-    :func:`multi_head_attention` (float32 softmax), where the mask removes padding tokens.
-    The output projection starts at zero, so the block starts as the identity and the
-    network's output at initialisation does not depend on the context.
+    ``out = x + CrossAttention(GN(x) as tokens, context, mask)`` (see :class:`CrossAttention`:
+    float32 softmax, padding masked, output projection zero-initialised, so the block starts
+    as the identity and the network's output at initialisation does not depend on the
+    context).
 
     Args:
         channels: ``C`` of the feature map; ``num_heads`` must divide it.
@@ -473,34 +521,17 @@ class CrossAttentionBlock(nn.Module):
         self, channels: int, context_dim: int, *, num_heads: int = 1, norm_groups: int = 32,
         norm_eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        if channels % num_heads:
-            raise ValueError(
-                f"num_heads must divide the attention channels; got num_heads={num_heads} "
-                f"for {channels} channels"
-            )
-        self.channels, self.num_heads, self.context_dim = channels, num_heads, context_dim
+        super().__init__(channels, context_dim, num_heads=num_heads)
         self.norm = GroupNormAct(norm_groups, channels, norm_eps)
-        self.q = nn.Linear(channels, channels)
-        self.context_kv = nn.Linear(context_dim, 2 * channels)
-        self.proj_out = zero_module(nn.Linear(channels, channels))
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, height, width = x.shape
-        heads = self.num_heads
-        context = _check_context("CrossAttentionBlock", context, self.context_dim, b)
-        length = context.shape[1]
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        q = _split_heads(self.q(h), heads)  # (B, heads, HW, d)
-        kv = self.context_kv(context.to(h.dtype))  # (B, L, 2C)
-        k, v = kv.view(b, length, 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L)
-        a = multi_head_attention(q, k, v, mask)  # (B, HW, C)
-        out = self.proj_out(a).transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
-        return x + out.to(x.dtype)
+        out = super().forward(h, context, context_mask)  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, height, width).to(x.dtype)
 
 
 class ResAttnBlock(nn.Module):

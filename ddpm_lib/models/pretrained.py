@@ -23,10 +23,16 @@ if sys.version_info >= (3, 11):
 else:  # torch depends on typing_extensions
     from typing_extensions import Self
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel"]
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel", "register_model_class", "resolve_model_class",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+# the one class registry of saved names (ddpm_lib.models.registry), re-exported here
+from .registry import register_model_class, resolve_model_class  # noqa: E402
+
 
 class PretrainedModel(nn.Module):
     """An ``nn.Module`` that can be rebuilt from its configuration and saved to a folder.
@@ -38,8 +44,6 @@ class PretrainedModel(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        from .registry import register_model_class
-
         register_model_class(cls)  # saved folders and checkpoints find it by name
 
     def __init__(self) -> None:

@@ -88,7 +88,8 @@ def resolve_model_class(name: Any, where: Any = None, what: str = "model") -> An
         if isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None)):
             return cls
     raise ValueError(
-        f"{origin}the {what} class {name!r} is not a ddpm_lib class nor a registered one; "
+        f"{origin}the {what} class {name!r} is not a ddpm_lib model class nor a registered "
+        "one; "
         f"pass {what}_class= when loading, or register it with "
         "ddpm_lib.models.registry.register_model_class"
     )

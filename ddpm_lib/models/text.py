@@ -32,6 +32,7 @@ from ddpm_lib._checks import check_bool, check_int, check_probability
 
 from .layers import masked_mean
 from .pretrained import PretrainedModel
+from .registry import build_model, resolve_model_class
 from .unet import UNet
 
 __all__ = [
@@ -559,8 +560,8 @@ class TextConditionedUNet(nn.Module):
     text.
 
     Args:
-        unet: a :class:`ddpm_lib.UNet` (or subclass) built with ``context_dim`` equal to the
-            encoder's width.
+        unet: a :class:`ddpm_lib.UNet` or :class:`ddpm_lib.DiT` (or a subclass) built with
+            ``context_dim`` equal to the encoder's width.
         text_encoder: a :class:`TextEncoder`, an :class:`HFTextEncoder`, or any module with
             ``dim`` and ``encode(prompts) -> TextEncoding``.
 
@@ -579,7 +580,10 @@ class TextConditionedUNet(nn.Module):
     def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
         super().__init__()
         if not isinstance(unet, nn.Module) or not hasattr(unet, "context_dim"):
-            raise TypeError(f"unet must be a ddpm_lib.UNet; got {type(unet).__name__}")
+            raise TypeError(
+                f"unet must be a ddpm_lib.UNet or DiT (a network with context_dim); got "
+                f"{type(unet).__name__}"
+            )
         if not isinstance(text_encoder, nn.Module) or not hasattr(text_encoder, "encode"):
             raise TypeError(
                 "text_encoder must be a module with encode(prompts) (TextEncoder, "
@@ -660,8 +664,6 @@ class TextConditionedUNet(nn.Module):
         checkpoint's ``meta.json`` records it; the parts' classes default to
         :class:`ddpm_lib.UNet` and :class:`TextEncoder` (``unet_class`` /
         ``text_encoder_class`` name others)."""
-        from .registry import build_model, resolve_model_class
-
         parts = []
         for key, default in (("unet", "UNet"), ("text_encoder", "TextEncoder")):
             part = config.get(key)
@@ -704,7 +706,8 @@ class TextConditionedUNet(nn.Module):
             device, dtype: where and in which dtype to put the weights (default: as saved).
             unet_class, text_encoder_class: the classes of the parts when they are subclasses
                 of :class:`ddpm_lib.UNet` / custom encoders (default: found by the saved name
-                among :class:`ddpm_lib.UNet`, :class:`TextEncoder` and :class:`HFTextEncoder`).
+                with :func:`ddpm_lib.models.resolve_model_class`: :class:`ddpm_lib.UNet`,
+                :class:`ddpm_lib.DiT`, :class:`TextEncoder`, :class:`HFTextEncoder`, ...).
 
         Raises:
             FileNotFoundError: a file is missing.

@@ -35,10 +35,10 @@ from .layers import (
     ResBlock,
     TimestepEmbedding,
     Upsample,
-    masked_mean,
     zero_module,
 )
 from ._unet_config import TEXT_ATTENTION_CHOICES, check_unet_arguments, unet_geometry
+from ._inputs import check_context, check_labels, check_timesteps, check_x
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
 
 __all__ = ["UNet", "UNetLevel"]
@@ -487,83 +487,13 @@ class UNet(PretrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Validate the text inputs; return them in ``x``'s dtype (mask as bool) and the pooled
         vector (the masked mean of ``context`` when not given)."""
-        batch, dim = x.shape[0], self.context_dim
-        if not torch.compiler.is_compiling():
-            if context is None:
-                raise ValueError(
-                    f"this UNet was built with context_dim={dim} and needs context=, a tensor "
-                    f"of shape (B, L, {dim}) (e.g. TextConditionedUNet.encode_prompts(prompts); "
-                    "the empty prompt '' is the unconditional input); got None"
-                )
-            if not isinstance(context, torch.Tensor) or not context.is_floating_point():
-                received = (context.dtype if isinstance(context, torch.Tensor)
-                            else type(context).__name__)
-                raise TypeError(
-                    f"context must be a floating-point tensor of shape ({batch}, L, {dim}); got "
-                    f"{received}"
-                )
-            if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != dim:
-                raise ValueError(
-                    f"context must have shape ({batch}, L, {dim}) (batch of x, context_dim="
-                    f"{dim}); got {tuple(context.shape)}"
-                )
-            if context_mask is not None:
-                if not isinstance(context_mask, torch.Tensor) or context_mask.is_floating_point():
-                    raise TypeError(
-                        "context_mask must be a bool (or 0/1 integer) tensor, True for real "
-                        "tokens; got "
-                        + (str(context_mask.dtype) if isinstance(context_mask, torch.Tensor)
-                           else type(context_mask).__name__)
-                    )
-                if context_mask.shape != context.shape[:2]:
-                    raise ValueError(
-                        f"context_mask must have shape {tuple(context.shape[:2])} like context's "
-                        f"first two dimensions; got {tuple(context_mask.shape)}"
-                    )
-            if context_pooled is not None and (
-                not isinstance(context_pooled, torch.Tensor)
-                or context_pooled.shape != (batch, dim)
-            ):
-                raise ValueError(
-                    f"context_pooled must be a tensor of shape ({batch}, {dim}); got "
-                    + (str(tuple(context_pooled.shape)) if isinstance(context_pooled, torch.Tensor)
-                       else type(context_pooled).__name__)
-                )
-        if context_mask is not None:
-            context_mask = context_mask.to(device=x.device, dtype=torch.bool)
-            if torch.compiler.is_compiling():
-                pass
-            elif context_mask.device.type == "cpu":
-                if not bool(context_mask.any(dim=1).all()):
-                    raise ValueError(
-                        "context_mask has a row without any real token (all False); every "
-                        "sample needs at least one (the empty prompt '' still has its "
-                        "begin/end tokens)"
-                    )
-            else:
-                torch._assert_async(context_mask.any(dim=1).all())
-        context = context.to(device=x.device, dtype=x.dtype)
-        if context_pooled is None:
-            context_pooled = masked_mean(context, context_mask)
-        return context, context_mask, context_pooled.to(device=x.device, dtype=x.dtype)
+        assert self.context_dim is not None  # only text networks check context
+        return check_context(context, context_mask, context_pooled, x, self.context_dim, "UNet")
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Validate ``x`` and return ``t`` as a ``(B,)`` tensor (shape/dtype checks only)."""
-        compiling = torch.compiler.is_compiling()
-        if not compiling:
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
-            if not x.is_floating_point():
-                raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
-            if x.ndim != 4:
-                raise ValueError(
-                    f"x must have shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}"
-                )
-            if x.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"x has {x.shape[1]} channels but this UNet was built with "
-                    f"in_channels={self.in_channels}; got x of shape {tuple(x.shape)}"
-                )
+        if not torch.compiler.is_compiling():
+            check_x(x, self.in_channels, "UNet")
             factor = 2 ** (self.num_levels - 1)
             if x.shape[2] % factor or x.shape[3] % factor:
                 raise ValueError(
@@ -571,43 +501,11 @@ class UNet(PretrainedModel):
                     f"this {self.num_levels}-level UNet; got {tuple(x.shape[2:])}: resize or "
                     "pad the images"
                 )
-        batch = x.shape[0]
-        if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
-            raise TypeError(f"t must be a (B,) tensor of timesteps; got {type(t).__name__}")
-        if not isinstance(t, torch.Tensor):
-            return torch.full((batch,), t, device=x.device)
-        if not compiling:
-            if t.dtype == torch.bool or t.is_complex():
-                raise TypeError(f"t must hold integer or real timesteps; got dtype {t.dtype}")
-            if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
-                raise ValueError(
-                    f"t must have shape ({batch},) to match x's batch; got {tuple(t.shape)}"
-                )
-        if t.ndim == 0:
-            t = t.expand(batch)
-        return t.to(x.device)
+        return check_timesteps(t, x)
 
     def _check_labels(self, y: Any, batch: int) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return y
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a LongTensor of class labels; got {type(y).__name__}")
-        if y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"y must be an integer tensor of class labels; got dtype {y.dtype}")
-        if y.shape != (batch,):
-            raise ValueError(f"y must have shape ({batch},) to match the batch; got "
-                             f"{tuple(y.shape)}")
-        n = self.num_classes
-        assert n is not None  # only class-conditional networks check labels
-        if y.device.type == "cpu":
-            if y.numel() and (int(y.min()) < -1 or int(y.max()) >= n):
-                raise ValueError(
-                    f"y must hold labels in [0, {n - 1}] or -1 for no label; got values in "
-                    f"[{int(y.min())}, {int(y.max())}]"
-                )
-        else:
-            torch._assert_async(((y >= -1) & (y < n)).all())
-        return y
+        assert self.num_classes is not None  # only class-conditional networks check labels
+        return check_labels(y, batch, self.num_classes)
 
     # ------------------------------------------------------------------------------------
     # Configuration, saving and loading

@@ -1,0 +1,210 @@
+"""Benchmark: ddpm_lib.DiT against diffusers' DiTTransformer2DModel, the paper's Gflops, and DiT
+against a UNet trained for the same time.
+
+Three parts (``--part speed | flops | quality | all``):
+
+* **speed**: one DiT configuration (default DiT-S/2 at 32 x 32 x 4, batch 2) built in diffusers
+  with random weights and converted with :func:`ddpm_lib.dit_from_diffusers` (outputs checked
+  to agree); forward+backward wall-clock and CPU time (medians, the two sides interleaved) and
+  the peak memory of one step from ``torch.profiler`` (see ``bench_unet.py``), as ratios
+  ours / diffusers: below 1 means ours is faster / smaller.
+* **flops**: forward multiply-adds of every preset at the paper's input (32 x 32 x 4, one
+  image) from ``torch.utils.flop_counter`` on the meta device (no memory), against Table 4
+  (the paper counts a multiply-add as one flop, as fvcore does; the counter counts two).
+* **quality**: a DiT and a UNet of about the same size, class-conditional, trained with
+  ``SimpleLoss`` for the same wall-clock budget each (``--train-seconds``) on the built-in
+  shapes (16 x 16 pixels, 4 classes), then ``--samples`` images each with 25-step DDIM. The
+  Fréchet distance (:func:`ddpm_lib.frechet_distance`) is computed on features defined here:
+  the 32 leading principal components of real images (fitted on 4096 of them). The floor is
+  the distance between two disjoint sets of real images of the same size.
+
+Usage::
+
+    python benchmarks/bench_dit.py --threads 1     # all parts, ~10 minutes (quality ~6)
+    python benchmarks/bench_dit.py --part quality --train-seconds 600 --samples 1024
+    python benchmarks/bench_dit.py --part speed --size b --patch 4 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_unet import interleaved_times, peak_step_memory  # noqa: E402
+
+from ddpm_lib import DDIMSampler, DiT, NoiseSchedule, SimpleLoss, Trainer, UNet  # noqa: E402
+from ddpm_lib import dit_from_diffusers, frechet_distance  # noqa: E402
+from ddpm_lib.data import ShapesDataset  # noqa: E402
+
+# Table 4 of Peebles & Xie (2023): forward Gflops at 256 x 256 (latent 32 x 32 x 4)
+PAPER_GFLOPS = {
+    "s2": 6.06, "s4": 1.41, "s8": 0.36, "b2": 23.01, "b4": 5.56, "b8": 1.42,
+    "l2": 80.71, "l4": 19.70, "l8": 5.01, "xl2": 118.64, "xl4": 29.05, "xl8": 7.39,
+}
+PAPER_PARAMS_M = {"s": 33, "b": 130, "l": 458, "xl": 675}
+
+
+# ----------------------------------------------------------------------------- speed
+def speed(size: str, patch: int, batch: int, repeats: int) -> None:
+    from diffusers import DiTTransformer2DModel
+
+    ours_like = getattr(DiT, f"{size}{patch}")
+    with torch.device("meta"):
+        reference = ours_like()
+    torch.manual_seed(0)
+    theirs = DiTTransformer2DModel(
+        num_attention_heads=reference.num_heads,
+        attention_head_dim=reference.hidden_size // reference.num_heads,
+        in_channels=4, out_channels=8, num_layers=reference.depth, sample_size=32,
+        patch_size=patch, num_embeds_ada_norm=1000,
+    )
+    with torch.no_grad():  # adaLN-Zero starts at zero; move off it so every path computes
+        for parameter in theirs.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+        state = theirs.state_dict()
+        for key, value in state.items():  # one shared embedding, as in converted checkpoints
+            if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
+                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
+    ours = dit_from_diffusers(theirs)
+    x = torch.randn(batch, 4, 32, 32)
+    t = torch.randint(0, 1000, (batch,))
+    y = torch.randint(0, 1000, (batch,))
+    theirs.eval(), ours.eval()
+    with torch.no_grad():
+        difference = (ours(x, t, y=y) - theirs(x, t, class_labels=y).sample).abs().max()
+    print(f"DiT-{size.upper()}/{patch}, batch {batch}, 32x32x4, {torch.get_num_threads()} "
+          f"thread(s); outputs agree to {float(difference):.1e}")
+    theirs.train(), ours.train()
+
+    def step_ours() -> None:
+        ours(x, t, y=y).square().mean().backward()
+
+    def step_theirs() -> None:
+        theirs(x, t, class_labels=y).sample.square().mean().backward()
+
+    tasks = {"ours": step_ours, "diffusers": step_theirs}
+    wall, cpu = interleaved_times(tasks, warmup=2, repeats=repeats)
+    memory = {key: peak_step_memory(task) for key, task in tasks.items()}
+    print(f"{'forward+backward':<18}{'ours':>12}{'diffusers':>12}{'ratio':>8}")
+    for label, values in (("wall-clock (s)", wall), ("CPU time (s)", cpu)):
+        a, b = statistics.median(values["ours"]), statistics.median(values["diffusers"])
+        print(f"{label:<18}{a:>12.3f}{b:>12.3f}{a / b:>8.3f}")
+    a, b = memory["ours"] / 2**20, memory["diffusers"] / 2**20
+    print(f"{'peak memory (MiB)':<18}{a:>12.1f}{b:>12.1f}{a / b:>8.3f}")
+
+
+# ----------------------------------------------------------------------------- flops
+def flops() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    print(f"{'preset':<10}{'params (M)':>12}{'paper':>8}{'Gflops':>10}{'paper':>9}")
+    for name, paper in PAPER_GFLOPS.items():
+        with torch.device("meta"):
+            model = getattr(DiT, name)().eval()
+            x, t, y = torch.empty(1, 4, 32, 32), torch.zeros(1).long(), torch.zeros(1).long()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(x, t, y=y)
+        gflops = counter.get_total_flops() / 2e9  # multiply-adds
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        label = f"DiT-{name[:-1].upper()}/{name[-1]}"
+        print(f"{label:<10}{params:>12.1f}{PAPER_PARAMS_M[name[:-1]]:>8}{gflops:>10.2f}"
+              f"{paper:>9.2f}")
+
+
+# ----------------------------------------------------------------------------- quality
+class PCAFeatures:
+    """Projection of flattened images onto the ``k`` leading principal components of a set of
+    real images: the feature space of the Fréchet distance here."""
+
+    def __init__(self, images: torch.Tensor, k: int = 32) -> None:
+        flat = images.flatten(1).double()
+        self.mean = flat.mean(0)
+        _, _, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
+        self.components = vh[:k]  # (k, D)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.flatten(1).double() - self.mean) @ self.components.T  # (N, k)
+
+
+def fd(features: torch.Tensor, reference: torch.Tensor) -> float:
+    stats = [(f.mean(0).numpy(), torch.cov(f.T).numpy()) for f in (features, reference)]
+    return frechet_distance(*stats[0], *stats[1])
+
+
+def quality(train_seconds: float, samples: int, seed: int) -> None:
+    schedule = NoiseSchedule.linear(1000)
+    data = ShapesDataset(size=8192, image_size=16, seed=seed)
+    real = torch.stack([data[i][0] for i in range(4096)])
+    held_out = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 1)[i][0]
+                            for i in range(samples)])
+    features = PCAFeatures(real)
+    floor_set = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 2)[i][0]
+                             for i in range(samples)])
+    torch.manual_seed(seed)
+    models = {
+        # 0.72M and 0.70M parameters
+        "DiT": DiT(input_size=16, patch_size=2, in_channels=3, hidden_size=96, depth=4,
+                   num_heads=4, num_classes=4, learn_sigma=False),
+        "UNet": UNet(in_channels=3, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(8,), image_size=16, dropout=0.0, num_classes=4,
+                     norm_groups=8),
+    }
+    reference = features(held_out)
+    print(f"quality: {train_seconds:.0f} s of training each, {samples} samples (25-step DDIM), "
+          f"Fréchet distance on 32 PCA components of real 16x16 shapes; "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"real vs real (floor): FD {fd(features(floor_set), reference):.2f}")
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=32, lr=1e-3,
+                              warmup_steps=100, ema_decay=0.999, out_dir=out, log_every=10**9,
+                              checkpoint_every=10**9, progress=False, tensorboard=False,
+                              seed=seed, class_dropout=0.0)
+            start = time.perf_counter()
+            steps = trainer.train(10**9, max_seconds=train_seconds)
+            trained = time.perf_counter() - start
+            sampler = DDIMSampler(schedule, 25)
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                images = sampler.sample(trainer.ema_model.eval(), (samples, 3, 16, 16),
+                                        model_kwargs={"y": torch.arange(samples) % 4},
+                                        generator=generator)
+        score = fd(features(images), reference)
+        print(f"{name:<5} {params:5.2f}M parameters, {steps} steps in {trained:.0f} s: "
+              f"FD {score:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("speed", "flops", "quality", "all"), default="all")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", choices=("s", "b", "l", "xl"), default="s")
+    parser.add_argument("--patch", type=int, choices=(2, 4, 8), default=2)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--train-seconds", type=float, default=150.0)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.part in ("flops", "all"):
+        flops()
+    if args.part in ("speed", "all"):
+        speed(args.size, args.patch, args.batch, args.repeats)
+    if args.part in ("quality", "all"):
+        quality(args.train_seconds, args.samples, args.seed)
+
+
+if __name__ == "__main__":
+    main()
