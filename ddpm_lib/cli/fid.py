@@ -92,6 +92,7 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
     num_classes = pipe.num_classes
 
     def class_labels(count: int, generator: Any) -> dict:
+        assert num_classes is not None  # only given for a class-conditional model
         labels = torch.randint(num_classes, (count,), generator=generator, device=device)
         return {"y": labels}
 
