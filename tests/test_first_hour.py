@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ddpm_lib import cli
-from ddpm_lib.cli.checks import MAX_ORDER, SAMPLER_OPTIONS, SAMPLER_STEPS, flag, range_of
 from ddpm_lib.cli import main
+from ddpm_lib.cli.checks import MAX_ORDER, SAMPLER_OPTIONS, SAMPLER_STEPS, flag, range_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from ddpm_lib import cli
-from ddpm_lib.cli import bpd as bpd_cli, fid as fid_cli
+from ddpm_lib.cli import bpd as bpd_cli
+from ddpm_lib.cli import fid as fid_cli
 from ddpm_lib.metrics import WEIGHTS_ENV, WEIGHTS_FILENAME, FeatureStatistics, frechet_distance
 
 

@@ -58,7 +58,7 @@ def one_line_warnings(command: str) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
 
-        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        def show(message, category, filename, lineno, file=None, line=None):
             warn(command, str(message))
 
         warnings.showwarning = show

@@ -10,6 +10,7 @@ A side is an image folder, a ``.npz`` of statistics (pytorch-fid's ``mu``, ``sig
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from ._common import (
@@ -59,12 +60,12 @@ def _statistics_of(
         if keep:
             raise CLIError(f"--kid needs images on both sides; {path!r} holds only statistics")
         return FeatureStatistics.load(path)
-    common = dict(
-        batch_size=args.batch_size,
-        num_samples=num_samples,
-        keep_features=keep,
-        progress=not args.no_progress,
-    )
+    common = {
+        "batch_size": args.batch_size,
+        "num_samples": num_samples,
+        "keep_features": keep,
+        "progress": not args.no_progress,
+    }
     if os.path.isdir(path):
         return statistics_from_folder(path, extractor(), num_workers=args.num_workers, **common)
     if path.endswith((".npy", ".npz")):
@@ -113,13 +114,11 @@ def _sample_statistics(args: argparse.Namespace, extractor: Any, keep: bool) -> 
 
 def run(args: argparse.Namespace) -> None:
     """Print the FID (and KID) of the two sides, or save the statistics of one."""
-    from functools import lru_cache
-
     import torch
 
     from ddpm_lib.metrics import kernel_inception_distance
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def extractor() -> Any:  # loaded only when some side needs features
         return _load_extractor(args, device_of(args.device))
 

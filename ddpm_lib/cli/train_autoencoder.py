@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, cast
 from collections.abc import Sized
+from typing import Any, cast
 
 from ._common import CLIError, add_threads_option
 from .checks import int_list
@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> None:
 
     import torch
 
-    from ddpm_lib.data import build_dataset, save_grid
     from ddpm_lib import AutoencoderKL, AutoencoderLoss
+    from ddpm_lib.data import build_dataset, save_grid
     from ddpm_lib.training import Trainer
 
     out = Path(args.out)
