@@ -77,8 +77,9 @@ def make_sampler(
 ) -> Any:
     """A sampler by name (:data:`SAMPLER_NAMES`) for a model with these settings.
 
-    ``variance`` is used by ``"ddpm"`` (a variance type or an Analytic-DPM table);
-    ``learn_sigma`` tells the others that the model's output has twice the channels. ``ddpm``
+    ``variance`` is used by ``"ddpm"`` (a variance type or an Analytic-DPM table); a table
+    also goes to ``"ddim"``. ``learn_sigma`` tells the others that the model's output has twice
+    the channels. ``ddpm``
     defaults to 100 respaced steps; the others to their class's default. ``options`` go to the
     constructor (``eta``, ``order``, ``spacing``, ``method``...).
     """
@@ -90,6 +91,11 @@ def make_sampler(
     if name == "ddpm":
         steps = num_steps if num_steps is not None else min(100, schedule.num_timesteps)
         return cls(schedule, variance=variance, num_steps=steps, **common, **options)
+    if not isinstance(variance, str):  # an Analytic-DPM table (AnalyticVariance)
+        if name != "ddim":
+            raise ValueError(f"an Analytic-DPM variance table serves the ddpm and ddim samplers; "
+                             f"got sampler {name!r}")
+        common["variance"] = variance
     return cls(schedule, num_steps=num_steps, learn_sigma=learn_sigma, **common, **options)
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ddpm_lib import cli
-from ddpm_lib._cli_checks import MAX_ORDER, SAMPLER_OPTIONS, SAMPLER_STEPS, flag, range_of
 from ddpm_lib.cli import main
+from ddpm_lib.cli.checks import MAX_ORDER, SAMPLER_OPTIONS, SAMPLER_STEPS, flag, range_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +77,7 @@ def test_every_numeric_option_of_every_command_has_a_range() -> None:
     assert {command for command, _ in options} == set(_subparsers())
     missing = [f"{command} {action.option_strings[0]}" for command, action in options
                if range_of(command, action.dest) is None]
-    assert not missing, f"no valid range in _cli_checks.RANGES for: {missing}"
+    assert not missing, f"no valid range in cli.checks.RANGES for: {missing}"
     for _, action in options:  # the error names the flag the user typed
         assert flag(action.dest) in action.option_strings
 
@@ -91,8 +91,8 @@ def test_out_of_range_values_fail_before_any_work_or_write(command, action, tmp_
     def never(args: argparse.Namespace) -> None:
         raise AssertionError(f"{command} started work with {action.dest}={getattr(args, action.dest)}")
 
-    for name in ("_run_train", "_run_sample", "_run_fid", "_run_bpd", "_run_train_autoencoder"):
-        monkeypatch.setattr(cli, name, never)
+    for module in cli.COMMANDS:
+        monkeypatch.setattr(module, "run", never)
     value = _out_of_range(action, command)
     argv = [*_minimal_argv(command, tmp_path), action.option_strings[0], value]
     assert main(argv) == 2
@@ -149,7 +149,7 @@ def test_bad_sampler_combinations_are_clear_errors(options, expected, tmp_path, 
 
 def test_threads_applies_during_the_command_and_is_restored(tmp_path, monkeypatch) -> None:
     seen: list[int] = []
-    monkeypatch.setattr(cli, "_run_sample", lambda args: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(cli.sample, "run", lambda args: seen.append(torch.get_num_threads()))
     torch.set_num_threads(2)
     assert main(["sample", str(tmp_path), "--threads", "3"]) == 0
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -170,11 +170,12 @@ def run(tmp_path_factory) -> Path:
 
 
 def _sampler_of(argv: list[str], run: Path) -> object:
-    from ddpm_lib.training.checkpoint import load_trained_model
+    from ddpm_lib import DiffusionPipeline
+    from ddpm_lib.cli._common import build_sampler
 
     args = cli.build_parser().parse_args(["sample", str(run), *argv])
     cli.validate(args)
-    return cli._sample_sampler(args, load_trained_model(str(run), device="cpu"), pixels=True)
+    return build_sampler(args, DiffusionPipeline.from_pretrained(run, device="cpu"))
 
 
 @pytest.mark.parametrize(("argv", "cls", "expected"), [

@@ -7,6 +7,7 @@ function (the network itself is tested in test_metrics_inception.py).
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 
 from ddpm_lib import cli
+from ddpm_lib.cli import bpd as bpd_cli
+from ddpm_lib.cli import fid as fid_cli
 from ddpm_lib.metrics import WEIGHTS_ENV, WEIGHTS_FILENAME, FeatureStatistics, frechet_distance
 
 
@@ -48,7 +51,7 @@ def folders(tmp_path):
 @pytest.fixture
 def tiny_extractor(monkeypatch) -> TinyExtractor:
     extractor = TinyExtractor()
-    monkeypatch.setattr(cli, "_load_extractor", lambda args, device: extractor)
+    monkeypatch.setattr(fid_cli, "_load_extractor", lambda args, device: extractor)
     return extractor
 
 
@@ -128,15 +131,15 @@ def test_fid_from_a_checkpoint_samples_the_requested_number(folders, tiny_extrac
                                                             monkeypatch, capsys) -> None:
     real_dir, _, _, _ = folders
     model = torch.nn.Identity()
-    model.image_size, model.in_channels = 8, 3
+    model.config = {"image_size": 8, "in_channels": 3}
     loaded = []
 
-    def load(path, device, args):
+    def load(path, device, args):  # a stand-in pipeline: the model and what fid reads of it
         loaded.append(path)
-        return model, None
+        return SimpleNamespace(model=model, schedule=None, latent=None, num_classes=None)
 
-    monkeypatch.setattr(cli, "load_checkpoint_for_eval", load)
-    monkeypatch.setattr(cli, "_build_sampler", lambda args, schedule, model: StandInSampler())
+    monkeypatch.setattr(fid_cli, "load_eval_pipeline", load)
+    monkeypatch.setattr(fid_cli, "build_sampler", lambda args, pipe, steps: StandInSampler())
     argv = ["fid", str(real_dir), "--checkpoint", "ckpt", "--num-samples", "9", "--batch-size",
             "4", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
@@ -154,8 +157,9 @@ def test_bpd_prints_the_figure_count_breakdown_and_warning(tmp_path, monkeypatch
 
     oracle = GaussianOracle(small_schedule, mean=0.0, std=0.4)
     oracle.in_channels = 3
-    monkeypatch.setattr(cli, "load_checkpoint_for_eval",
-                        lambda path, device, args: (oracle, small_schedule))
+    pipe = SimpleNamespace(model=oracle, schedule=small_schedule, prediction="eps",
+                           variance="fixed_small", latent=None, num_classes=None)
+    monkeypatch.setattr(bpd_cli, "load_eval_pipeline", lambda path, device, args: pipe)
     rng = np.random.default_rng(1)
     pixels = np.clip(rng.normal(127.5, 51, (6, 4, 4, 3)), 0, 255).astype(np.uint8)
     np.save(tmp_path / "data.npy", pixels)

@@ -366,36 +366,55 @@ def test_runs_export_pipelines_with_their_settings(runs):
     assert_same_weights(latent.autoencoder, saved)
 
 
-def test_load_checkpoint_for_eval_fills_the_saved_settings_unless_given(runs, tmp_path):
-    def namespace(**given):
-        values = {"prediction": None, "variance": "auto", "schedule": None, "timesteps": None}
-        values.update(given)
-        return argparse.Namespace(**values)
+def _eval_options(**given) -> argparse.Namespace:
+    values = {"prediction": None, "variance": "auto", "schedule": None, "timesteps": None}
+    values.update(given)
+    return argparse.Namespace(**values)
+
+
+def test_eval_pipeline_takes_the_saved_settings_unless_given(runs, tmp_path):
+    from ddpm_lib.cli._common import load_eval_pipeline
 
     for run, settings in (("v", ("v", "fixed_small")), ("hybrid", ("eps", "learned_range"))):
         for source in sources(runs[run]):
-            args = namespace()
-            model, schedule = cli.load_checkpoint_for_eval(str(source), "cpu", args)
-            assert (args.prediction, args.variance) == settings, source
-            assert args.latent_model is None and schedule.num_timesteps == SCHEDULE_T
-            assert not model.training
-    args = namespace(prediction="x0", variance="fixed_large", schedule="cosine", timesteps=7)
-    _, schedule = cli.load_checkpoint_for_eval(str(runs["v"]), "cpu", args)
-    assert (args.prediction, args.variance) == ("x0", "fixed_large")
-    assert torch.equal(schedule.betas, NoiseSchedule.linear(SCHEDULE_T).betas)  # the saved one wins
+            pipe = load_eval_pipeline(str(source), "cpu", _eval_options())
+            assert (pipe.prediction, pipe.variance) == settings, source
+            assert pipe.latent is None and pipe.schedule.num_timesteps == SCHEDULE_T
+            assert not pipe.model.training
+    options = _eval_options(prediction="x0", variance="fixed_large", schedule="cosine",
+                            timesteps=7)
+    pipe = load_eval_pipeline(str(runs["v"]), "cpu", options)
+    assert (pipe.prediction, pipe.variance) == ("x0", "fixed_large")
+    assert torch.equal(pipe.schedule.betas, NoiseSchedule.linear(SCHEDULE_T).betas)  # saved wins
+    assert type(cli._common.build_sampler(argparse.Namespace(
+        sampler="ddpm", steps=None, spacing=None, order=None, final_step=None, eta=None,
+        variant=None, method=None, dynamic_threshold=None, analytic_variance=None,
+        clip_denoised=None), pipe)) is DDPMSampler
     # a folder that records no schedule takes --schedule / --timesteps
     tiny_unet().save_pretrained(tmp_path / "plain")
-    args = namespace(schedule="cosine", timesteps=30)
-    _, schedule = cli.load_checkpoint_for_eval(str(tmp_path / "plain"), "cpu", args)
-    assert torch.equal(schedule.betas, NoiseSchedule.cosine(30).betas)
-    assert (args.prediction, args.variance) == ("eps", "fixed_small")
-    _, schedule = cli.load_checkpoint_for_eval(str(tmp_path / "plain"), "cpu", namespace())
-    assert torch.equal(schedule.betas, NoiseSchedule.linear(1000).betas)
-    args = namespace()
-    cli.load_checkpoint_for_eval(str(runs["latent"]), "cpu", args)
-    assert isinstance(args.latent_model, LatentDiffusion)
+    pipe = load_eval_pipeline(str(tmp_path / "plain"), "cpu",
+                              _eval_options(schedule="cosine", timesteps=30))
+    assert torch.equal(pipe.schedule.betas, NoiseSchedule.cosine(30).betas)
+    assert (pipe.prediction, pipe.variance) == ("eps", "fixed_small")
+    pipe = load_eval_pipeline(str(tmp_path / "plain"), "cpu", _eval_options())
+    assert torch.equal(pipe.schedule.betas, NoiseSchedule.linear(1000).betas)
+    pipe = load_eval_pipeline(str(runs["latent"]), "cpu", _eval_options())
+    assert isinstance(pipe.latent, LatentDiffusion)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        cli.load_checkpoint_for_eval(str(tmp_path / "nowhere"), "cpu", namespace())
+        load_eval_pipeline(str(tmp_path / "nowhere"), "cpu", _eval_options())
+
+
+def test_load_checkpoint_for_eval_is_deprecated_and_fills_the_saved_settings(runs):
+    args = _eval_options()
+    with pytest.warns(DeprecationWarning, match="DiffusionPipeline.from_pretrained"):
+        model, schedule = cli.load_checkpoint_for_eval(str(runs["v"]), "cpu", args)
+    assert (args.prediction, args.variance) == ("v", "fixed_small")
+    assert args.latent_model is None and schedule.num_timesteps == SCHEDULE_T
+    assert not model.training
+    args = _eval_options()
+    with pytest.warns(DeprecationWarning):
+        cli.load_checkpoint_for_eval(str(runs["latent"]), "cpu", args)
+    assert isinstance(args.latent_model, LatentDiffusion)
 
 
 class _WithLabel(nn.Module):
@@ -452,7 +471,7 @@ class TinyExtractor(nn.Module):
 
 def test_fid_from_every_kind_of_folder_samples_with_the_saved_settings(runs, monkeypatch, capsys):
     extractor = TinyExtractor()
-    monkeypatch.setattr(cli, "_load_extractor", lambda args, device: extractor)
+    monkeypatch.setattr(cli.fid, "_load_extractor", lambda args, device: extractor)
 
     def fid(source, *extra) -> float:
         argv = ["fid", str(runs["ref"]), "--checkpoint", str(source), "--num-samples", "6",
@@ -480,7 +499,7 @@ def test_fid_of_a_latent_run_decodes_its_samples(runs, monkeypatch, capsys):
         seen.append(tuple(images.shape))
         return TinyExtractor()(images)
 
-    monkeypatch.setattr(cli, "_load_extractor", lambda args, device: extractor)
+    monkeypatch.setattr(cli.fid, "_load_extractor", lambda args, device: extractor)
     argv = ["fid", str(runs["ref"]), "--checkpoint", str(runs["latent"]), "--num-samples", "4",
             "--batch-size", "2", "--steps", "2", "--device", "cpu", "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class CLIError(Exception):
-    """An error caused by the user's input, printed as one line."""
+from ._common import CLIError
 
 
 @dataclass(frozen=True)
@@ -258,7 +256,9 @@ def _check_train_autoencoder(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- sample
 
-def _check_sample(args: argparse.Namespace) -> None:
+def check_sampler(args: argparse.Namespace, source: str | None) -> None:
+    """The sampler options of ``sample`` and ``fid``: each given only to a ``--sampler`` that
+    has it, and the ones that do not fit the model of ``source`` (a latent run is not clipped)."""
     sampler = args.sampler
     for dest, samplers in SAMPLER_OPTIONS.items():
         if getattr(args, dest) is not None and sampler not in samplers:
@@ -271,6 +271,22 @@ def _check_sample(args: argparse.Namespace) -> None:
     if args.dynamic_threshold is not None and args.clip_denoised is False:
         raise CLIError("--dynamic-threshold replaces clipping; it cannot be combined with "
                        "--no-clip-denoised")
+    if args.analytic_variance is not None and not Path(args.analytic_variance).is_file():
+        raise FileNotFoundError(f"--analytic-variance {args.analytic_variance!r} does not exist")
+    if source is not None and Path(source).exists():
+        _check_latent_clipping(args, source)
+
+
+def _check_latent_clipping(args: argparse.Namespace, source: str) -> None:
+    if is_latent_run(source) and (args.clip_denoised or args.dynamic_threshold is not None):
+        what = "--clip-denoised" if args.clip_denoised else "--dynamic-threshold"
+        raise CLIError(f"{what} brings x0 to [-1, 1]: an option of pixel-space runs; "
+                       f"{source} samples latents")
+
+
+def _check_sample(args: argparse.Namespace) -> None:
+    sampler = args.sampler
+    check_sampler(args, None)
     if args.guidance_rescale and args.guidance_scale is None:
         raise CLIError("--guidance-rescale acts on guidance: give --guidance-scale too")
     if args.negative_prompt is not None and args.guidance_scale is None:
@@ -283,18 +299,13 @@ def _check_sample(args: argparse.Namespace) -> None:
             "euler_maruyama":
         raise CLIError(f"--inpaint with --sampler sde needs --method euler_maruyama; got "
                        f"--method {args.method}")
-    for option, path in (("--inpaint", args.inpaint), ("--mask", args.mask),
-                         ("--analytic-variance", args.analytic_variance)):
+    for option, path in (("--inpaint", args.inpaint), ("--mask", args.mask)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{option} {path!r} does not exist")
     if not Path(args.source).exists():
         raise FileNotFoundError(f"{args.source!r} does not exist")
-    latent = is_latent_run(args.source)
-    if latent and (args.clip_denoised or args.dynamic_threshold is not None):
-        what = "--clip-denoised" if args.clip_denoised else "--dynamic-threshold"
-        raise CLIError(f"{what} brings x0 to [-1, 1]: an option of pixel-space runs; "
-                       f"{args.source} samples latents")
-    if latent and args.inpaint is not None:
+    _check_latent_clipping(args, args.source)
+    if is_latent_run(args.source) and args.inpaint is not None:
         raise CLIError("--inpaint works on pixel-space runs; this run samples latents")
 
 
@@ -307,7 +318,7 @@ def is_latent_run(source: str) -> bool:
 
 
 def sampler_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """``(class name, keyword arguments)`` of the sampler that ``ddpm-lib sample`` builds.
+    """``(class name, keyword arguments)`` of the sampler that ``sample`` and ``fid`` build.
 
     Only the options given on the command line are passed, so every other one keeps the
     sampler's documented default (e.g. ``spacing``: DDPM linspace, DDIM trailing, the
@@ -342,6 +353,7 @@ def _check_fid(args: argparse.Namespace) -> None:
                                     "file)")
     if args.checkpoint and args.num_samples is None:
         raise CLIError("--checkpoint needs --num-samples (50000 is the standard for FID)")
+    check_sampler(args, args.checkpoint)
 
 
 def _check_bpd(args: argparse.Namespace) -> None:
