@@ -30,6 +30,7 @@ __all__ = [
     "load_npz",
     "torch_load",
     "content_digest",
+    "size_hint",
 ]
 
 
@@ -91,8 +92,9 @@ def read_json(path: str | os.PathLike, *, expect: type | None = dict,
     return parse_json(read_utf8(path, what), str(path), expect=expect)
 
 
-def _cut_short_hint(size: int) -> str:
-    return "it is empty" if size == 0 else f"{size} bytes; it may be cut short or corrupt"
+def size_hint(size: int) -> str:
+    """What a file of ``size`` bytes that does not parse may be: empty, or cut short."""
+    return "it is empty" if size == 0 else f"{size} bytes; it may be truncated (cut short) or corrupt"
 
 
 def load_safetensors(path: str | os.PathLike, what: str = "safetensors file"
@@ -108,7 +110,7 @@ def load_safetensors(path: str | os.PathLike, what: str = "safetensors file"
         tensors = load(data)
         metadata = _safetensors_metadata(data)
     except (SafetensorError, ValueError, KeyError, TypeError, OSError, RuntimeError) as error:
-        raise ValueError(f"{path} is not a readable {what} ({_cut_short_hint(len(data))}): "
+        raise ValueError(f"{path} is not a readable {what} ({size_hint(len(data))}): "
                          f"{type(error).__name__}: {str(error)[:200]}") from None
     return tensors, metadata
 
@@ -141,7 +143,7 @@ def load_npz(path: str | os.PathLike, what: str = ".npz file") -> dict[str, Any]
             return {name: loaded[name] for name in loaded.files}
     except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError,
             TypeError, NotImplementedError) as error:
-        raise ValueError(f"{path} is not a readable {what} ({_cut_short_hint(len(data))}): "
+        raise ValueError(f"{path} is not a readable {what} ({size_hint(len(data))}): "
                          f"{type(error).__name__}: {str(error)[:200]}") from None
 
 
@@ -158,7 +160,7 @@ def torch_load(data: bytes, where: str, map_location: Any = "cpu") -> Any:
             AttributeError, IndexError, OSError) as error:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise ValueError(f"{where} is not a readable torch.save file "
-                         f"({_cut_short_hint(len(data))}): {type(error).__name__}: "
+                         f"({size_hint(len(data))}): {type(error).__name__}: "
                          f"{first}") from None
 
 
