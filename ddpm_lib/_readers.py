@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ def read_json(path: str | os.PathLike, *, expect: type | None = dict,
 
 def size_hint(size: int) -> str:
     """What a file of ``size`` bytes that does not parse may be: empty, or cut short."""
-    return "it is empty" if size == 0 else f"{size} bytes; it may be truncated (cut short) or corrupt"
+    if size == 0:
+        return "it is empty"
+    return f"{size} bytes; it may be truncated (cut short) or corrupt"
 
 
 def load_safetensors(path: str | os.PathLike, what: str = "safetensors file"
@@ -158,10 +161,15 @@ def torch_load(data: bytes, where: str, map_location: Any = "cpu") -> Any:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
             AttributeError, IndexError, OSError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise ValueError(f"{where} is not a readable torch.save file "
-                         f"({size_hint(len(data))}): {type(error).__name__}: "
-                         f"{first}") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        if "Weights only load failed" in text:
+            hint = ("it holds objects other than tensors and plain values (pickled code or "
+                    "classes), which are refused")
+        else:
+            hint = size_hint(len(data))
+        first = text.splitlines()[0][:200] if text else ""
+        raise ValueError(f"{where} cannot be decoded by torch.load(weights_only=True) ({hint}):"
+                         f" {type(error).__name__}: {first}") from None
 
 
 def content_digest(arrays: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
