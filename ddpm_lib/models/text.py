@@ -523,12 +523,15 @@ class HFTextEncoder(nn.Module):
                 f"{directory / CONFIG_NAME} names model_class={config.get('model_class')!r}, "
                 "which transformers does not have"
             )
+        from safetensors import SafetensorError
+
         try:
             model = model_class.from_pretrained(directory / "model", local_files_only=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 directory / "tokenizer", local_files_only=True
             )
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError,
+                SafetensorError) as error:
             _io.verify_folder(directory)  # a damaged part: say which file differs
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             raise ValueError(f"{directory}: the transformers model or tokenizer cannot be "
