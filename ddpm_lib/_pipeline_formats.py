@@ -31,7 +31,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; ``ValueError`` naming the file for anything else."""
     from ._readers import read_json as read
 
-    return read(path)  # type: ignore[no-any-return]
+    return read(path)
 
 
 def _field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:

@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "read_bytes",
-    "read_utf8",
-    "read_json",
-    "parse_json",
-    "load_safetensors",
-    "load_npz",
-    "torch_load",
     "content_digest",
+    "load_npz",
+    "load_safetensors",
+    "parse_json",
+    "read_bytes",
+    "read_json",
+    "read_utf8",
     "size_hint",
+    "torch_load",
 ]
 
 

@@ -375,10 +375,10 @@ def _read_metadata_captions(root: Path) -> tuple[list[Path], list[str]]:
         try:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as error:
-            line = data[:error.start].count(b"\n") + 1
+            line_number = data[:error.start].count(b"\n") + 1
             raise ValueError(
                 f"caption file {str(metadata)!r} is not UTF-8 text: byte {error.start} "
-                f"(0x{data[error.start]:02x}, line {line}) {error.reason}"
+                f"(0x{data[error.start]:02x}, line {line_number}) {error.reason}"
             ) from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():

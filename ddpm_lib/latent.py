@@ -39,13 +39,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ddpm_lib import _io
+from ddpm_lib._checks import check_int
+from ddpm_lib._readers import content_digest, load_safetensors
 from ddpm_lib.models.registry import class_path
 
-from ddpm_lib import _io
-from ddpm_lib._readers import content_digest, load_safetensors
-from ddpm_lib._checks import check_int
-
-__all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
+__all__ = ["CACHE_FILE", "CONFIG_FILE", "DecodingSampler", "LatentDataset", "LatentDiffusion"]
 
 CACHE_FILE = "latents.safetensors"
 CONFIG_FILE = "latent_diffusion.json"

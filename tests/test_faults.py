@@ -49,17 +49,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _fault_helpers import DiskFull, fail_after, flip_bit, names, safetensors_offsets, snapshot
+from test_io import tiny_latent_model, tiny_text_model
 
-from _fault_helpers import (DiskFull, fail_after, flip_bit, names, safetensors_offsets,
-                            snapshot)
-from ddpm_lib import (AnalyticVariance, AutoencoderKL, DiffusionPipeline, LatentDiffusion,
-                      NoiseSchedule)
-from ddpm_lib import _io
+from ddpm_lib import (
+    AnalyticVariance,
+    AutoencoderKL,
+    DiffusionPipeline,
+    LatentDiffusion,
+    NoiseSchedule,
+    _io,
+)
 from ddpm_lib.metrics.fid import FeatureStatistics
 from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
 from ddpm_lib.models.unet import UNet
 from ddpm_lib.training.checkpoint import load_checkpoint, save_checkpoint
-from test_io import tiny_latent_model, tiny_text_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,7 +222,7 @@ def fail_the_renames(monkeypatch) -> None:
         DiskFull("rename failed")))
 
 
-@pytest.mark.parametrize("point", [0.0, 0.2, 0.5, 0.8, 0.999, "rename"])
+@pytest.mark.parametrize("point", [0.0, 0.5, 0.999, "rename"])
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_a_write_that_fails_at_any_point_keeps_the_previous_version(
         tmp_path, monkeypatch, writer, point):
@@ -298,8 +302,8 @@ KILLED_SAVER = textwrap.dedent("""
 
 
 def test_a_process_killed_while_saving_leaves_a_complete_version(tmp_path):
-    """SIGKILL at two instants of a loop that saves a model folder, a table, a checkpoint and a
-    latent cache over and over: each then loads as one complete version, old or new."""
+    """SIGKILL during a loop that saves a model folder, a table, a checkpoint and a latent
+    cache over and over: each then loads as one complete version, old or new."""
     savers = ["TextConditionedUNet.save_pretrained", "AnalyticVariance.save(.safetensors)",
               "save_checkpoint", "latent cache"]
     versions = {}
@@ -309,7 +313,7 @@ def test_a_process_killed_while_saving_leaves_a_complete_version(tmp_path):
             write(tmp_path / f"reference{version}" / name / folder, version)
         versions[name] = [read(tmp_path / f"reference{v}" / name / folder) for v in (0, 1)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for delay in (0.05, 0.4):
+    for delay in (0.3,):  # one kill: a process start costs seconds
         root = tmp_path / f"killed_{delay}"
         process = subprocess.Popen(
             [sys.executable, "-c", KILLED_SAVER, str(root), str(Path(__file__).parent)],
@@ -468,7 +472,7 @@ def test_fid_statistics_and_tables_check_their_checksum(tmp_path):
     with pytest.raises(ValueError, match=r"s\.npz.*do not match the SHA-256"):
         FeatureStatistics.load(tmp_path / "s.npz")
     write_table(tmp_path / "t.safetensors", 0)
-    start, end = safetensors_offsets(tmp_path / "t.safetensors")["gamma"]
+    start, _ = safetensors_offsets(tmp_path / "t.safetensors")["gamma"]
     flip_bit(tmp_path / "t.safetensors", start + 3, bit=0)
     with pytest.raises(ValueError, match=r"t\.safetensors.*does not match the SHA-256"):
         AnalyticVariance.load(tmp_path / "t.safetensors", SCHEDULE)

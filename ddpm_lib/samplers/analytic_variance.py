@@ -228,8 +228,8 @@ class AnalyticVariance:
             if path.suffix == ".safetensors":
                 tensors, metadata = load_safetensors(path, "AnalyticVariance table")
                 gamma = tensors["gamma"]
-                num_samples = metadata.get("num_samples")
-                num_samples = int(num_samples) if num_samples not in (None, "None") else None
+                count = metadata.get("num_samples")
+                num_samples: int | None = int(count) if count not in (None, "None") else None
             else:
                 metadata = read_json(path, what="AnalyticVariance table")
                 gamma = torch.tensor([float("nan") if v is None else v
