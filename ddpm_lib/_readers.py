@@ -77,7 +77,7 @@ def parse_json(text: str, where: str, *, expect: type | None = dict) -> Any:
         raise ValueError(f"{where} is not valid JSON (nested too deeply)") from None
     if expect is not None and not isinstance(value, expect):
         raise ValueError(f"{where} must hold a JSON {_json_kind(expect)}; got "
-                         f"{_json_kind(type(value))}")
+                         f"{type(value).__name__}")
     return value
 
 

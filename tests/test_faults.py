@@ -393,7 +393,7 @@ def test_a_wrong_type_or_missing_key_is_said(tmp_path):
     _, write, read = WRITERS["UNet.save_pretrained"]
     write(tmp_path / "m", 0)
     (tmp_path / "m" / "config.json").write_text('"a string"')
-    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object; got string"):
+    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object; got str"):
         read(tmp_path / "m")
     write_table(tmp_path / "t.json", 0)
     record = json.loads((tmp_path / "t.json").read_text())
