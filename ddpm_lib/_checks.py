@@ -143,6 +143,20 @@ def check_floating(name: str, value: Any) -> torch.Tensor:
     return value
 
 
+def check_finite(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Raise ``ValueError`` naming ``name`` when the floating-point tensor ``value`` holds a NaN
+    or an infinity (how many, and the index of the first); other dtypes pass."""
+    if value.is_floating_point() or value.is_complex():
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            raise ValueError(f"{name} must be finite; got {int(bad.sum())} NaN or infinite "
+                             f"value(s) ({kind} first at index {first}, shape "
+                             f"{tuple(value.shape)})")
+    return value
+
+
 def check_same_shape(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     """Raise ``ValueError`` unless ``value`` has the shape of ``ref``."""
     if value.shape != ref.shape:

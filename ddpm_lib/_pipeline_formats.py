@@ -13,7 +13,6 @@ earlier ones, each turned into the same bundle.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,21 +29,9 @@ _FORMAT_VERSION = 1
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; ``ValueError`` naming the file for anything else."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}): not a JSON file "
-                         "this library wrote") from None
-    if not text.strip():
-        raise ValueError(f"{path} is empty (cut short?): expected a JSON object")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, "
-                         f"column {error.colno}); it may be cut short or corrupt") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object; got {type(value).__name__}")
-    return value
+    from ._readers import read_json as read
+
+    return read(path)
 
 
 def _field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:

@@ -353,30 +353,33 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> PILImage.Image:
 CAPTION_FORMATS = ("metadata", "txt")
 
 
-def _read_text_caption(image_path: Path) -> str:
+def _read_text_caption(image_path: Path, index: int) -> str:
+    from ddpm_lib._readers import decode_utf8, read_bytes
+
     path = image_path.with_suffix(".txt")
     if not path.is_file():
         raise ValueError(f"captions='txt': image {str(image_path)!r} has no caption file {path.name!r}")
-    try:
-        return path.read_bytes().decode("utf-8").strip()
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"caption file {str(path)!r} is not UTF-8 text (byte {error.start}): {error.reason}"
-        ) from error
+    where = f"caption file {str(path)!r} (caption {index})"
+    return decode_utf8(read_bytes(path, "caption file"), where).strip()
 
 
 def _read_metadata_captions(root: Path) -> tuple[list[Path], list[str]]:
     """The images and captions of every ``metadata.jsonl`` under ``root`` (sorted by image path)."""
     import json
 
+    from ddpm_lib._readers import read_bytes
+
     pairs: dict[Path, str] = {}
     for metadata in sorted(root.rglob("metadata.jsonl")):
+        data = read_bytes(metadata, "metadata.jsonl file")
         try:
-            lines = metadata.read_bytes().decode("utf-8").splitlines()
+            lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as error:
+            line_number = data[:error.start].count(b"\n") + 1
             raise ValueError(
-                f"caption file {str(metadata)!r} is not UTF-8 text (byte {error.start})"
-            ) from error
+                f"caption file {str(metadata)!r} is not UTF-8 text: byte {error.start} "
+                f"(0x{data[error.start]:02x}, line {line_number}) {error.reason}"
+            ) from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -384,14 +387,16 @@ def _read_metadata_captions(root: Path) -> tuple[list[Path], list[str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where} is not JSON: {error.msg}") from error
+                raise ValueError(f"{where} is not JSON: {error.msg} (column {error.colno}; cut "
+                                 "short or corrupt?)") from None
             if not isinstance(record, dict):
-                raise TypeError(f"{where} must be a JSON object; got {type(record).__name__}")
+                raise ValueError(f"{where} must be a JSON object; got {type(record).__name__}")
             for key in ("file_name", "text"):
                 if key not in record:
-                    raise ValueError(f"{where} has no {key!r} field: {line.strip()[:80]}")
+                    raise ValueError(f"{where} has no {key!r} field (missing key {key!r}): "
+                                     f"{line.strip()[:80]}")
                 if not isinstance(record[key], str):
-                    raise TypeError(
+                    raise ValueError(
                         f"{where}: {key!r} must be a string; got {type(record[key]).__name__}"
                     )
             path = metadata.parent / record["file_name"]
@@ -436,7 +441,7 @@ class ImageFolderDataset(Dataset):
 
     A caption file that is not UTF-8, a ``metadata.jsonl`` line that is not a JSON object with
     a string ``file_name`` and ``text``, or one that names a missing file raises ``ValueError``
-    (``TypeError`` for a wrong type) naming the file and the line, at construction.
+    naming the file and the line (and the byte that is not UTF-8), at construction.
 
     A file that cannot be decoded (corrupt, truncated, not an image after all) is skipped with
     a ``UserWarning`` naming it: the next readable file in order is returned in its place, so
@@ -468,7 +473,7 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"no image files found under {str(root)!r}")
         if captions == "txt":
-            self.captions = [_read_text_caption(path) for path in files]
+            self.captions = [_read_text_caption(path, index) for index, path in enumerate(files)]
         elif captions is None:
             self.captions = []
         self.caption_format = captions

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ddpm_lib.models.registry import class_path
-
 from ddpm_lib import _io
 from ddpm_lib._checks import check_int
+from ddpm_lib._readers import content_digest, load_safetensors
+from ddpm_lib.models.registry import class_path
 
-__all__ = ["LatentDiffusion", "LatentDataset", "DecodingSampler", "CACHE_FILE", "CONFIG_FILE"]
+__all__ = ["CACHE_FILE", "CONFIG_FILE", "DecodingSampler", "LatentDataset", "LatentDiffusion"]
 
 CACHE_FILE = "latents.safetensors"
 CONFIG_FILE = "latent_diffusion.json"
-_CACHE_FORMAT = "ddpm_lib.latents/1"
+_CACHE_FORMAT = "ddpm_lib.latents/2"
 _FORMAT_VERSION = 1
 
 
@@ -531,10 +532,12 @@ class LatentDiffusion:
 
         ``cache_dir/latents.safetensors`` holds the scaled latents (float32), integer and
         float fields as tensors and captions as JSON in the file's metadata, together with the
-        :meth:`cache_key` it was written for and a SHA-256 of its latents. A later call reads
-        it when the key matches and the file is intact (no encoder call); otherwise (another
-        autoencoder, other weights, another scale factor or dataset, a truncated or corrupted
-        file) the dataset is encoded again and the cache replaced. Writing goes through a
+        :meth:`cache_key` it was written for and one SHA-256 of everything it holds (latents,
+        labels, numbers, captions and metadata). A later call reads it when the key matches
+        and the file is intact (no encoder call); otherwise (another autoencoder, other
+        weights, another scale factor or dataset, a truncated file, a bit flipped in any
+        tensor, caption or metadata entry) it warns (``UserWarning``, saying why) and encodes
+        the dataset again, replacing the cache. Writing goes through a
         temporary file, ``fsync`` and an atomic rename, so a process killed while writing
         leaves the previous cache or none, never a partial one that is trusted.
 
@@ -562,7 +565,10 @@ class LatentDiffusion:
         path = cache_dir / CACHE_FILE
         key = self.cache_key(dataset, sample=sample, seed=seed if sample else None)
         classes = getattr(dataset, "classes", None)
-        cached = _read_cache(path, key)
+        cached, why = _read_cache(path, key)
+        if why is not None:
+            warnings.warn(f"latent cache {path} is not used, encoding the dataset again: {why}",
+                          UserWarning, stacklevel=2)
         if cached is not None:
             latents, fields, wrapped = cached
             return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
@@ -821,31 +827,39 @@ def _write_cache(
     metadata = {
         "format": _CACHE_FORMAT,
         "key": key,
-        "latents_sha256": hashlib.sha256(_tensor_bytes(latents)).hexdigest(),
         "wrapped": json.dumps(wrapped),
         "kinds": json.dumps(kinds),
         "captions": json.dumps(captions, ensure_ascii=False),
     }
+    # one checksum over every tensor (latents, labels, numbers) and every metadata entry
+    # (captions, field kinds, key): a bit flipped anywhere in the file is detected
+    metadata["sha256"] = content_digest(tensors, metadata)
     _io.save_safetensors(path, tensors, metadata=metadata)
 
 
-def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[list[Any]], bool] | None:
-    """The cache at ``path`` if it is complete, intact and written for ``key``; else ``None``."""
+def _read_cache(path: Path, key: str
+                ) -> tuple[tuple[torch.Tensor, list[list[Any]], bool] | None, str | None]:
+    """``(cache, None)`` when the cache at ``path`` is complete, intact and written for
+    ``key``; otherwise ``(None, why it is not used)`` (``why`` is ``None`` when there is no
+    file)."""
     if not path.is_file():
-        return None
+        return None, None
     try:
-        from safetensors import safe_open
-        from safetensors.torch import load
-
-        data = path.read_bytes()
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != _CACHE_FORMAT or metadata.get("key") != key:
-            return None
-        tensors = load(data)
+        tensors, metadata = load_safetensors(path, "latent cache")
+    except (ValueError, FileNotFoundError) as error:
+        return None, str(error).replace(f"{path} is", "it is", 1)
+    if metadata.get("format") != _CACHE_FORMAT:
+        return None, (f"it was written in format {metadata.get('format')!r} (another version "
+                      f"of ddpm_lib); this version writes {_CACHE_FORMAT!r}")
+    stored = metadata.pop("sha256", None)
+    if content_digest(tensors, metadata) != stored:
+        return None, ("its contents do not match its SHA-256 (a latent, label, caption or "
+                      "metadata entry is corrupted)")
+    if metadata.get("key") != key:
+        return None, ("it was written for another autoencoder, scale factor, dataset or "
+                      "encoding option")
+    try:
         latents = tensors["latents"]
-        if hashlib.sha256(_tensor_bytes(latents)).hexdigest() != metadata.get("latents_sha256"):
-            return None
         wrapped = bool(json.loads(metadata["wrapped"]))
         kinds = json.loads(metadata["kinds"])
         captions = json.loads(metadata["captions"])
@@ -858,7 +872,8 @@ def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[list[Any]], bo
             else:
                 fields.append([int(v) for v in tensors[f"field_{position}"].tolist()])
             if len(fields[-1]) != len(latents):
-                return None
-        return latents, fields, wrapped
-    except Exception:  # noqa: BLE001 - any unreadable cache is simply rebuilt
-        return None
+                return None, (f"field {position + 1} has {len(fields[-1])} entries for "
+                              f"{len(latents)} latents")
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        return None, f"its metadata is not valid ({type(error).__name__}: {error})"
+    return (latents, fields, wrapped), None

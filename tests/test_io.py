@@ -12,48 +12,7 @@ from ddpm_lib import _io
 from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
 from ddpm_lib.models.unet import UNet
 
-
-class DiskFull(OSError):
-    pass
-
-
-def fail_after(monkeypatch, limit: int) -> None:
-    """Every handle _io opens for writing raises after ``limit`` bytes (a full disk)."""
-    real = _io._open_for_write
-
-    class Limited:
-        def __init__(self, handle):
-            self.handle, self.written = handle, 0
-
-        def write(self, data):
-            room = limit - self.written
-            if len(data) > room:
-                self.handle.write(data[:max(room, 0)])
-                self.handle.flush()
-                raise DiskFull("no space left on device")
-            self.written += len(data)
-            return self.handle.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-    monkeypatch.setattr(_io, "_open_for_write", lambda *args: Limited(real(*args)))
-
-
-def safetensors_fails_after_10_bytes(monkeypatch) -> None:
-    """safetensors' ``save_file`` writes 10 bytes, then the disk is full."""
-    import safetensors.torch
-
-    def cut_short(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 10)
-        raise DiskFull("no space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", cut_short)
-
-
-def names(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+from _fault_helpers import DiskFull, fail_after, names, snapshot
 
 
 @pytest.mark.parametrize("limit", [0, 1, 100])
@@ -94,7 +53,7 @@ def test_a_safetensors_save_that_fails_midway_leaves_the_old_file(tmp_path, monk
     path = tmp_path / "w.safetensors"
     _io.save_safetensors(path, {"w": torch.zeros(4)})
     before = path.read_bytes()
-    safetensors_fails_after_10_bytes(monkeypatch)
+    fail_after(monkeypatch, 10)
     with pytest.raises(DiskFull):
         _io.save_safetensors(path, {"w": torch.ones(400)})
     assert path.read_bytes() == before and names(tmp_path) == ["w.safetensors"]
@@ -104,11 +63,6 @@ def write_parts(folder, version: str) -> None:
     (folder / "a.txt").write_text(f"a {version}")
     with _io.atomic_folder(folder / "part") as part:
         (part / "b.txt").write_text(f"b {version}")
-
-
-def snapshot(folder) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
@@ -324,8 +278,7 @@ def test_a_table_saved_over_another_keeps_it_when_the_write_fails(tmp_path, monk
     path = tmp_path / f"table{suffix}"
     AnalyticVariance(schedule, torch.linspace(0.1, 0.9, 20), num_samples=4).save(path)
     before = path.read_bytes()
-    fail_after(monkeypatch, 10)
-    safetensors_fails_after_10_bytes(monkeypatch)
+    fail_after(monkeypatch, 10)  # every writer: JSON handles and safetensors alike
     with pytest.raises(DiskFull):
         AnalyticVariance(schedule, torch.linspace(0.2, 0.8, 20), num_samples=8).save(path)
     monkeypatch.undo()

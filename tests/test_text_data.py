@@ -221,7 +221,7 @@ def test_folder_caption_bad_input(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"line 1 names a missing file 'gone\.png'"):
         ImageFolderDataset(meta, image_size=4, captions="metadata")
     (meta / "metadata.jsonl").write_text('{"file_name": "a.png", "text": 3}\n')
-    with pytest.raises(TypeError, match=r"line 1: 'text' must be a string"):
+    with pytest.raises(ValueError, match=r"line 1: 'text' must be a string"):
         ImageFolderDataset(meta, image_size=4, captions="metadata")
     (meta / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
     with pytest.raises(ValueError, match=r"line 1 has no 'text' field"):

@@ -295,33 +295,58 @@ class FeatureStatistics:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``."""
+        """Write ``mu``, ``sigma`` (float64) and ``num_samples`` to a compressed ``.npz``, with
+        ``sha256``: the SHA-256 of all of them (:meth:`load` checks it)."""
         from ddpm_lib import _io
+        from ddpm_lib._readers import content_digest
 
-        extra = {} if self.num_samples is None else {
-            "num_samples": np.asarray(self.num_samples, dtype=np.int64)}
-        _io.save_npz(path, {"mu": self.mean, "sigma": self.covariance, **extra}, compressed=True)
+        arrays = {"mu": np.asarray(self.mean), "sigma": np.asarray(self.covariance)}
+        if self.num_samples is not None:
+            arrays["num_samples"] = np.asarray(self.num_samples, dtype=np.int64)
+        arrays["sha256"] = np.asarray(content_digest(arrays))
+        _io.save_npz(path, arrays, compressed=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
         """Read a pytorch-fid / clean-fid ``.npz`` with ``mu`` and ``sigma``.
 
         When the file also records ``num_samples`` (files written by :meth:`save`), the result
-        can be updated further; otherwise it can only be compared.
+        can be updated further; otherwise it can only be compared. A file written by
+        :meth:`save` is checked against its ``sha256``.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: naming the file: not a readable ``.npz`` (empty, cut short, corrupt),
+                ``mu`` or ``sigma`` missing or of the wrong shape, or arrays that do not match
+                the checksum saved with them.
         """
+        from ddpm_lib._readers import content_digest, load_npz
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"statistics file not found: {str(path)!r}")
-        with np.load(path) as data:
-            missing = [key for key in ("mu", "sigma") if key not in data.files]
-            if missing:
-                raise ValueError(
-                    f"{str(path)!r} must hold the arrays 'mu' and 'sigma' (pytorch-fid format); "
-                    f"it has {sorted(data.files)}"
-                )
+        data = load_npz(path, "FID statistics file (.npz)")
+        missing = [key for key in ("mu", "sigma") if key not in data]
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} must hold the arrays 'mu' and 'sigma' (pytorch-fid format); "
+                f"it has {sorted(data)} (missing key {missing[0]!r})"
+            )
+        if "sha256" in data:
+            stored = str(data.pop("sha256"))
+            if content_digest(data) != stored:
+                raise ValueError(f"{str(path)!r}: the statistics do not match the SHA-256 saved "
+                                 "with them (a corrupted file)")
+        try:
             mu = _as_float64("mu", data["mu"], 1)
             sigma = _as_float64("sigma", data["sigma"], 2)
-            count = int(data["num_samples"]) if "num_samples" in data.files else None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{str(path)!r}: {error}") from None
+        try:
+            count = int(data["num_samples"]) if "num_samples" in data else None
+        except (TypeError, ValueError):
+            raise ValueError(f"{str(path)!r}: num_samples must be one integer; got an array "
+                             f"of shape {data['num_samples'].shape}") from None
         if sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(
                 f"{str(path)!r}: sigma must have shape ({mu.shape[0]}, {mu.shape[0]}); got "

@@ -248,7 +248,9 @@ class FIDInceptionV3(nn.Module):
         """
         path = find_fid_weights(weights_path)
         network = cls(input_range=input_range, resize_input=resize_input)
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        from ddpm_lib._readers import read_bytes, torch_load
+
+        state_dict = torch_load(read_bytes(path, WEIGHTS_FILENAME), str(path))
         if not isinstance(state_dict, dict):
             raise ValueError(f"{path} does not hold a state dict; expected {WEIGHTS_FILENAME}")
         try:

@@ -96,18 +96,14 @@ class PretrainedModel(nn.Module):
         JSON or was written for another class.
         """
         from ddpm_lib import _io
+        from ddpm_lib._readers import read_json
 
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             _io.recover_folder(directory)  # a save interrupted between its two renames
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} must hold a JSON object; got {type(config).__name__}")
+        config = read_json(path, what="model configuration")  # errors name the file
         class_name = config.pop("_class_name", cls.__name__)
         if class_name != cls.__name__:
             raise ValueError(
@@ -161,9 +157,12 @@ class PretrainedModel(nn.Module):
             raise FileNotFoundError(f"{path} not found")
         try:
             state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be "
-                             "truncated or corrupt") from None
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:
+            from ddpm_lib._readers import size_hint
+
+            raise ValueError(f"{path} is not a readable safetensors file "
+                             f"({size_hint(path.stat().st_size)}): "
+                             f"{type(error).__name__}: {str(error)[:200]}") from None
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

@@ -18,7 +18,6 @@ unconditional batch. The empty prompt ``""`` is the unconditional input.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -89,6 +88,14 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
                 f"{name}[{i}] must be a str; got {type(prompt).__name__} {prompt!r} (use '' for "
                 "the unconditional prompt)"
             )
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{name}[{i}] cannot be encoded as UTF-8: character {error.start} "
+                f"({prompt[error.start]!r}) {error.reason} (a lone surrogate, e.g. from text "
+                f"decoded with errors='surrogateescape'); got {prompt!r}"
+            ) from None
     return list(prompts)
 
 
@@ -517,10 +524,19 @@ class HFTextEncoder(nn.Module):
                 f"{directory / CONFIG_NAME} names model_class={config.get('model_class')!r}, "
                 "which transformers does not have"
             )
-        model = model_class.from_pretrained(directory / "model", local_files_only=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            directory / "tokenizer", local_files_only=True
-        )
+        from safetensors import SafetensorError
+
+        try:
+            model = model_class.from_pretrained(directory / "model", local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                directory / "tokenizer", local_files_only=True
+            )
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError,
+                SafetensorError) as error:
+            _io.verify_folder(directory)  # a damaged part: say which file differs
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise ValueError(f"{directory}: the transformers model or tokenizer cannot be "
+                             f"loaded ({type(error).__name__}: {first})") from None
         encoder = cls(model, tokenizer, max_length=config.get("max_length"))
         _io.verify_folder(directory)  # refuses a folder that mixes parts of two saves
         if dtype is not None:
@@ -533,17 +549,15 @@ class HFTextEncoder(nn.Module):
 def _read_config(directory: Path, class_name: str) -> dict[str, Any]:
     """The ``config.json`` of a folder written by ``save_pretrained``, its manifest checked."""
     from ddpm_lib import _io
+    from ddpm_lib._readers import read_json
 
     path = directory / CONFIG_NAME
     if not path.is_file():
         _io.recover_folder(directory)  # a save interrupted between its two renames
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or config.pop("_class_name", None) != class_name:
+    config = read_json(path, what="model configuration")  # errors name the file
+    if config.pop("_class_name", None) != class_name:
         raise ValueError(f"{path} does not describe a {class_name}")
     return config
 
@@ -624,7 +638,8 @@ class TextConditionedUNet(nn.Module):
 
         Raises:
             TypeError: ``prompts`` is not a list or tuple of ``str``.
-            ValueError: ``prompts`` is empty.
+            ValueError: ``prompts`` is empty, or a prompt cannot be encoded as UTF-8 (the
+                message names it: ``prompts[i]``).
         """
         prompts = check_prompts(prompts)
         encoding = self.text_encoder.encode(prompts)

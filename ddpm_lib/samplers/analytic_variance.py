@@ -192,18 +192,21 @@ class AnalyticVariance:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the table: ``.safetensors`` (float64 tensor + metadata), else JSON."""
+        """Write the table: ``.safetensors`` (float64 tensor + metadata), else JSON; both
+        record ``sha256``, the SHA-256 of the table, its sample count and its schedule's
+        fingerprint (:meth:`load` checks it)."""
         from ddpm_lib import _io
 
         path = Path(path)
+        digest = _table_digest(self.gamma, self.fingerprint, self.num_samples)
         if path.suffix == ".safetensors":  # written atomically: a failed save keeps the old table
             metadata = {"format": _FORMAT, "fingerprint": self.fingerprint,
-                        "num_samples": str(self.num_samples)}
+                        "num_samples": str(self.num_samples), "sha256": digest}
             _io.save_safetensors(path, {"gamma": self.gamma.contiguous()}, metadata=metadata)
         else:
             values = [None if math.isnan(v) else v for v in self.gamma.tolist()]
             record = {"format": _FORMAT, "fingerprint": self.fingerprint,
-                      "num_samples": self.num_samples, "gamma": values}
+                      "num_samples": self.num_samples, "gamma": values, "sha256": digest}
             _io.write_text(path, json.dumps(record))
         return path
 
@@ -212,27 +215,40 @@ class AnalyticVariance:
         """Read a table written by :meth:`save` for ``schedule``.
 
         Raises:
-            ValueError: when the file is not such a table, or was estimated with another
-                schedule (its fingerprint differs).
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: naming the file: not such a table (empty, cut short, not JSON or
+                safetensors, a missing key), a table that does not match its checksum
+                (corrupted), or one estimated with another schedule (its fingerprint differs).
         """
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+        from ddpm_lib._readers import load_safetensors, read_json
 
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                gamma = handle.get_tensor("gamma")
-            num_samples = metadata.get("num_samples")
-            num_samples = int(num_samples) if num_samples not in (None, "None") else None
-        else:
-            metadata = json.loads(path.read_text())
-            if not isinstance(metadata, dict) or "gamma" not in metadata:
-                raise ValueError(f"path {str(path)!r} is not an AnalyticVariance table")
-            gamma = torch.tensor([float("nan") if v is None else v for v in metadata["gamma"]],
-                                 dtype=torch.float64)
-            num_samples = metadata.get("num_samples")
+        path = Path(path)
+        where = f"path {str(path)!r}"
+        try:
+            if path.suffix == ".safetensors":
+                tensors, metadata = load_safetensors(path, "AnalyticVariance table")
+                gamma = tensors["gamma"]
+                count = metadata.get("num_samples")
+                num_samples: int | None = int(count) if count not in (None, "None") else None
+            else:
+                metadata = read_json(path, what="AnalyticVariance table")
+                gamma = torch.tensor([float("nan") if v is None else v
+                                      for v in metadata["gamma"]], dtype=torch.float64)
+                num_samples = metadata.get("num_samples")
+        except KeyError as error:
+            raise ValueError(f"{where} is not an AnalyticVariance table (missing key "
+                             f"{error.args[0]!r})") from None
+        except (TypeError, ValueError) as error:
+            if str(path) in str(error):
+                raise
+            raise ValueError(f"{where} is not an AnalyticVariance table: {error}") from None
         if metadata.get("format") != _FORMAT:
-            raise ValueError(f"path {str(path)!r} is not an AnalyticVariance table")
+            raise ValueError(f"{where} is not an AnalyticVariance table")
+        stored = metadata.get("sha256")
+        if stored is not None and stored != _table_digest(
+                gamma, str(metadata.get("fingerprint")), num_samples):
+            raise ValueError(f"{where}: the table does not match the SHA-256 saved with it "
+                             "(a corrupted file)")
         expected = schedule_fingerprint(schedule)
         if metadata.get("fingerprint") != expected:
             raise ValueError(
@@ -440,3 +456,14 @@ def _kl_costs(
     cost = torch.where(below, cost, torch.full((), math.inf, dtype=torch.float64))
     last = 0.5 * torch.log(2 * math.pi * math.e * x0_var.clamp(min=1e-30))
     return cost, last
+
+
+def _table_digest(gamma: torch.Tensor, fingerprint: str, num_samples: Any) -> str:
+    """SHA-256 of a saved table: ``gamma`` (float64, unestimated NaN entries as a mask, so the
+    JSON round trip hashes the same), the fingerprint and the sample count."""
+    from ddpm_lib._readers import content_digest
+
+    values = gamma.detach().cpu().to(torch.float64)
+    missing = torch.isnan(values)
+    return content_digest({"gamma": torch.where(missing, 0.0, values), "missing": missing},
+                          {"fingerprint": fingerprint, "num_samples": num_samples})

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_floating, check_tensor
+from .._checks import check_choice, check_finite, check_floating, check_tensor
 from ..conditioning import NULL_CLASS, guidance_kwargs  # noqa: F401 (NULL_CLASS: as before)
 from ..schedule import (
     PREDICTION_TYPES,
@@ -960,6 +960,11 @@ class Sampler:
                             ("unconditional_kwargs", unconditional_kwargs)):
             if value is not None and not isinstance(value, Mapping):
                 raise TypeError(f"{name} must be a dict or None; got {type(value).__name__}")
+        for name, value in (("model_kwargs", model_kwargs),
+                            ("unconditional_kwargs", unconditional_kwargs)):
+            for key, entry in (value or {}).items():  # a NaN condition is refused here
+                if isinstance(entry, torch.Tensor):
+                    check_finite(f"{name}[{key!r}]", entry)
         cond = dict(model_kwargs or {})
         for key, value in cond.items():
             if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] != batch:
@@ -1031,13 +1036,15 @@ def _check_guidance_options(
             not isinstance(guidance_interval, (tuple, list))
             or len(guidance_interval) != 2
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in guidance_interval)
+                       for v in guidance_interval)
         ):
             raise TypeError(
                 "guidance_interval must be a pair (t_lo, t_hi) of model timesteps or None; "
                 f"got {guidance_interval!r}"
             )
         low, high = (float(v) for v in guidance_interval)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"guidance_interval must be finite; got {tuple(guidance_interval)}")
         if low > high:
             raise ValueError(
                 f"guidance_interval must have t_lo <= t_hi; got {tuple(guidance_interval)}"

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_floating, check_tensor
+from .._checks import check_finite, check_floating, check_tensor
 from .base import SampleTrajectory, Sampler, randn
 
 
@@ -118,6 +118,7 @@ def check_mask(mask: Any, image: torch.Tensor) -> torch.Tensor:
         mask = mask.to(image.dtype)
     elif not mask.is_floating_point():
         mask = mask.to(image.dtype)
+    check_finite("mask", mask)  # a NaN would pass the range check below (NaN < 0 is False)
     mask = mask.to(device=image.device, dtype=image.dtype)
     if mask.numel() and (float(mask.min()) < 0 or float(mask.max()) > 1):
         raise ValueError(
@@ -155,7 +156,7 @@ def inpaint(
     guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
     """:meth:`Sampler.inpaint <ddpm_lib.samplers.Sampler.inpaint>`: replacement + RePaint."""
-    check_floating("image", image)
+    check_finite("image", check_floating("image", image))
     mask = check_mask(mask, image)
     resample = _check_count("resample", resample)
     jump_length = _check_count("jump_length", jump_length)
@@ -168,7 +169,7 @@ def inpaint(
     if x_T is None:
         x_T = randn(image.shape, generator, image.device, image.dtype)
     else:
-        check_floating("x_T", x_T)
+        check_finite("x_T", check_floating("x_T", x_T))
         if x_T.shape != image.shape:
             raise ValueError(
                 f"x_T must have the shape of image {tuple(image.shape)}; got {tuple(x_T.shape)}"

@@ -22,8 +22,6 @@ one. The newest ``keep_last`` checkpoints are kept.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import re
 import shutil
@@ -38,6 +36,7 @@ import torch
 
 from ddpm_lib import _io
 from ddpm_lib._checks import check_int
+from ddpm_lib._readers import decode_utf8, parse_json, size_hint, torch_load
 
 __all__ = [
     "Checkpoint",
@@ -151,10 +150,18 @@ def _verify(path: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise CheckpointError(f"{path}: no {MANIFEST_FILE} (an incomplete save?)")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = parse_json(decode_utf8(manifest_path.read_bytes(), str(manifest_path)),
+                              str(manifest_path))
         files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: unreadable {MANIFEST_FILE}: {error}") from error
+        if not isinstance(files, dict) or not all(
+                isinstance(entry, dict) and {"bytes", "sha256"} <= set(entry)
+                for entry in files.values()):
+            raise ValueError(f"{manifest_path}: 'files' must map names to {{bytes, sha256}}")
+    except KeyError as error:
+        raise CheckpointError(f"{path}: unreadable {MANIFEST_FILE}: missing key "
+                              f"{error.args[0]!r}") from None
+    except ValueError as error:
+        raise CheckpointError(f"{path}: unreadable {MANIFEST_FILE}: {error}") from None
     if manifest.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {manifest.get('format')!r}; this version reads {FORMAT_VERSION}"
@@ -188,21 +195,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder")
     verified = _verify(path)
     contents = verified["contents"]
+    weights = {}
+    for name, data in contents.items():
+        if name.endswith(".safetensors"):
+            try:
+                weights[name[: -len(".safetensors")]] = safetensors_load(data)
+            except Exception as error:  # noqa: BLE001 - any decoding failure: a damaged file
+                raise CheckpointError(f"{path}: {name} cannot be decoded ({size_hint(len(data))}):"
+                                      f" {type(error).__name__}: {str(error)[:200]}") from None
+    for required in (STATE_FILE, META_FILE):
+        if required not in contents:
+            raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list {required} (missing "
+                                  f"key {required!r}): not a checkpoint this library wrote")
     try:
-        weights = {
-            name[: -len(".safetensors")]: safetensors_load(data)
-            for name, data in contents.items()
-            if name.endswith(".safetensors")
-        }
-        state = torch.load(io.BytesIO(contents[STATE_FILE]), map_location=map_location, weights_only=True)
-        meta = json.loads(contents[META_FILE])
-    except Exception as error:  # noqa: BLE001 - any decoding failure is a damaged checkpoint
-        raise CheckpointError(f"{path}: cannot be decoded: {type(error).__name__}: {error}") from error
+        state = torch_load(contents[STATE_FILE], f"{path}: {STATE_FILE}", map_location)
+        meta = parse_json(decode_utf8(contents[META_FILE], f"{path}: {META_FILE}"),
+                          f"{path}: {META_FILE}")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     if map_location != "cpu":
         weights = {
             name: {k: v.to(map_location) for k, v in sd.items()} for name, sd in weights.items()
         }
-    return Checkpoint(path, int(verified["manifest"]["step"]), weights, state, meta)
+    step = verified["manifest"].get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} has no integer 'step' (missing key "
+                              f"'step' or a {type(step).__name__})")
+    return Checkpoint(path, step, weights, state, meta)
 
 
 def load_latest_checkpoint(
