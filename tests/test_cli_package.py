@@ -40,6 +40,8 @@ def _safetensors_error() -> Exception:
     CheckpointError("step_3/meta.json is corrupt"), KeyError("in_channels"),
     json.JSONDecodeError("Expecting value", "{", 1), IsADirectoryError("a folder"),
     cli.CLIError("bad option"), "safetensors",
+    FloatingPointError("the sample contains NaN or inf at step 3 of 10 (t = 700)"),
+    ImportError('HFTextEncoder needs transformers: pip install "ddpm-lib[transformers]"'),
 ], ids=lambda e: type(e).__name__ if not isinstance(e, str) else e)
 def test_every_error_of_bad_input_is_one_line(error, tmp_path, monkeypatch, capsys) -> None:
     raised = _safetensors_error() if error == "safetensors" else error
@@ -161,3 +163,35 @@ def test_python_dash_m_runs_the_command_line() -> None:
     assert done.returncode == 0, done.stderr
     for option in ("--sampler", "unipc", "--order", "--eta", "--method", "--analytic-variance"):
         assert option in done.stdout
+
+
+def test_an_os_error_names_its_file_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    def run(args) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "grid.png"))
+
+    monkeypatch.setattr(cli.sample, "run", run)
+    assert cli.main(["sample", str(tmp_path)]) == 2
+    assert _error_line(capsys).endswith(f"{tmp_path / 'grid.png'}: No space left on device")
+
+
+def test_a_mask_of_another_size_is_refused_not_stretched(folder, tmp_path, capsys) -> None:
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "image.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "mask.png")
+    out = tmp_path / "x.png"
+    argv = ["sample", str(folder), "--inpaint", str(tmp_path / "image.png"), "--mask",
+            str(tmp_path / "mask.png"), "--steps", "2", "--num", "1", "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 2
+    line = _error_line(capsys)
+    assert "is 8x8 pixels but --inpaint" in line and "is 16x16" in line and not out.exists()
+    Image.new("L", (16, 16), 255).save(tmp_path / "mask.png")  # the same size: resized together
+    assert cli.main(argv) == 0 and out.is_file()
+
+
+def test_a_damaged_npz_is_one_line_naming_it(tmp_path, capsys) -> None:
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    batch.write_bytes(batch.read_bytes()[:60])  # cut short
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
+    assert cli.main(["fid", str(batch), str(tmp_path), "--no-progress"]) == 2
+    assert str(batch) in _error_line(capsys)

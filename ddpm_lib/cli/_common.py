@@ -29,7 +29,11 @@ class CLIError(Exception):
 
 #: What the library raises on bad input (``CheckpointError`` and ``json.JSONDecodeError`` are
 #: ``ValueError`` s; ``OSError`` covers a missing, unreadable or truncated file).
-USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, OSError, ValueError, TypeError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CLIError, OSError, ValueError, TypeError, KeyError,
+    FloatingPointError,  # a sampler that met NaN or inf says where, in one line
+    ImportError,  # a missing extra: its message says what to pip install
+)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -46,6 +50,8 @@ def error_message(error: BaseException) -> str:
     """The one line that says what went wrong (a ``KeyError`` names the missing key)."""
     if isinstance(error, KeyError):
         return f"a required entry is missing: {error.args[0]!r}" if error.args else "KeyError"
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"  # a full disk, a permission denied, ...
     message = str(error).strip() or type(error).__name__
     return " ".join(message.split())  # one line, even for a message with newlines
 
@@ -283,17 +289,16 @@ def read_image_array(path: str) -> Any:
     import numpy as np
     import torch
 
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            keys = [key for key in ("arr_0", "images") if key in data.files]
-            if not keys:
-                raise CLIError(
-                    f"{path!r} holds neither statistics ('mu', 'sigma') nor images ('arr_0'); "
-                    f"it has {sorted(data.files)}"
-                )
-            array = data[keys[0]]
-    else:
-        array = np.load(path)
+    from ddpm_lib._readers import load_npz
+
+    data = load_npz(path, "image batch")  # a damaged file: a ValueError naming it
+    keys = [key for key in ("arr_0", "images") if key in data]
+    if not keys:
+        raise CLIError(
+            f"{path!r} holds neither statistics ('mu', 'sigma') nor images ('arr_0'); "
+            f"it has {sorted(data)}"
+        )
+    array = data[keys[0]]
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise CLIError(
             f"{path!r}: expected uint8 images of shape (N, H, W, C) with C = 1 or 3; got "

@@ -189,16 +189,16 @@ def int_list(name: str, text: Any) -> tuple[int, ...]:
 
 def resolve_train_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options of this run: command line, else the first run's saved ones, else defaults."""
-    import json
 
     saved: dict[str, Any] = {}
     saved_file = Path(args.out) / TRAIN_ARGS_FILE
     if saved_file.is_file():
+        from ddpm_lib._readers import read_json
+
         try:
-            saved = json.loads(saved_file.read_text())
+            saved = read_json(saved_file, what=TRAIN_ARGS_FILE)
         except ValueError as error:
-            raise CLIError(f"{saved_file} is not valid JSON ({error}); delete it or use a new "
-                           "--out") from None
+            raise CLIError(f"{error}; delete it or use a new --out") from None
     resolved = {}
     for key, default in TRAIN_DEFAULTS.items():
         given = getattr(args, key)

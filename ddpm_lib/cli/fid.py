@@ -31,12 +31,12 @@ FID_SAMPLER_STEPS: dict[str, int | None] = {**SAMPLER_STEPS, "ddpm": None}
 
 
 def _is_statistics_file(path: str) -> bool:
-    import numpy as np
+    from ddpm_lib._readers import load_npz
 
     if not path.endswith(".npz"):
         return False
-    with np.load(path) as data:
-        return "mu" in data.files and "sigma" in data.files
+    data = load_npz(path)  # a damaged file: a ValueError naming it
+    return "mu" in data and "sigma" in data
 
 
 def _load_extractor(args: argparse.Namespace, device: Any) -> Any:

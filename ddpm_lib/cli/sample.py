@@ -134,7 +134,8 @@ def _write(args: argparse.Namespace, samples: Any, labels: Any, num_classes: int
 def _inpaint_inputs(args: argparse.Namespace, image_shape: tuple[int, ...], device: Any) -> Any:
     """``(image (1, C, H, W), mask (1, 1, H, W))`` from ``--inpaint`` / ``--mask``, or ``None``.
 
-    Both are resized to the model's size; the mask is read as grayscale, white (>= 128) = keep.
+    The mask must have the image's size (it is never stretched onto it); both are then resized
+    to the model's size. The mask is read as grayscale, white (>= 128) = keep.
     """
     if args.inpaint is None:  # validate() checked that --mask comes with --inpaint
         return None
@@ -143,17 +144,23 @@ def _inpaint_inputs(args: argparse.Namespace, image_shape: tuple[int, ...], devi
     from ddpm_lib.data import image_to_tensor
 
     channels, height, width = image_shape
-    tensors = []
-    for option, path, kind in (("--inpaint", args.inpaint, Image.Resampling.BICUBIC),
-                               ("--mask", args.mask, Image.Resampling.NEAREST)):
+    pictures = []
+    for option, path in (("--inpaint", args.inpaint), ("--mask", args.mask)):
         try:
             with Image.open(path) as opened:
-                picture = opened.convert("RGB" if option == "--inpaint" else "L")
+                pictures.append(opened.convert("RGB" if option == "--inpaint" else "L"))
         except (OSError, ValueError) as error:
             raise CLIError(f"{option}: cannot read an image from {path!r} ({error})") from None
-        if picture.size != (width, height):
+    if pictures[0].size != pictures[1].size:  # a mask is never stretched onto another image
+        (iw, ih), (mw, mh) = pictures[0].size, pictures[1].size
+        raise CLIError(f"--mask {args.mask!r} is {mw}x{mh} pixels but --inpaint "
+                       f"{args.inpaint!r} is {iw}x{ih}: they must be the same size")
+    tensors = []
+    for picture, kind, count in ((pictures[0], Image.Resampling.BICUBIC, channels),
+                                 (pictures[1], Image.Resampling.NEAREST, 1)):
+        if picture.size != (width, height):  # both to the model's size, together
             picture = picture.resize((width, height), kind)
-        tensors.append(image_to_tensor(picture, channels if option == "--inpaint" else 1))
+        tensors.append(image_to_tensor(picture, count))
     image, mask = tensors[0][None].to(device), (tensors[1][None] > 0).float().to(device)
     if not 0.0 < float(mask.mean()) < 1.0:
         warn("sample", "--mask keeps every pixel or none")
