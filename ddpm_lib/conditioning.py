@@ -246,8 +246,9 @@ def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
         class_dropout, caption_dropout: the training dropout of each kind.
 
     Raises:
-        TypeError / ValueError: the fields and the model disagree (captions for a model
-            without a text encoder, a class-conditional model without labels, ...).
+        TypeError: captions for a model without a text encoder.
+        ValueError: other disagreements of the fields and the model (a text model without
+            captions, a class-conditional model without labels or with captions).
     """
     num_classes = getattr(model, "num_classes", None)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

@@ -115,9 +115,9 @@ class DiffusionPipeline:
         sampler: default sampler settings, ``{"name": "ddim", "num_steps": 50, ...}``
             (default: DDIM, 50 steps).
 
-    Attributes:
-        model, schedule, prediction, variance, learn_sigma, autoencoder, scale_factor,
-        sampler_settings, source (the folder it was loaded from, or ``None``).
+    The arguments are kept as attributes of the same names, with ``learn_sigma`` (read from
+    the model's config), ``sampler_settings`` and ``source`` (the folder it was loaded from,
+    or ``None``).
     """
 
     def __init__(
