@@ -139,11 +139,12 @@ def make_autoencoder_trainer(out_dir, **overrides):
 
 
 def autoencoder_state_of(trainer) -> dict[str, torch.Tensor]:
-    """state_of plus the discriminator's weights and Adam moments."""
+    """state_of plus the discriminator's weights and Adam moments (the Trainer's optimizer)."""
     out = state_of(trainer)
     loss_state = trainer.loss_fn.state_dict()
     out.update({f"disc.{k}": v.clone() for k, v in loss_state["discriminator"].items()})
-    for index, moments in loss_state["optimizer"]["state"].items():
+    optimizer_state = trainer.auxiliary_optimizers["discriminator"].state_dict()
+    for index, moments in optimizer_state["state"].items():
         for key, value in moments.items():
             out[f"disc_adam.{index}.{key}"] = torch.as_tensor(value).clone()
     out["loss_step"] = torch.tensor(loss_state["step"])

@@ -328,25 +328,35 @@ def test_adversarial_term_uses_ldm_adaptive_weight(generator):
 
 
 def test_discriminator_takes_one_hinge_adam_step_after_the_start(generator):
+    """Through the hook: auxiliary_loss is the hinge loss of the last call (None before the
+    start), and one Adam step with the declared options is the reference's step."""
     import copy
 
     ae, loss_fn = tiny_pair(start=1)
+    ((name, (module, options)),) = loss_fn.auxiliary_modules().items()
+    assert name == "discriminator" and module is loss_fn.discriminator
+    assert options == {"lr": 1e-2, "betas": (0.5, 0.9), "fused": None}
+    optimizer = torch.optim.Adam(module.parameters(), **options)
     x = torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1
     before = copy.deepcopy(loss_fn.discriminator)
     loss_fn(ae, x).backward()
-    loss_fn.update()  # step 0 < start: no adversarial term, no discriminator step
+    assert loss_fn.auxiliary_loss("discriminator") is None  # step 0 < start
+    loss_fn.update()
     assert loss_fn.step == 1
     for a, b in zip(before.parameters(), loss_fn.discriminator.parameters()):
         assert torch.equal(a, b)
     reference = copy.deepcopy(loss_fn.discriminator)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.9))
-    generator_state = torch.Generator().manual_seed(9)
-    loss_fn(ae, x, generator=generator_state)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    loss_fn(ae, x, generator=torch.Generator().manual_seed(9))
     reconstruction = ae(x, generator=torch.Generator().manual_seed(9)).sample.detach()
+    hook_loss = loss_fn.auxiliary_loss("discriminator")
+    assert loss_fn.auxiliary_loss("discriminator") is None  # one step per training call
+    hook_loss.backward()
+    optimizer.step()
     loss_fn.update()
     hinge = 0.5 * (torch.relu(1 - reference(x)).mean() + torch.relu(1 + reference(reconstruction)).mean())
     hinge.backward()
-    optimizer.step()
+    reference_optimizer.step()
     assert loss_fn.step == 2
     torch.testing.assert_close(loss_fn.last_discriminator_loss, hinge.detach())
     changed = []
@@ -356,6 +366,8 @@ def test_discriminator_takes_one_hinge_adam_step_after_the_start(generator):
         changed.append(not torch.equal(b, c))
     # all but the last bias, whose hinge gradient is 0.5 * (P(fake > -1) - P(real < 1)) = 0 here
     assert changed[:-1] == [True] * (len(changed) - 1)
+    with pytest.raises(ValueError, match="no trainable part 'critic'"):
+        loss_fn.auxiliary_loss("critic")
 
 
 def test_loss_state_round_trip_and_mismatch():
@@ -366,15 +378,16 @@ def test_loss_state_round_trip_and_mismatch():
     loss_fn(ae, x).backward()
     loss_fn.update()
     state = loss_fn.state_dict()
+    assert set(state) == {"step", "discriminator"}  # the optimizer is the Trainer's
     _, other = tiny_pair()
-    other.load_state_dict(state)
+    other.load_state_dict({**state, "optimizer": {}, "scaler": {}})  # an earlier version's
     assert other.step == 1
     for key, value in loss_fn.discriminator.state_dict().items():
         assert torch.equal(value, other.discriminator.state_dict()[key])
-    assert other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
     with pytest.raises(ValueError, match="has a discriminator but this loss has none"):
         AutoencoderLoss().load_state_dict(state)
     assert AutoencoderLoss().state_dict() == {"step": 0}
+    assert AutoencoderLoss().auxiliary_modules() == {}
 
 
 def test_loss_bad_arguments():
@@ -496,5 +509,8 @@ def test_mixed_precision_with_the_discriminator(tmp_path, precision):
     loss_fn = trainer.loss_fn
     assert torch.isfinite(loss_fn.last_discriminator_loss)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    scaler = loss_fn.state_dict()["scaler"]
+    from ddpm_lib.training import load_checkpoint
+
+    state = load_checkpoint(trainer.latest_checkpoint()).state
+    scaler = state["auxiliary"]["discriminator"]["scaler"]
     assert bool(scaler) == (precision == "fp16")  # float16 needs the discriminator's own scaler
