@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -46,21 +45,16 @@ from ddpm_lib.conditioning import ClassLabel, Prompt, conditions_for
 from ddpm_lib.training import monitor
 from ddpm_lib.training.auxiliary import AuxiliaryParts
 from ddpm_lib.training.batches import Batches, inspect_items
-from ddpm_lib.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest_checkpoint,
-    prune_checkpoints,
-    remove_stale_temporaries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from ddpm_lib.training.checkpoint import Checkpoint, list_checkpoints, remove_stale_temporaries
 from ddpm_lib.training.distributed import GlobalBatchSampler, setup_distributed
 from ddpm_lib.training.ema import EMA, unwrap_model
 from ddpm_lib.training.monitor import LOG_FILE, SAMPLES_DIR, Monitor  # noqa: F401 (re-exported)
+from ddpm_lib.training.resume import (
+    restore_training_state,
+    resume_latest,
+    save_training_state,
+    training_meta,
+)
 
 __all__ = ["Trainer", "MIXED_PRECISION"]
 
@@ -226,7 +220,7 @@ class Trainer:
         if self.dist.is_main:
             remove_stale_temporaries(self.checkpoint_dir)
         if resume:
-            self._resume()
+            resume_latest(self)
 
     def _check_arguments(self, model: Any, loss_fn: Any, dataset: Any, *, batch_size: Any,
                          lr: Any, warmup_steps: Any, grad_clip: Any, mixed_precision: Any,
@@ -490,163 +484,23 @@ class Trainer:
         return monitor.save_samples(self)
 
     # ------------------------------------------------------------------ checkpoints
-    def _meta(self) -> dict[str, Any]:
-        model = unwrap_model(self.model)
-        config = getattr(model, "config", None)
-        schedule = getattr(self.loss_fn, "schedule", None)
-        diffusion: dict[str, Any] = {"loss": type(self.loss_fn).__name__}
-        if schedule is not None and hasattr(schedule, "to_dict"):
-            diffusion["schedule"] = schedule.to_dict()
-        for key in ("prediction", "variance", "learn_sigma"):
-            value = getattr(self.loss_fn, key, None)
-            if isinstance(value, (str, bool, int, float)):
-                diffusion[key] = value
-        return {
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "model_config": dict(config) if isinstance(config, dict) else None,
-            "num_classes": self.num_classes,
-            "image_shape": list(self.image_shape),
-            "diffusion": diffusion,
-            "trainer": {
-                "batch_size": self.batch_size,
-                "lr": self.lr,
-                "warmup_steps": self.warmup_steps,
-                "grad_clip": self.grad_clip,
-                "ema_decay": self.ema.decay,
-                "mixed_precision": self.mixed_precision,
-                "seed": self.seed,
-                "random_flip": self.random_flip,
-                "class_dropout": self.class_dropout,
-                "caption_dropout": self.caption_dropout,
-                "world_size": self.dist.world_size,
-            },
-        }
 
+    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
         """Save everything needed to continue bit for bit; returns the folder (rank 0 only).
 
         Every rank must call it (it gathers each rank's RNG state); only rank 0 writes.
         """
-        rng = rng_state(self.device)
-        rng["loss_generator"] = self.batches.loss_generator.get_state()
-        loss_log = self.monitor.state()  # the same on every rank from here on
-        if self.dist.enabled:
-            gathered: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
-        else:
-            rng_states = [rng]
-        if not self.dist.is_main:
-            return None
-        state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "position": self.batches.position,
-            "global_batch_size": self.batch_size,
-            "world_size": self.dist.world_size,
-            "seed": self.seed,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema_num_updates": self.ema.num_updates,
-            "generator": self.batches.generator.get_state(),
-            "rng": rng_states,
-            **loss_log,
-            "lr_schedule": {"lr": self.lr, "warmup_steps": self.warmup_steps},
-        }
-        loss_state = getattr(self.loss_fn, "state_dict", None)
-        if callable(loss_state):
-            state["loss_fn"] = loss_state()
-        if self._auxiliary:
-            state["auxiliary"] = self._auxiliary.state_dict()
-        weights = {
-            "model": unwrap_model(self.model).state_dict(),
-            "ema": self.ema.module.state_dict(),
-        }
-        path = save_checkpoint(self.checkpoint_dir, self.step, weights, state, self._meta())
-        prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
-        return path
+        return save_training_state(self)
 
-    def _resume(self) -> None:
-        checkpoint: Checkpoint | None = None
-        if self.dist.is_main:
-            checkpoint = load_latest_checkpoint(self.checkpoint_dir, map_location="cpu")
-        if self.dist.enabled:
-            chosen = [str(checkpoint.path) if checkpoint is not None else None]
-            dist.broadcast_object_list(chosen, src=0)
-            if not self.dist.is_main and chosen[0] is not None:
-                checkpoint = load_checkpoint(chosen[0], map_location="cpu")
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-            self._say(f"resuming from step {self.step} (epoch {self.epoch}, batch "
-                      f"{self.batches.position} of it) of {checkpoint.path}")
+    def load_checkpoint(self, checkpoint: Checkpoint | str | os.PathLike) -> None:
+        """Restore the complete training state from a checkpoint (folder or loaded)."""
+        restore_training_state(self, checkpoint)
 
     def _say(self, message: str) -> None:
         """One line on stderr from the main process: what a resume or a finished run did."""
         if self.dist.is_main:
             print(f"Trainer: {message}", file=sys.stderr, flush=True)
-
-    def load_checkpoint(self, checkpoint: Checkpoint | str | os.PathLike) -> None:
-        """Restore the complete training state from a checkpoint (folder or loaded)."""
-        if not isinstance(checkpoint, Checkpoint):
-            try:
-                checkpoint = load_checkpoint(checkpoint, map_location="cpu")
-            except CheckpointError as error:
-                raise ValueError(str(error)) from error
-        state, path = checkpoint.state, checkpoint.path
-        if state["global_batch_size"] != self.batch_size:
-            raise ValueError(
-                f"checkpoint {path} was trained with batch_size={state['global_batch_size']}; "
-                f"got batch_size={self.batch_size} (resume with the same batch size or use a "
-                "new out_dir)"
-            )
-        for name, module in (("model", unwrap_model(self.model)), ("ema", self.ema.module)):
-            try:
-                module.load_state_dict(checkpoint.weights[name])
-            except (RuntimeError, KeyError) as error:
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ValueError(
-                    f"checkpoint {path} does not fit this model ({name} weights): {first_line}"
-                ) from error
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except ValueError as error:
-            raise ValueError(f"checkpoint {path}: optimizer state does not fit: {error}") from error
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self._load_loss_state(state, path)
-        self.ema.num_updates = int(state["ema_num_updates"])
-        self._load_rng_states(state, path)
-        self.step = int(state["step"])
-        self.batches.seek(state["epoch"], state["position"])
-        self.monitor.load_state(state["loss_sum"], state["loss_count"])
-        self.resumed_from = path
-        self.monitor.resumed = True
-        if self.dist.is_main:
-            self.monitor.truncate_log(self.step)
-
-    def _load_loss_state(self, state: dict[str, Any], path: Path) -> None:
-        """The loss's own state and its parts' optimizers (a checkpoint of a version whose
-        loss kept its optimizer in ``state["loss_fn"]`` is converted)."""
-        try:
-            if "loss_fn" in state and callable(getattr(self.loss_fn, "load_state_dict", None)):
-                self.loss_fn.load_state_dict(state["loss_fn"])  # type: ignore[attr-defined]
-            self._auxiliary.load_state_dict(state.get("auxiliary"), state.get("loss_fn"))
-        except (ValueError, RuntimeError, KeyError) as error:
-            raise ValueError(f"checkpoint {path}: the loss's state does not fit: {error}") from error
-
-    def _load_rng_states(self, state: dict[str, Any], path: Path) -> None:
-        self.batches.generator.set_state(state["generator"])
-        rng_states = state["rng"]
-        if len(rng_states) == self.dist.world_size:
-            mine = rng_states[self.dist.rank]
-            set_rng_state(mine, self.device)
-            self.batches.loss_generator.set_state(mine["loss_generator"])
-        else:
-            warnings.warn(
-                f"checkpoint {path} was written by {len(rng_states)} process(es), this run has "
-                f"{self.dist.world_size}: the global RNG states are not restored",
-                stacklevel=3,
-            )
 
     def export(self) -> Path | None:
         """Write the EMA model to ``out_dir/ema_model`` (rank 0) for sampling and evaluation.
@@ -668,7 +522,7 @@ class Trainer:
             return target
         from ddpm_lib.pipeline import DiffusionPipeline
 
-        diffusion = self._meta()["diffusion"]
+        diffusion = training_meta(self)["diffusion"]
         DiffusionPipeline(
             model, schedule, prediction=diffusion.get("prediction", "eps"),
             variance=diffusion.get("variance"),
