@@ -240,7 +240,7 @@ def sample(trainer: Trainer, num_samples: int | None, *, generator: torch.Genera
             negative_prompts=negative_prompts, guidance_scale=guidance_scale,
             device=trainer.device,
         )
-        return trainer.sampler.sample(  # type: ignore[no-any-return]
+        return trainer.sampler.sample(
             model,
             (num_samples, *trainer.image_shape),
             generator=generator,
@@ -255,7 +255,7 @@ def sample(trainer: Trainer, num_samples: int | None, *, generator: torch.Genera
 def default_sample_prompts(trainer: Trainer) -> list[str]:
     """:meth:`Trainer.default_sample_prompts` (documented there)."""
     if trainer.sample_prompts is None:
-        count = min(trainer.num_samples, len(trainer.dataset))  # type: ignore[arg-type]
+        count = min(trainer.num_samples, len(trainer.dataset))
         trainer.sample_prompts = [str(trainer.dataset[i][1]) for i in range(count)]
     return trainer.sample_prompts
 

@@ -176,7 +176,7 @@ def _load_loss_state(trainer: Trainer, state: dict[str, Any], path: Path) -> Non
     loss kept its optimizer in ``state["loss_fn"]`` is converted)."""
     try:
         if "loss_fn" in state and callable(getattr(trainer.loss_fn, "load_state_dict", None)):
-            trainer.loss_fn.load_state_dict(state["loss_fn"])  # type: ignore[attr-defined]
+            trainer.loss_fn.load_state_dict(state["loss_fn"])
         trainer._auxiliary.load_state_dict(state.get("auxiliary"), state.get("loss_fn"))
     except (ValueError, RuntimeError, KeyError) as error:
         raise ValueError(f"checkpoint {path}: the loss's state does not fit: {error}") from error

@@ -182,21 +182,7 @@ class Trainer:
         self.guidance_scale = guidance_scale
         self.sampler = sampler
 
-        # what the data is; what the model is conditioned on: the item's field after the
-        # image (a label or a caption), read, dropped and encoded by its Condition
-        self._wrapped, self.image_shape, fields = inspect_items(dataset, stacklevel=2)
-        self.conditions = conditions_for(
-            unwrap_model(model), fields, class_dropout=self.class_dropout,
-            caption_dropout=self.caption_dropout,
-        )
-        self._captioned = any(isinstance(c, Prompt) for c in self.conditions)
-        self._text_model = self._captioned
-        self.num_classes = next((c.num_classes for c in self.conditions
-                                 if isinstance(c, ClassLabel)), None)
-        schedule = getattr(loss_fn, "schedule", None)
-        self.num_timesteps = getattr(loss_fn, "num_timesteps", None) or getattr(
-            schedule, "num_timesteps", None
-        )
+        self._inspect_data(model, dataset)
 
         self._place(model, device, ema_decay=ema_decay, adam_betas=adam_betas,
                     weight_decay=weight_decay)
@@ -266,6 +252,23 @@ class Trainer:
         self.dataset = dataset
         self.out_dir = Path(out_dir)
         self.checkpoint_dir = self.out_dir / CHECKPOINT_DIR
+
+    def _inspect_data(self, model: nn.Module, dataset: Dataset) -> None:
+        """What the data is, and what the model is conditioned on: the item's field after the
+        image (a label or a caption), read, dropped and encoded by its Condition."""
+        self._wrapped, self.image_shape, fields = inspect_items(dataset, stacklevel=3)
+        self.conditions = conditions_for(
+            unwrap_model(model), fields, class_dropout=self.class_dropout,
+            caption_dropout=self.caption_dropout,
+        )
+        self._captioned = any(isinstance(c, Prompt) for c in self.conditions)
+        self._text_model = self._captioned
+        self.num_classes = next((c.num_classes for c in self.conditions
+                                 if isinstance(c, ClassLabel)), None)
+        schedule = getattr(self.loss_fn, "schedule", None)
+        self.num_timesteps = getattr(self.loss_fn, "num_timesteps", None) or getattr(
+            schedule, "num_timesteps", None
+        )
 
     def _place(self, model: nn.Module, device: str | torch.device | None, *, ema_decay: float, adam_betas: tuple[float, float],
                weight_decay: float) -> None:
