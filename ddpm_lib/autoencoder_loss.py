@@ -14,11 +14,14 @@ LDM's configurations. ``lambda_adv = discriminator_weight * ||grad_rec|| / (||gr
 adversarial terms at the decoder's last layer, clamped to ``[0, 1e4]``.
 
 The PatchGAN discriminator ``D_phi`` is trained with the hinge loss
-``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_rec)))`` by the loss itself, in
-:meth:`AutoencoderLoss.update`, with its own Adam optimizer. The loss therefore has state
-(the discriminator, its optimizer, its step counter), exposed through ``state_dict()`` /
-``load_state_dict()``; :class:`ddpm_lib.Trainer` saves and restores it with every checkpoint
-and calls ``update()`` after each optimizer step of the autoencoder.
+``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_rec)))`` on the real and reconstructed images
+of the last training call. The loss computes it; whoever trains the autoencoder steps the
+discriminator: :class:`ddpm_lib.Trainer` does, through its hook for a loss's trainable parts
+(:meth:`AutoencoderLoss.auxiliary_modules` declares the discriminator and its Adam settings,
+:meth:`AutoencoderLoss.auxiliary_loss` gives the hinge loss after each step of the
+autoencoder), with the Trainer's device, mixed precision, DDP gradient averaging and
+checkpoints. The loss keeps the discriminator's weights and its step counter
+(``state_dict()`` / ``load_state_dict()``); the optimizer is the Trainer's.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ class AutoencoderLoss:
         adversarial_start: optimizer steps after which the adversarial term and the
             discriminator's training start (LDM: 50001).
         discriminator_weight: the factor of the adaptive weight (LDM: 0.5).
-        discriminator_lr: Adam learning rate of the discriminator.
+        discriminator_lr: Adam learning rate of the discriminator (its optimizer is the
+            Trainer's, built from :meth:`auxiliary_modules`).
         discriminator_betas: Adam betas of the discriminator (LDM: (0.5, 0.9)).
         adaptive_weight: use LDM's adaptive weight; ``False``: ``lambda_adv =
             discriminator_weight``.
@@ -70,7 +74,8 @@ class AutoencoderLoss:
     Returns (from a call) the loss per image value: a scalar for ``"mean"`` / ``"sum"``, ``(B,)``
     for ``"none"``. The adversarial term is only added in training (autograd enabled and the
     autoencoder in train mode); an evaluation call returns reconstruction + KL. After each
-    optimizer step of the autoencoder call :meth:`update` (the Trainer does).
+    optimizer step of the autoencoder, step the discriminator on :meth:`auxiliary_loss` and
+    call :meth:`update` (the Trainer does both).
     """
 
     def __init__(
@@ -93,18 +98,10 @@ class AutoencoderLoss:
         self.discriminator_lr = float(
             check_real("discriminator_lr", discriminator_lr, 0, open_min=True))
         self.adaptive_weight = bool(adaptive_weight)
+        self.discriminator_betas = (float(discriminator_betas[0]), float(discriminator_betas[1]))
         self.discriminator: nn.Module | None = self._build_discriminator(discriminator)
-        self.optimizer: torch.optim.Optimizer | None = None
-        if self.discriminator is not None:
-            self.optimizer = torch.optim.Adam(
-                self.discriminator.parameters(), lr=self.discriminator_lr,
-                betas=tuple(discriminator_betas),  # type: ignore[arg-type]
-            )
         self.step = 0  # update() calls so far: the autoencoder's optimizer steps
-        self._scaler: torch.amp.GradScaler | None = None
-        self._scaler_state: dict[str, Any] = {}
-        self._pending: tuple[torch.Tensor, torch.Tensor, Any] | None = None
-        self._synced = False
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_discriminator_loss: torch.Tensor | None = None
         self.last_adaptive_weight: torch.Tensor | None = None
 
@@ -154,10 +151,10 @@ class AutoencoderLoss:
         total = per_sample + self.kl_weight * kl
         training = torch.is_grad_enabled() and autoencoder.training
         if self.discriminator is not None and training:
-            self._prepare(x)
+            self._place(x)
             if self.adversarial:
                 total = total + self._adversarial_term(autoencoder, reconstruction, per_sample)
-            self._pending = (x.detach(), reconstruction.detach(), self._autocast_state(x))
+            self._pending = (x.detach(), reconstruction.detach())
         if reduction == "mean":
             return total.mean()
         return total.sum() if reduction == "sum" else total
@@ -192,98 +189,71 @@ class AutoencoderLoss:
         self.last_adaptive_weight = weight
         return weight * generator_loss
 
-    @staticmethod
-    def _autocast_state(x: torch.Tensor) -> tuple[str, torch.dtype] | None:
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            return device_type, torch.get_autocast_dtype(device_type)
-        return None
-
-    def _prepare(self, x: torch.Tensor) -> None:
-        """Move the discriminator (and its optimizer state) to ``x``'s device; under
-        ``torch.distributed`` give every process rank 0's initial weights once."""
+    def _place(self, x: torch.Tensor) -> None:
+        """Move the discriminator to ``x``'s device (the Trainer has placed it already)."""
         discriminator = self.discriminator
-        assert discriminator is not None and self.optimizer is not None
-        parameter = next(discriminator.parameters())
-        if parameter.device != x.device:
+        assert discriminator is not None
+        if next(discriminator.parameters()).device != x.device:
             discriminator.to(x.device)
-            for state in self.optimizer.state.values():
-                for key, value in state.items():
-                    if isinstance(value, torch.Tensor) and key != "step":
-                        state[key] = value.to(x.device)
-        if not self._synced:
-            self._synced = True
-            import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                with torch.no_grad():
-                    for tensor in discriminator.state_dict().values():
-                        dist.broadcast(tensor, src=0)
+    # ------------------------------------------------------------------ the Trainer's hook
+    def auxiliary_modules(self) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
+        """The loss's trainable parts for :class:`ddpm_lib.Trainer`: ``{"discriminator":
+        (module, Adam options)}`` (empty without a discriminator).
 
-    # ------------------------------------------------------------------ discriminator step
-    def update(self) -> None:
-        """One optimizer step of the discriminator on the last training call's real and
-        reconstructed images (once the adversarial phase has started), then ``step += 1``.
-
-        Call it once after every optimizer step of the autoencoder. It reuses that call's
-        autocast setting; with float16 autocast the discriminator has its own
-        ``GradScaler``. Under ``torch.distributed`` its gradients are averaged over processes.
+        The options are ``discriminator_lr``, ``discriminator_betas`` and ``fused=None``
+        (PyTorch's default, per-tensor Adam on a CPU), so that runs continue bit for bit from
+        checkpoints of versions whose loss kept its own optimizer.
         """
+        if self.discriminator is None:
+            return {}
+        options = {"lr": self.discriminator_lr, "betas": self.discriminator_betas, "fused": None}
+        return {"discriminator": (self.discriminator, options)}
+
+    def auxiliary_loss(self, name: str = "discriminator") -> torch.Tensor | None:
+        """The discriminator's hinge loss on the last training call's real and reconstructed
+        images, ``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_rec)))`` (a scalar with
+        a graph to the discriminator's weights), or ``None`` before ``adversarial_start`` or
+        without a training call since the last one.
+
+        The caller back-propagates it and steps the discriminator's optimizer, once after
+        every optimizer step of the autoencoder and before :meth:`update` (the Trainer does,
+        under its autocast); the loss is also kept as ``last_discriminator_loss``.
+        """
+        if name != "discriminator" or self.discriminator is None:
+            raise ValueError(f"AutoencoderLoss has no trainable part {name!r}; it has "
+                             f"{sorted(self.auxiliary_modules())}")
         pending, self._pending = self._pending, None
-        if pending is not None and self.adversarial:
-            self._discriminator_step(*pending)
-        self.step += 1
-
-    def _discriminator_step(
-        self, x: torch.Tensor, reconstruction: torch.Tensor, autocast: Any
-    ) -> None:
-        discriminator, optimizer = self.discriminator, self.optimizer
-        assert discriminator is not None and optimizer is not None
-        device_type = x.device.type
-        if self._scaler is None:
-            fp16 = autocast is not None and autocast[1] == torch.float16
-            self._scaler = torch.amp.GradScaler(device_type, enabled=fp16)
-            if fp16 and self._scaler_state:
-                self._scaler.load_state_dict(self._scaler_state)
-        discriminator.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device_type, dtype=autocast[1] if autocast else torch.float32,
-            enabled=autocast is not None,
-        ):
-            logits_real = discriminator(x).float()
-            logits_fake = discriminator(reconstruction).float()
-            loss = 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
-        self._scaler.scale(loss).backward()
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            for parameter in discriminator.parameters():
-                if parameter.grad is not None:
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= world
-        self._scaler.step(optimizer)
-        self._scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        if pending is None or not self.adversarial:
+            return None
+        x, reconstruction = pending
+        logits_real = self.discriminator(x).float()
+        logits_fake = self.discriminator(reconstruction).float()
+        loss = 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
         self.last_discriminator_loss = loss.detach()
+        return loss
+
+    def update(self) -> None:
+        """Count one optimizer step of the autoencoder (``step += 1``); call it after each,
+        after the discriminator's step (the Trainer does)."""
+        self._pending = None
+        self.step += 1
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The step counter and, with a discriminator, its weights, its optimizer state and
-        its grad scaler: everything to continue training exactly."""
+        """The step counter and the discriminator's weights (its optimizer state is the
+        Trainer's, saved beside this in checkpoints)."""
         state: dict[str, Any] = {"step": self.step}
-        if self.discriminator is not None and self.optimizer is not None:
+        if self.discriminator is not None:
             state["discriminator"] = {
                 k: v.detach().cpu().clone() for k, v in self.discriminator.state_dict().items()
             }
-            state["optimizer"] = self.optimizer.state_dict()
-            scaler = self._scaler.state_dict() if self._scaler is not None else self._scaler_state
-            state["scaler"] = dict(scaler)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned. The ``"optimizer"`` and ``"scaler"`` of
+        states written by earlier versions are not the loss's any more (the Trainer converts
+        them into its own)."""
         if not isinstance(state, Mapping) or "step" not in state:
             raise ValueError("not an AutoencoderLoss state: expected a dict with a 'step'")
         has = "discriminator" in state
@@ -294,11 +264,8 @@ class AutoencoderLoss:
                    "has no discriminator but this loss has one")
                 + "; build the loss with the same discriminator setting"
             )
-        if self.discriminator is not None and self.optimizer is not None:
+        if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self._scaler_state = dict(state.get("scaler") or {})
-            self._scaler = None
         self.step = int(state["step"])
         self._pending = None
 

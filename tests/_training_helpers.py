@@ -117,17 +117,28 @@ def make_trainer(out_dir, *, conditional=True, dropout=0.1, batch_size=8, text=F
     return Trainer(model, TinyLoss(schedule), dataset, **kwargs)
 
 
-def make_autoencoder_trainer(out_dir, **overrides):
-    """A tiny AutoencoderKL trained with the PatchGAN discriminator on from step 2."""
+def make_autoencoder_trainer(out_dir, posterior_mean=False, adaptive_weight=True, **overrides):
+    """A tiny AutoencoderKL trained with the PatchGAN discriminator on from step 2.
+
+    ``posterior_mean``: decode the posterior's mean instead of a sample, and
+    ``adaptive_weight=False``: a fixed weight of the adversarial term instead of LDM's ratio of
+    gradient norms of each process's share of the batch, so that nothing is drawn from the
+    per-rank loss generator, nothing is a non-linear function of a rank's share, and a run
+    does not depend on the world size."""
     from ddpm_lib.autoencoder_loss import AutoencoderLoss
     from ddpm_lib.models.autoencoder import AutoencoderKL
     from ddpm_lib.training import Trainer
 
+    class PosteriorMeanAutoencoderKL(AutoencoderKL):
+        def forward(self, x, sample_posterior=True, generator=None):
+            return super().forward(x, sample_posterior=False)
+
     torch.manual_seed(1234)
-    model = AutoencoderKL(base_channels=8, channel_mults=(1, 2), norm_groups=4, latent_channels=2)
+    model_class = PosteriorMeanAutoencoderKL if posterior_mean else AutoencoderKL
+    model = model_class(base_channels=8, channel_mults=(1, 2), norm_groups=4, latent_channels=2)
     loss = AutoencoderLoss(
         kl_weight=1e-3, discriminator=dict(base_channels=8, num_layers=1, norm_groups=4),
-        adversarial_start=2, discriminator_lr=1e-3,
+        adversarial_start=2, discriminator_lr=1e-3, adaptive_weight=adaptive_weight,
     )
     dataset = ShapesDataset(size=20, image_size=8, seed=0)
     kwargs = dict(
@@ -139,11 +150,12 @@ def make_autoencoder_trainer(out_dir, **overrides):
 
 
 def autoencoder_state_of(trainer) -> dict[str, torch.Tensor]:
-    """state_of plus the discriminator's weights and Adam moments."""
+    """state_of plus the discriminator's weights and Adam moments (the Trainer's optimizer)."""
     out = state_of(trainer)
     loss_state = trainer.loss_fn.state_dict()
     out.update({f"disc.{k}": v.clone() for k, v in loss_state["discriminator"].items()})
-    for index, moments in loss_state["optimizer"]["state"].items():
+    optimizer_state = trainer.auxiliary_optimizers["discriminator"].state_dict()
+    for index, moments in optimizer_state["state"].items():
         for key, value in moments.items():
             out[f"disc_adam.{index}.{key}"] = torch.as_tensor(value).clone()
     out["loss_step"] = torch.tensor(loss_state["step"])
@@ -183,7 +195,8 @@ def main(argv: list[str]) -> None:
         trainer.train(steps)
         torch.save(autoencoder_state_of(trainer), Path(out_dir) / "final.pt")
     elif mode == "autoencoder-ddp":  # under torchrun; rank 1 starts from another discriminator
-        trainer = make_autoencoder_trainer(out_dir, checkpoint_every=100)
+        trainer = make_autoencoder_trainer(out_dir, posterior_mean=True, adaptive_weight=False,
+                                           checkpoint_every=100)
         if trainer.dist.rank == 1:
             with torch.no_grad():
                 for parameter in trainer.loss_fn.discriminator.parameters():

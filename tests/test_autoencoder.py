@@ -328,25 +328,35 @@ def test_adversarial_term_uses_ldm_adaptive_weight(generator):
 
 
 def test_discriminator_takes_one_hinge_adam_step_after_the_start(generator):
+    """Through the hook: auxiliary_loss is the hinge loss of the last call (None before the
+    start), and one Adam step with the declared options is the reference's step."""
     import copy
 
     ae, loss_fn = tiny_pair(start=1)
+    ((name, (module, options)),) = loss_fn.auxiliary_modules().items()
+    assert name == "discriminator" and module is loss_fn.discriminator
+    assert options == {"lr": 1e-2, "betas": (0.5, 0.9), "fused": None}
+    optimizer = torch.optim.Adam(module.parameters(), **options)
     x = torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1
     before = copy.deepcopy(loss_fn.discriminator)
     loss_fn(ae, x).backward()
-    loss_fn.update()  # step 0 < start: no adversarial term, no discriminator step
+    assert loss_fn.auxiliary_loss("discriminator") is None  # step 0 < start
+    loss_fn.update()
     assert loss_fn.step == 1
     for a, b in zip(before.parameters(), loss_fn.discriminator.parameters()):
         assert torch.equal(a, b)
     reference = copy.deepcopy(loss_fn.discriminator)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.9))
-    generator_state = torch.Generator().manual_seed(9)
-    loss_fn(ae, x, generator=generator_state)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    loss_fn(ae, x, generator=torch.Generator().manual_seed(9))
     reconstruction = ae(x, generator=torch.Generator().manual_seed(9)).sample.detach()
+    hook_loss = loss_fn.auxiliary_loss("discriminator")
+    assert loss_fn.auxiliary_loss("discriminator") is None  # one step per training call
+    hook_loss.backward()
+    optimizer.step()
     loss_fn.update()
     hinge = 0.5 * (torch.relu(1 - reference(x)).mean() + torch.relu(1 + reference(reconstruction)).mean())
     hinge.backward()
-    optimizer.step()
+    reference_optimizer.step()
     assert loss_fn.step == 2
     torch.testing.assert_close(loss_fn.last_discriminator_loss, hinge.detach())
     changed = []
@@ -356,6 +366,8 @@ def test_discriminator_takes_one_hinge_adam_step_after_the_start(generator):
         changed.append(not torch.equal(b, c))
     # all but the last bias, whose hinge gradient is 0.5 * (P(fake > -1) - P(real < 1)) = 0 here
     assert changed[:-1] == [True] * (len(changed) - 1)
+    with pytest.raises(ValueError, match="no trainable part 'critic'"):
+        loss_fn.auxiliary_loss("critic")
 
 
 def test_loss_state_round_trip_and_mismatch():
@@ -366,15 +378,16 @@ def test_loss_state_round_trip_and_mismatch():
     loss_fn(ae, x).backward()
     loss_fn.update()
     state = loss_fn.state_dict()
+    assert set(state) == {"step", "discriminator"}  # the optimizer is the Trainer's
     _, other = tiny_pair()
-    other.load_state_dict(state)
+    other.load_state_dict({**state, "optimizer": {}, "scaler": {}})  # an earlier version's
     assert other.step == 1
     for key, value in loss_fn.discriminator.state_dict().items():
         assert torch.equal(value, other.discriminator.state_dict()[key])
-    assert other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
     with pytest.raises(ValueError, match="has a discriminator but this loss has none"):
         AutoencoderLoss().load_state_dict(state)
     assert AutoencoderLoss().state_dict() == {"step": 0}
+    assert AutoencoderLoss().auxiliary_modules() == {}
 
 
 def test_loss_bad_arguments():
@@ -453,7 +466,11 @@ def test_resume_with_the_discriminator_across_a_restart_is_bitwise(tmp_path):
 def test_ddp_keeps_autoencoder_and_discriminator_replicas_identical(tmp_path):
     """2 gloo ranks under torchrun; rank 1's discriminator starts perturbed: rank 0's initial
     weights are broadcast and the discriminator's gradients averaged, so every replica ends
-    equal (autoencoder, EMA, discriminator and its Adam moments)."""
+    equal (autoencoder, EMA, discriminator and its Adam moments), and equal to one process
+    with the same global batch (up to the rounding of the gradient averages; the posterior's
+    mean is decoded and the adversarial weight fixed, which makes the loss world-size
+    invariant: posterior samples come from per-rank generators, LDM's adaptive weight is a
+    ratio of each rank's gradient norms)."""
     import os
     import subprocess
     import sys
@@ -481,6 +498,18 @@ def test_ddp_keeps_autoencoder_and_discriminator_replicas_identical(tmp_path):
     assert rank0.keys() == rank1.keys() and "disc_adam.0.exp_avg" in rank0
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+    from _training_helpers import autoencoder_state_of, make_autoencoder_trainer
+
+    torch.set_num_threads(1)
+    one = make_autoencoder_trainer(tmp_path / "one", posterior_mean=True, adaptive_weight=False,
+                                   checkpoint_every=100)
+    one.train(4)
+    assert one.loss_fn.last_discriminator_loss is not None  # the adversarial phase ran
+    reference = autoencoder_state_of(one)
+    assert reference.keys() == rank0.keys()
+    differences = {key: (rank0[key].float() - reference[key].float()).abs().max().item()
+                   for key in reference}
+    assert max(differences.values()) < 1e-5, sorted(differences.items(), key=lambda kv: -kv[1])[:5]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -496,5 +525,74 @@ def test_mixed_precision_with_the_discriminator(tmp_path, precision):
     loss_fn = trainer.loss_fn
     assert torch.isfinite(loss_fn.last_discriminator_loss)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    scaler = loss_fn.state_dict()["scaler"]
+    from ddpm_lib.training import load_checkpoint
+
+    state = load_checkpoint(trainer.latest_checkpoint()).state
+    scaler = state["auxiliary"]["discriminator"]["scaler"]
     assert bool(scaler) == (precision == "fp16")  # float16 needs the discriminator's own scaler
+
+
+def _digest(state) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_adversarial_training_is_bitwise_the_run_recorded_before_the_hook(tmp_path, precision):
+    """The discriminator trained through the Trainer's hook is bit for bit the run of the
+    version whose AutoencoderLoss had its own optimizer (recorded: tests/data; the bits are
+    those of one torch build and CPU, so another one skips)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import autoencoder_state_of, make_autoencoder_trainer
+
+    reference = json.loads((Path(__file__).parent / "data" /
+                            "autoencoder_adversarial_reference.json").read_text())
+    if (torch.__version__, torch.backends.cpu.get_cpu_capability()) != (
+            reference["torch"], reference["cpu_capability"]):
+        pytest.skip(f"recorded with torch {reference['torch']} on {reference['cpu_capability']}")
+    torch.set_num_threads(1)
+    trainer = make_autoencoder_trainer(tmp_path, log_every=1, mixed_precision=precision)
+    trainer.train(reference["steps"])
+    run = reference["runs"][precision]
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == run["losses"]
+    assert float(trainer.loss_fn.last_discriminator_loss) == run["disc_loss"]
+    assert _digest(autoencoder_state_of(trainer)) == run["sha256"]
+
+
+def test_a_checkpoint_with_the_loss_s_own_optimizer_state_resumes_exactly(tmp_path):
+    """A checkpoint of the earlier layout (the discriminator's Adam and scaler states inside
+    state["loss_fn"], no state["auxiliary"]) resumes to the uninterrupted run, bit for bit."""
+    import sys
+    from pathlib import Path
+
+    from ddpm_lib.training import load_checkpoint, save_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import autoencoder_state_of, make_autoencoder_trainer
+    from test_training import _assert_bitwise_equal
+
+    torch.set_num_threads(1)
+    reference = make_autoencoder_trainer(tmp_path / "once")
+    reference.train(6)
+    expected = autoencoder_state_of(reference)
+    make_autoencoder_trainer(tmp_path / "new").train(3)
+    saved = load_checkpoint(tmp_path / "new" / "checkpoints" / "step_000000003")
+    state = dict(saved.state)
+    auxiliary = state.pop("auxiliary")["discriminator"]
+    state["loss_fn"] = {**state["loss_fn"], "optimizer": auxiliary["optimizer"],
+                        "scaler": auxiliary["scaler"]}
+    save_checkpoint(tmp_path / "old" / "checkpoints", 3, saved.weights, state, saved.meta)
+    resumed = make_autoencoder_trainer(tmp_path / "old")
+    assert resumed.step == 3 and resumed.loss_fn.step == 3
+    assert resumed.auxiliary_optimizers["discriminator"].state_dict()["state"]
+    resumed.train(6)
+    _assert_bitwise_equal(autoencoder_state_of(resumed), expected)

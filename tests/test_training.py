@@ -459,3 +459,81 @@ def test_tensor_dataset_items_and_torchvision_style_pairs(tmp_path) -> None:
     conditional = Trainer(TinyNet(num_classes=3), loss, labelled, batch_size=8,
                           out_dir=tmp_path / "b", progress=False, tensorboard=False)
     assert conditional.train(2) == 2
+
+
+class CriticLoss(TinyLoss):
+    """TinyLoss with a trainable part of its own: a linear critic of the last batch's pixels,
+    trained to regress their mean (closed form of one plain gradient step below)."""
+
+    def __init__(self, schedule, options=None):
+        super().__init__(schedule)
+        self.critic = nn.Linear(1, 1)
+        self.options = {"lr": 0.1} if options is None else options
+        self.inputs = []
+        self._last = None
+
+    def __call__(self, model, x0, **kwargs):
+        self._last = x0.detach()
+        return super().__call__(model, x0, **kwargs)
+
+    def auxiliary_modules(self):
+        return {"critic": (self.critic, self.options)}
+
+    def auxiliary_loss(self, name):
+        assert name == "critic"
+        x, self._last = self._last, None
+        features = x.flatten(1).mean(1, keepdim=True)  # (b, 1)
+        self.inputs.append(features)
+        return (self.critic(features) - features).square().mean()
+
+
+def test_a_loss_s_trainable_part_is_trained_saved_and_restored_by_the_trainer(tmp_path):
+    """The hook: one Adam step of the part per model step with the declared options (fused
+    like the model's unless they say otherwise), its state in checkpoints, restored on resume."""
+    schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.4)
+    dataset = ShapesDataset(size=16, image_size=8, seed=0)
+    settings = dict(batch_size=4, lr=1e-3, warmup_steps=1, out_dir=tmp_path, log_every=1,
+                    checkpoint_every=2, progress=False, tensorboard=False)
+    torch.manual_seed(0)
+    loss_fn = CriticLoss(schedule)
+    reference = nn.Linear(1, 1)
+    reference.load_state_dict(loss_fn.critic.state_dict())
+    trainer = Trainer(TinyNet(), loss_fn, dataset, **settings)
+    (optimizer,) = trainer.auxiliary_optimizers.values()
+    assert optimizer.param_groups[0]["fused"] == trainer.optimizer.param_groups[0]["fused"]
+    trainer.train(2)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=0.1)
+    for features in loss_fn.inputs:  # the same two steps by hand
+        reference_optimizer.zero_grad()
+        (reference(features) - features).square().mean().backward()
+        reference_optimizer.step()
+    for mine, theirs in zip(loss_fn.critic.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
+    saved = load_checkpoint(trainer.latest_checkpoint()).state["auxiliary"]["critic"]
+    assert saved["optimizer"]["state"][0]["step"] == 2
+    again = Trainer(TinyNet(), CriticLoss(schedule), dataset, **settings)
+    state = again.auxiliary_optimizers["critic"].state_dict()["state"]
+    assert torch.equal(state[0]["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
+    unfused = Trainer(TinyNet(), CriticLoss(schedule, {"lr": 0.1, "fused": None}), dataset,
+                      **{**settings, "out_dir": tmp_path / "unfused"})
+    assert unfused.auxiliary_optimizers["critic"].param_groups[0]["fused"] is None
+
+
+def test_a_loss_s_trainable_parts_are_checked(tmp_path):
+    schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.4)
+    dataset = ShapesDataset(size=16, image_size=8, seed=0)
+    settings = dict(batch_size=4, out_dir=tmp_path, progress=False, tensorboard=False)
+
+    class NoLoss(TinyLoss):
+        def auxiliary_modules(self):
+            return {"critic": (nn.Linear(1, 1), {})}
+
+    with pytest.raises(TypeError, match=r"must have auxiliary_loss\(name\)"):
+        Trainer(TinyNet(), NoLoss(schedule), dataset, **settings)
+
+    class BadParts(CriticLoss):
+        def auxiliary_modules(self):
+            return {"critic": self.critic}
+
+    with pytest.raises(TypeError, match=r"auxiliary_modules\(\)\['critic'\] must be"):
+        Trainer(TinyNet(), BadParts(schedule), dataset, **settings)
