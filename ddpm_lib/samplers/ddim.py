@@ -24,7 +24,8 @@ import torch
 from .._checks import check_choice, check_floating
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .analytic_variance import AnalyticVariance, analytic_table
-from .base import SPACINGS, SampleTrajectory, Sampler, _DeviceTables
+from .base import SPACINGS, Sampler
+from .loop import RunOptions, RunSpec, SampleTrajectory, _DeviceTables
 
 
 def ddim_update(
@@ -190,10 +191,8 @@ class DDIMSampler(Sampler):
         if inversion is None:
             inversion = _DDIMInversion(self)
             self._inversion = inversion
-        return inversion._run(
-            model, x0, 0, None, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile,
-        )
+        options = RunOptions.from_arguments(locals())  # no generator: deterministic
+        return inversion._run(RunSpec(model, x0, options))
 
 
 class _DDIMInversion(Sampler):
