@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .base import Sampler, _DeviceTables
 from .grids import SPACINGS, check_timestep_list, grid_timesteps
@@ -210,12 +211,15 @@ class SDESampler(Sampler):
     _grid: torch.Tensor | None
     _levels: torch.Tensor
 
+    @keyword_only_after((
+        "num_steps", "method"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int = 100,
-        method: str = "euler_maruyama",
         *,
+        method: str = "euler_maruyama",
         spacing: str = "linspace",
         timesteps: Sequence[int] | torch.Tensor | None = None,
         snr: float = 0.16,
