@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.samplers import (
-    DDIMSampler,
-    DDPMSampler,
-    DEISSampler,
-    DPMSolverSampler,
-    PNDMSampler,
-    Sampler,
-    SDESampler,
-    UniPCSampler,
-)
+from ddpm_lib import samplers
+from ddpm_lib.samplers import DDIMSampler, DDPMSampler, DEISSampler, DPMSolverSampler, SDESampler
 from ddpm_lib.samplers.loop import RunOptions
 
 # (class, positional values after schedule in the previous release's order, same by keyword)
@@ -29,14 +21,14 @@ OLD_CALLS = [
     (DDIMSampler, (10, 0.5, "v"), {"num_steps": 10, "eta": 0.5, "prediction": "v"}),
     (DPMSolverSampler, (10, "x0", False), {"num_steps": 10, "prediction": "x0",
                                                "clip_denoised": False}),
-    (UniPCSampler, (10, 1, "bh1"), {"num_steps": 10, "order": 1, "variant": "bh1"}),
-    (PNDMSampler, (10, 3), {"num_steps": 10, "order": 3}),
+    (samplers.UniPCSampler, (10, 1, "bh1"), {"num_steps": 10, "order": 1, "variant": "bh1"}),
+    (samplers.PNDMSampler, (10, 3), {"num_steps": 10, "order": 3}),
     (DEISSampler, (10, 2, "x0"), {"num_steps": 10, "order": 2, "prediction": "x0"}),
     (SDESampler, (10, "heun"), {"num_steps": 10, "method": "heun"}),
 ]
 
 
-def _same(a: Sampler, b: Sampler) -> None:
+def _same(a: samplers.Sampler, b: samplers.Sampler) -> None:
     assert repr(a) == repr(b)
     assert torch.equal(a.timesteps, b.timesteps)
     assert torch.equal(a._coefficients64, b._coefficients64)
