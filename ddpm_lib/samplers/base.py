@@ -36,8 +36,9 @@ from ..schedule import (
     NoiseSchedule,
     x0_eps_from_prediction,
 )
-from .grids import (  # noqa: F401 (SPACINGS and spaced_timesteps: re-exported, as before)
+from .grids import (  # noqa: F401 (SPACINGS, spaced_timesteps, check_num_steps: as before)
     SPACINGS,
+    check_num_steps,
     check_timestep_list,
     grid_timesteps,
     spaced_timesteps,
@@ -64,18 +65,6 @@ from .loop import (  # noqa: F401 (re-exported: these lived here before)
     randn,
     starting_noise,
 )
-
-
-def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
-    """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
-    if not 1 <= int(num_steps) <= num_timesteps:
-        raise ValueError(
-            f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
-            f"got {num_steps}"
-        )
-    return int(num_steps)
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
