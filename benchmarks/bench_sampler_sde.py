@@ -50,14 +50,14 @@ def samplers_vs_calls(schedule, oracle, samples: int) -> None:
     shape = (samples, 4)
     rows = []
     for steps in (10, 25, 100, 400):
-        sampler = SDESampler(schedule, steps, "euler_maruyama", clip_denoised=False)
+        sampler = SDESampler(schedule, steps, method="euler_maruyama", clip_denoised=False)
         rows.append(("Euler-Maruyama (reverse SDE)", f"{steps} levels", sampler, steps))
     for steps in (10, 50, 200):
-        sampler = SDESampler(schedule, steps, "predictor_corrector", clip_denoised=False)
+        sampler = SDESampler(schedule, steps, method="predictor_corrector", clip_denoised=False)
         rows.append(("predictor-corrector (snr 0.16, 1 corrector)", f"{steps} levels", sampler,
                      1 + (steps - 1) * 2))
     for steps in (5, 10, 25):
-        sampler = SDESampler(schedule, steps, "heun", clip_denoised=False)
+        sampler = SDESampler(schedule, steps, method="heun", clip_denoised=False)
         rows.append(("PF-ODE Heun", f"{steps} levels", sampler, 2 * steps - 1))
     for steps in (10, 25, 50):
         sampler = DDIMSampler(schedule, steps, clip_denoised=False)

@@ -63,11 +63,11 @@ def save(rows: list[torch.Tensor], name: str) -> Path:
 # solver is read from its trajectory.
 shape = (BATCH, 3, SIZE, SIZE)
 runs = [
-    ("Euler-Maruyama, 100 levels", SDESampler(schedule, 100, "euler_maruyama",
+    ("Euler-Maruyama, 100 levels", SDESampler(schedule, 100, method="euler_maruyama",
                                               clip_denoised=False)),
-    ("predictor-corrector, 50 levels", SDESampler(schedule, 50, "predictor_corrector",
+    ("predictor-corrector, 50 levels", SDESampler(schedule, 50, method="predictor_corrector",
                                                   clip_denoised=False)),
-    ("PF-ODE Heun, 10 levels", SDESampler(schedule, 10, "heun", clip_denoised=False)),
+    ("PF-ODE Heun, 10 levels", SDESampler(schedule, 10, method="heun", clip_denoised=False)),
     ("adaptive, atol 0.0078, rtol 0.05", SDESampler(schedule, method="adaptive",
                                                     clip_denoised=False)),
 ]
@@ -98,11 +98,11 @@ grid = optimal_timesteps(schedule, table, 10)
 print("DP-optimal 10 timesteps:", grid)
 for name, sampler in [
     ("DDPM 10 steps, fixed_small", DDPMSampler(schedule, num_steps=10, clip_denoised=False)),
-    ("DDPM 10 steps, fixed_large", DDPMSampler(schedule, "fixed_large", num_steps=10,
+    ("DDPM 10 steps, fixed_large", DDPMSampler(schedule, variance="fixed_large", num_steps=10,
                                                clip_denoised=False)),
-    ("DDPM 10 steps, Analytic-DPM", DDPMSampler(schedule, table, num_steps=10,
+    ("DDPM 10 steps, Analytic-DPM", DDPMSampler(schedule, variance=table, num_steps=10,
                                                 clip_denoised=False)),
-    ("DDPM DP grid, Analytic-DPM", DDPMSampler(schedule, table, timesteps=grid,
+    ("DDPM DP grid, Analytic-DPM", DDPMSampler(schedule, variance=table, timesteps=grid,
                                                clip_denoised=False)),
 ]:
     samples = sampler.sample(model, shape, generator=torch.Generator().manual_seed(0))

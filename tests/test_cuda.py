@@ -36,7 +36,7 @@ pytestmark = [
 #: name -> factory(schedule): every sampler, with a multistep history, noise or a corrector
 SAMPLERS = {
     "ddpm": lambda s: DDPMSampler(s, num_steps=12),
-    "ddpm-learned-range": lambda s: DDPMSampler(s, "learned_range", num_steps=12),
+    "ddpm-learned-range": lambda s: DDPMSampler(s, variance="learned_range", num_steps=12),
     "ddim": lambda s: DDIMSampler(s, 12),
     "ddim-eta": lambda s: DDIMSampler(s, 12, eta=0.7, spacing="logsnr"),
     "dpm-solver-2m": lambda s: DPMSolverSampler(s, 12),

@@ -284,9 +284,9 @@ EVERY_SAMPLER = {
     "pndm": lambda s, **k: PNDMSampler(s, 10, **k),
     "deis": lambda s, **k: DEISSampler(s, 10, **k),
     "sde": lambda s, **k: SDESampler(s, 20, **k),
-    "sde_pc": lambda s, **k: SDESampler(s, 20, "predictor_corrector", **k),
-    "sde_heun": lambda s, **k: SDESampler(s, 20, "heun", **k),
-    "sde_adaptive": lambda s, **k: SDESampler(s, 20, "adaptive", rtol=0.1, atol=0.02, **k),
+    "sde_pc": lambda s, **k: SDESampler(s, 20, method="predictor_corrector", **k),
+    "sde_heun": lambda s, **k: SDESampler(s, 20, method="heun", **k),
+    "sde_adaptive": lambda s, **k: SDESampler(s, 20, method="adaptive", rtol=0.1, atol=0.02, **k),
 }
 
 
@@ -449,8 +449,8 @@ def guided_samplers(schedule, model, images):
         "pndm": PNDMSampler(schedule, 10),
         "deis": DEISSampler(schedule, 10),
         "sde": SDESampler(schedule, 100),
-        "sde_pc": SDESampler(schedule, 50, "predictor_corrector"),
-        "sde_heun": SDESampler(schedule, 30, "heun"),
+        "sde_pc": SDESampler(schedule, 50, method="predictor_corrector"),
+        "sde_heun": SDESampler(schedule, 30, method="heun"),
         "sde_adaptive": SDESampler(schedule, method="adaptive"),
     }
 

@@ -148,7 +148,7 @@ def test_bad_input(small_schedule, oracle, generator):
     with pytest.raises(ValueError, match="x_T"):
         sampler.inpaint(oracle, image, torch.ones(4, 4), x_T=torch.zeros(1, 3, 4, 4))
     with pytest.raises(NotImplementedError, match="euler_maruyama"):
-        SDESampler(small_schedule, 10, "heun").inpaint(oracle, image, torch.ones(4, 4))
+        SDESampler(small_schedule, 10, method="heun").inpaint(oracle, image, torch.ones(4, 4))
 
 
 def test_repaint_plan():

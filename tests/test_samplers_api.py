@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLERS = {
     "ddpm": lambda s: DDPMSampler(s),
-    "ddpm-respaced-large": lambda s: DDPMSampler(s, "fixed_large", num_steps=7),
+    "ddpm-respaced-large": lambda s: DDPMSampler(s, variance="fixed_large", num_steps=7),
     "ddim": lambda s: DDIMSampler(s, num_steps=8),
     "ddim-eta": lambda s: DDIMSampler(s, num_steps=8, eta=0.5, spacing="linspace"),
     "dpm-solver": lambda s: DPMSolverSampler(s, num_steps=8),
@@ -219,7 +219,7 @@ class LabelModel(nn.Module):
 @pytest.mark.parametrize("factory", [
     lambda s: DDIMSampler(s, 5, eta=0.0),
     lambda s: DPMSolverSampler(s, 5),
-    lambda s: DDPMSampler(s, "learned_range", num_steps=5),
+    lambda s: DDPMSampler(s, variance="learned_range", num_steps=5),
     lambda s: UniPCSampler(s, 5),
     lambda s: PNDMSampler(s, 5, final_step="solver"),
     lambda s: DEISSampler(s, 5),
@@ -373,7 +373,7 @@ def test_model_returning_the_wrong_shape(small_schedule):
         message = r"model returned shape \(2, 1, 5\); expected \(2, 3, 5\)"
         with pytest.raises(ValueError, match=message):
             sampler.sample(bad, (2, 3, 5))
-    learned = DDPMSampler(small_schedule, "learned", num_steps=4)
+    learned = DDPMSampler(small_schedule, variance="learned", num_steps=4)
     message = r"returned shape \(2, 3, 5\); expected \(2, 6, 5\) \(twice the channels"
     with pytest.raises(ValueError, match=message):
         learned.sample(lambda x, t: x, (2, 3, 5))
@@ -428,7 +428,7 @@ def test_with_a_tiny_unet_guidance_and_learned_variance(small_schedule):
     ).eval()
     y = torch.tensor([0, 2])
     for sampler in (
-        DDPMSampler(small_schedule, "learned_range", num_steps=4),
+        DDPMSampler(small_schedule, variance="learned_range", num_steps=4),
         DDIMSampler(small_schedule, 4, learn_sigma=True),
         DPMSolverSampler(small_schedule, 4, learn_sigma=True),
         UniPCSampler(small_schedule, 4, learn_sigma=True),

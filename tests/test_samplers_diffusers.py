@@ -197,7 +197,7 @@ def test_ddpm_step_equals_diffusers(variance, monkeypatch):
             timestep_spacing="leading",
         )
         reference.set_timesteps(num_steps)
-        sampler = DDPMSampler(schedule, variance, num_steps=num_steps, spacing="leading")
+        sampler = DDPMSampler(schedule, variance=variance, num_steps=num_steps, spacing="leading")
         assert torch.equal(sampler.timesteps, reference.timesteps)
         for t in sampler.timesteps[[0, 1, num_steps // 2, -2, -1]].tolist():
             ours = sampler.step(output, t, x, noise=noise)

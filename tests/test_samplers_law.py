@@ -207,7 +207,7 @@ def test_ddim_eta_one_is_respaced_ddpm(small_schedule, oracle64):
     for spacing in ("trailing", "linspace", "leading"):
         ddim = DDIMSampler(small_schedule, 10, eta=1.0, clip_denoised=False, spacing=spacing)
         ddpm = DDPMSampler(
-            small_schedule, "fixed_small", clip_denoised=False, num_steps=10, spacing=spacing
+            small_schedule, variance="fixed_small", clip_denoised=False, num_steps=10, spacing=spacing
         )
         assert torch.equal(ddim.timesteps, ddpm.timesteps)
         a, b = (

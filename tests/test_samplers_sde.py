@@ -123,7 +123,7 @@ def test_reverse_sde_approaches_the_data_law(schedule):
 
 # ----------------------------------------------------------------------------- PC
 def test_predictor_corrector(schedule, oracle64, generator):
-    sampler = SDESampler(schedule, 200, "predictor_corrector", clip_denoised=False,
+    sampler = SDESampler(schedule, 200, method="predictor_corrector", clip_denoised=False,
                          corrector_steps=1)
     x, trajectory = sampler.sample(oracle64, SHAPE, generator=generator, dtype=torch.float64,
                                    return_trajectory=True)
@@ -135,7 +135,7 @@ def test_predictor_corrector(schedule, oracle64, generator):
 def test_reverse_diffusion_predictor_law(schedule, oracle64, generator):
     """Without correctors, PC is Song et al.'s reverse-diffusion predictor: an affine chain
     x <- (2 - sqrt(1 - beta)) x + beta score + sqrt(beta) z on the grid's betas."""
-    sampler = SDESampler(schedule, 30, "predictor_corrector", corrector_steps=0,
+    sampler = SDESampler(schedule, 30, method="predictor_corrector", corrector_steps=0,
                          clip_denoised=False)
     x = sampler.sample(oracle64, SHAPE, generator=generator, dtype=torch.float64)
     abar = [float(schedule.alphas_cumprod[t]) for t in sampler.grid.tolist()]
@@ -152,7 +152,7 @@ def test_reverse_diffusion_predictor_law(schedule, oracle64, generator):
         mean, var = gain * mean + shift, gain**2 * var + noise
     assert_law(x, mean, var)
     # the corrector moves the law: with it the law is a different one (closer to the data)
-    corrected = SDESampler(schedule, 30, "predictor_corrector", corrector_steps=2,
+    corrected = SDESampler(schedule, 30, method="predictor_corrector", corrector_steps=2,
                            clip_denoised=False).sample(oracle64, SHAPE, generator=generator,
                                                        dtype=torch.float64)
     assert abs(float(corrected.var()) - STD**2) < abs(var - STD**2)
@@ -180,7 +180,7 @@ def test_heun_is_second_order(schedule, oracle64):
 
 
 def test_heun_full_run_matches_data_law(schedule, oracle64, generator):
-    sampler = SDESampler(schedule, 40, "heun", clip_denoised=False)
+    sampler = SDESampler(schedule, 40, method="heun", clip_denoised=False)
     x = sampler.sample(oracle64, SHAPE, generator=generator, dtype=torch.float64)
     assert abs(float(x.mean()) - MU) < 0.02 and abs(float(x.var()) - STD**2) < 0.01
 
@@ -239,7 +239,7 @@ def test_step_loop_equals_sample_for_euler_maruyama(small_schedule, oracle):
         z = torch.randn(4, 3, generator=generator)
         manual = sampler.step(oracle(manual, torch.full((4,), t)), t, manual, noise=z)
     torch.testing.assert_close(manual, x)
-    heun = SDESampler(small_schedule, 10, "heun")
+    heun = SDESampler(small_schedule, 10, method="heun")
     with pytest.raises(NotImplementedError, match="euler_maruyama"):
         heun.step(torch.zeros(4, 3), int(heun.timesteps[0]), torch.zeros(4, 3))
 
@@ -252,7 +252,7 @@ def test_any_rank_and_guidance(small_schedule, generator):
         return 0.1 * x + (0.0 if y is None else 0.01 * y.reshape(-1, *([1] * (x.ndim - 1))))
 
     for method in ("euler_maruyama", "predictor_corrector", "heun", "adaptive"):
-        sampler = SDESampler(small_schedule, 8, method, atol=0.05, rtol=0.2)
+        sampler = SDESampler(small_schedule, 8, method=method, atol=0.05, rtol=0.2)
         x = sampler.sample(model, (2, 1, 3, 3), generator=generator,
                            model_kwargs={"y": torch.tensor([1, 2])}, guidance_scale=2.0)
         assert x.shape == (2, 1, 3, 3) and bool(torch.isfinite(x).all())
@@ -280,9 +280,9 @@ def test_cuda_graphs_equal_eager_without_recompiles(small_schedule):
     mask = torch.zeros(1, 1, 8, 8, device=device)
     mask[..., :4] = 1
     runs = [
-        (SDESampler(small_schedule, 12, "euler_maruyama"), "sample"),
-        (SDESampler(small_schedule, 12, "predictor_corrector", corrector_steps=2), "sample"),
-        (SDESampler(small_schedule, 12, "heun"), "sample"),
+        (SDESampler(small_schedule, 12, method="euler_maruyama"), "sample"),
+        (SDESampler(small_schedule, 12, method="predictor_corrector", corrector_steps=2), "sample"),
+        (SDESampler(small_schedule, 12, method="heun"), "sample"),
         (DDPMSampler(small_schedule, num_steps=12, variance=table), "sample"),
         (DDPMSampler(small_schedule, num_steps=12), "inpaint"),
     ]

@@ -1,7 +1,9 @@
-"""The sampling loop, written once, and what every sampler shares.
+"""What every sampler shares: its timesteps, its coefficient table, ``step`` and the public
+runs (``sample``, ``img2img``, ``inpaint``) that hand a :class:`~ddpm_lib.samplers.loop.RunSpec`
+to the one loop (``ddpm_lib.samplers.loop``; guidance in ``ddpm_lib.samplers.guidance``).
 
 A sampler is a list of model timesteps (:attr:`Sampler.timesteps`, descending) and an update
-that maps ``(x_t, model output)`` at one timestep to the sample at the next. This module owns
+that maps ``(x_t, model output)`` at one timestep to the sample at the next. The loop owns
 everything else: the initial noise (or a given ``x_T``), calling the model, classifier-free
 guidance, the progress bar, the trajectory, the check for non-finite values and compilation.
 
@@ -14,22 +16,18 @@ Notation (Ho et al. 2020; Song et al. 2021; Lu et al. 2022), with 0-based timest
 ``index`` / position    where a step sits in :attr:`Sampler.timesteps` (0 = noisiest)
 =====================  ==============================================================
 
-The hot loop is free of host synchronisation: every per-step coefficient is read from a
-table on the sample's device, indexed by a ``(B,)`` tensor of positions; the noise of each
-step is drawn eagerly from the ``torch.Generator`` and passed in; non-finite values are
-recorded in a device flag that is read every ``NONFINITE_CHECK_EVERY`` steps and at the end.
+The names that lived here before the split (``SampleTrajectory``, ``GuidanceOptions``,
+``apply_guidance``, ``rescale_guidance``, ``randn``, ...) are still importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
 from .._checks import check_choice, check_finite, check_floating, check_tensor
 from ..conditioning import NULL_CLASS, guidance_kwargs  # noqa: F401 (NULL_CLASS: as before)
@@ -38,58 +36,35 @@ from ..schedule import (
     NoiseSchedule,
     x0_eps_from_prediction,
 )
-from .grids import (  # noqa: F401 (SPACINGS and spaced_timesteps: re-exported, as before)
+from .grids import (  # noqa: F401 (SPACINGS, spaced_timesteps, check_num_steps: as before)
     SPACINGS,
+    check_num_steps,
     check_timestep_list,
     grid_timesteps,
     spaced_timesteps,
 )
-
-COMPILE_CHOICES = ("auto", True, False)
-#: the non-finite flag is read (one host sync) every this many steps, and after the last one
-NONFINITE_CHECK_EVERY = 50
-
-
-class SampleTrajectory(NamedTuple):
-    """What ``sample(..., return_trajectory=True)`` returns next to the final sample.
-
-    Attributes:
-        timesteps: ``(S,)`` long tensor, the model timesteps of the ``S`` steps taken, one per
-            model call (:attr:`num_model_calls`), in the order of the calls.
-        samples: ``S + 1`` tensors shaped like the sample: the starting ``x_t`` and the sample
-            after each step (the last entry is the returned sample).
-        predicted_x0: ``S`` tensors, the model's (clipped or thresholded) ``x0`` at each step.
-    """
-
-    timesteps: torch.Tensor
-    samples: list[torch.Tensor]
-    predicted_x0: list[torch.Tensor]
-
-    @property
-    def num_model_calls(self) -> int:
-        """How many times the model was called (one batched call per step, also with guidance)."""
-        return int(self.timesteps.shape[0])
-
-
-class _DeviceTables(NamedTuple):
-    """Per-(device, dtype) copies of what the hot loop reads, built once and cached."""
-
-    coefficients: torch.Tensor  # (N, K) in the sample's dtype: one row per position
-    timesteps: torch.Tensor  # (N,) long: model timestep of each position
-    positions: torch.Tensor  # (T,) long: position of each timestep, -1 when not used
-    schedule: NoiseSchedule  # the sampler's schedule with its tables on the device
-
-
-def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
-    """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
-    if not 1 <= int(num_steps) <= num_timesteps:
-        raise ValueError(
-            f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
-            f"got {num_steps}"
-        )
-    return int(num_steps)
+from .guidance import (  # noqa: F401 (re-exported: these lived here before)
+    GuidanceOptions,
+    _check_guidance_options,
+    _check_guidance_scale,
+    apply_guidance,
+    rescale_guidance,
+)
+from .inpaint import inpaint_run
+from .loop import (  # noqa: F401 (re-exported: these lived here before)
+    COMPILE_CHOICES,
+    NONFINITE_CHECK_EVERY,
+    RunOptions,
+    RunSpec,
+    SampleTrajectory,
+    SamplingLoop,
+    _DeviceTables,
+    _model_device,
+    _unwrap,
+    check_generator,
+    randn,
+    starting_noise,
+)
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -105,98 +80,8 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(x0, -s), s) / s
 
 
-class GuidanceOptions(NamedTuple):
-    """How classifier-free guidance is applied beyond its scale (see :meth:`Sampler.sample`).
-
-    Attributes:
-        rescale: ``phi`` of guidance rescale (Lin et al. 2024, Eq. 15-16); 0 turns it off.
-        interval: ``(t_lo, t_hi)``: guide only at model timesteps ``t_lo <= t <= t_hi``
-            (Kynkaanniemi et al. 2024); ``None``: at every step.
-    """
-
-    rescale: float = 0.0
-    interval: tuple[float, float] | None = None
-
-
-def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """Guidance rescale of Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps
-    are Flawed", Eq. 15-16 (diffusers' ``rescale_noise_cfg``).
-
-    ``rescaled = guided * std(cond) / std(guided)`` (Eq. 15), with standard deviations per
-    sample over every non-batch dimension, then ``phi * rescaled + (1 - phi) * guided``
-    (Eq. 16). It brings the guided prediction back to the conditional prediction's scale,
-    which counters the over-exposure of large guidance scales.
-
-    Args:
-        guided: the guided prediction ``(B, ...)``.
-        cond: the conditional prediction, same shape.
-        phi: the mixing weight in ``[0, 1]``.
-    """
-    dims = tuple(range(1, guided.ndim))
-    std_cond = cond.std(dim=dims, keepdim=True)  # (B, 1, ..., 1)
-    std_guided = guided.std(dim=dims, keepdim=True)
-    rescaled = guided * (std_cond / std_guided)
-    return phi * rescaled + (1.0 - phi) * guided
-
-
-def apply_guidance(
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    t: torch.Tensor,
-    guidance_scale: float,
-    options: GuidanceOptions | None = None,
-) -> torch.Tensor:
-    """Classifier-free guidance ``uncond + w (cond - uncond)`` (Ho & Salimans 2022), then the
-    guidance rescale and interval of ``options``.
-
-    Outside the interval the conditional prediction is returned unchanged. The interval test
-    is a ``torch.where`` on ``t``, so nothing synchronises with the device and one compiled
-    graph serves every step.
-
-    Args:
-        cond, uncond: the two predictions ``(B, ...)``.
-        t: ``(B,)`` model timesteps of the step.
-        guidance_scale: ``w``.
-        options: rescale and interval; ``None`` for plain guidance.
-    """
-    guided = uncond + guidance_scale * (cond - uncond)
-    if options is None:
-        return guided
-    if options.rescale:
-        guided = rescale_guidance(guided, cond, options.rescale)
-    if options.interval is not None:
-        low, high = options.interval
-        inside = ((t >= low) & (t <= high)).reshape(-1, *((1,) * (cond.ndim - 1)))  # (B, 1, ..)
-        guided = torch.where(inside, guided, cond)
-    return guided
-
-
-def randn(
-    shape: Sequence[int],
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Standard normal noise on ``device``, drawn from ``generator`` wherever that lives.
-
-    A CPU generator with a CUDA sample draws on the CPU and copies, so a seed gives the same
-    noise on every device (as diffusers' ``randn_tensor``).
-    """
-    if generator is not None and generator.device.type != torch.device(device).type:
-        return torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-def _check_generator(generator: Any) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None; got {type(generator).__name__}"
-        )
-    return generator
-
-
-class Sampler:
-    """Base class of the samplers: owns the loop; a subclass defines timesteps and update.
+class Sampler(SamplingLoop):
+    """Base class of the samplers: runs the one loop; a subclass defines timesteps and update.
 
     Args:
         schedule: the forward process the model was trained with.
@@ -225,7 +110,9 @@ class Sampler:
     A subclass sets ``_uses_noise`` and implements ``_make_timesteps``,
     ``_coefficient_table`` (one float64 row of per-step constants per position) and
     ``_update``; it may override ``_initial_state`` when the update carries state (a
-    multistep solver).
+    multistep solver). A sampler that cannot take single steps, start later or follow a plan
+    sets ``supports_step`` / ``supports_img2img`` / ``supports_inpaint`` (and
+    ``supports_compile``) to ``False``: see :class:`~ddpm_lib.samplers.loop.SamplingLoop`.
     """
 
     #: whether a step adds fresh Gaussian noise (then it is drawn for every step)
@@ -408,13 +295,9 @@ class Sampler:
             the samples ``(B, ...)`` (in ``[-1, 1]`` when ``clip_denoised``), and the
             trajectory when asked.
         """
-        generator = _check_generator(generator)
-        x = self._starting_noise(model, shape, x_T, generator, device, dtype)
-        return self._run(
-            model, x, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
-        )
+        options = RunOptions.from_arguments(locals())
+        x = starting_noise(model, shape, x_T, generator, device, dtype)
+        return self._run(RunSpec(model, x, options))
 
     @torch.no_grad()
     def img2img(
@@ -448,7 +331,8 @@ class Sampler:
 
         The other arguments are those of :meth:`sample`.
         """
-        generator = _check_generator(generator)
+        self._require("img2img")
+        options = RunOptions.from_arguments(locals())
         check_floating("x0", x0)
         if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
             raise TypeError(f"strength must be a float in (0, 1]; got {type(strength).__name__}")
@@ -464,11 +348,7 @@ class Sampler:
         if noise is None:
             noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.schedule.q_sample(x0, self._timestep_list[start], noise=noise)
-        return self._run(
-            model, x_t, start, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
-        )
+        return self._run(RunSpec(model, x_t, options, start=start))
 
     @torch.no_grad()
     def inpaint(
@@ -514,15 +394,13 @@ class Sampler:
             the inpainted samples (and the trajectory when asked), with the known part equal to
             ``image`` exactly where ``mask == 1``.
         """
-        from .inpaint import inpaint
-
-        return inpaint(
-            self, model, image, mask, resample=resample, jump_length=jump_length,
-            generator=_check_generator(generator), x_T=x_T, model_kwargs=model_kwargs,
-            guidance_scale=guidance_scale, unconditional_kwargs=unconditional_kwargs,
-            progress=progress, return_trajectory=return_trajectory, compile=compile,
-            guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
+        self._require("inpaint")
+        options = RunOptions.from_arguments(locals())
+        x_T, plan, hook = inpaint_run(
+            self.schedule, self._timestep_list, image, mask, resample, jump_length, x_T,
+            generator,
         )
+        return self._run(RunSpec(model, x_T, options, plan=plan, hook=hook))
 
     def step(
         self,
@@ -549,13 +427,14 @@ class Sampler:
         :meth:`sample`. A multistep solver remembers the previous ``x0`` between calls: a
         call continues the run when its position follows the previous call's.
         """
+        self._require("step")
         check_floating("x_t", x_t)
         check_tensor("model_output", model_output)
         self._check_output(model_output, x_t, x_t.shape[0])
         index = self._position(t, x_t)
         if self._uses_noise:
             if noise is None:
-                noise = randn(x_t.shape, _check_generator(generator), x_t.device, x_t.dtype)
+                noise = randn(x_t.shape, check_generator(generator), x_t.device, x_t.dtype)
             else:
                 check_floating("noise", noise)
                 if noise.shape != x_t.shape:
@@ -575,220 +454,7 @@ class Sampler:
             self._step_memory = (index, state, x_t.shape)
         return x_prev
 
-    # ------------------------------------------------------------------ the loop
-    def _run(
-        self,
-        model: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        start: int,
-        generator: torch.Generator | None,
-        model_kwargs: Mapping[str, Any] | None,
-        guidance_scale: float | None,
-        unconditional_kwargs: Mapping[str, Any] | None,
-        progress: bool,
-        return_trajectory: bool,
-        compile: bool | str,
-        guidance_rescale: float = 0.0,
-        guidance_interval: tuple[float, float] | None = None,
-        plan: Iterable[int] | None = None,
-        hook: Any = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
-        """The loop. ``plan`` replaces the in-order positions (a run with jumps back, which
-        ``hook.jump(x, level, position)`` re-noises); ``hook.start`` / ``hook.after_step(x, level)``
-        see the sample before the first step and after each (inpainting's replacement)."""
-        if not callable(model):
-            raise TypeError(f"model must be callable; got {type(model).__name__}")
-        use_compile = _resolve_compile(compile, x.device)
-        guidance_scale = _check_guidance_scale(guidance_scale)
-        guidance = _check_guidance_options(guidance_scale, guidance_rescale, guidance_interval)
-        batch, device = x.shape[0], x.device
-        kwargs = self._model_kwargs(model_kwargs, unconditional_kwargs, guidance_scale, batch)
-        tables = self._tables(device, x.dtype)
-        if use_compile:
-            step = self._compiled_step(device.type)
-            cuda_graphs = device.type == "cuda"
-        else:
-            step, cuda_graphs = self._model_step, False
-        state = self._initial_state(x)
-        # first position whose model output / sample is non-finite, -1 while none is
-        nonfinite = torch.full((2,), -1, dtype=torch.long, device=device)
-        first = torch.zeros((), dtype=x.dtype, device=device)
-        later = torch.ones((), dtype=x.dtype, device=device)
-        samples: list[torch.Tensor] = [x]  # filled when return_trajectory
-        predicted_x0: list[torch.Tensor] = []
-        called: list[torch.Tensor] = []  # the model timestep of each call, for the trajectory
-
-        # the positions visited: in order, or a plan with jumps back (RePaint resampling)
-        positions = self._positions(start) if plan is None else plan
-        if progress:
-            from tqdm.auto import tqdm
-
-            positions = tqdm(positions, desc=type(self).__name__, leave=False)
-        if hook is not None:
-            x = hook.start(x, start)
-        previous = None
-        for i in positions:
-            follows = previous is not None and i == previous + 1
-            if hook is not None and previous is not None and not follows:
-                x = hook.jump(x, previous + 1, i)  # back up: re-noise to position i's level
-                state = self._initial_state(x)
-            t = self._model_timestep(i, state, batch, device)
-            # compiled: the position as a tensor, so that one graph serves every step; eager:
-            # a python int, so that the step reads python floats (fewer kernels)
-            index = torch.full((batch,), i, dtype=torch.long, device=device) if use_compile else i
-            noise = randn(x.shape, generator, device, x.dtype) if self._uses_noise else None
-            continuing: torch.Tensor | float
-            if use_compile:
-                continuing = later if follows else first
-            else:
-                continuing = 1.0 if follows else 0.0
-            arguments = (model, x, t, index, noise, state, continuing, nonfinite, tables, kwargs,
-                         guidance_scale, guidance)
-            if use_compile and i == start:
-                x, x0, state, nonfinite = self._first_compiled_call(step, arguments)
-            else:
-                x, x0, state, nonfinite = step(*arguments)
-            if cuda_graphs:  # the graph's outputs are overwritten by its next replay
-                x, x0, nonfinite = x.clone(), x0.clone(), nonfinite.clone()
-                state = tuple(s.clone() for s in state)
-            if hook is not None:
-                x = hook.after_step(x, i + 1)
-            if return_trajectory:
-                samples.append(x)
-                predicted_x0.append(x0)
-                called.append(t[0])
-            if (i + 1 - start) % NONFINITE_CHECK_EVERY == 0:
-                self._raise_if_nonfinite(nonfinite)
-            previous = i
-            if self._finished(state):
-                break
-        self._raise_if_nonfinite(nonfinite)
-        if return_trajectory:
-            timesteps = torch.stack(called).cpu() if called else self._timesteps[:0].clone()
-            return x, SampleTrajectory(timesteps, samples, predicted_x0)
-        return x
-
-    # the loop's three extension points, for samplers whose run is not "each position once"
-    def _positions(self, start: int) -> Iterable[int]:
-        """The positions a run visits from ``start``: each once, in order (adaptive: until done)."""
-        return range(start, len(self._timestep_list))
-
-    def _model_timestep(
-        self, index: int, state: tuple[Any, ...], batch: int, device: torch.device
-    ) -> torch.Tensor:
-        """The ``(B,)`` model timestep of position ``index`` (adaptive solvers: from ``state``)."""
-        return torch.full((batch,), self._timestep_list[index], dtype=torch.long, device=device)
-
-    def _finished(self, state: tuple[Any, ...]) -> bool:
-        """Whether the run ends before its positions do (an adaptive solver that reached 0)."""
-        return False
-
-    def _model_step(
-        self,
-        model: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        t: torch.Tensor,
-        index: int | torch.Tensor,
-        noise: torch.Tensor | None,
-        state: tuple[torch.Tensor, ...],
-        continuing: torch.Tensor,
-        nonfinite: torch.Tensor,
-        tables: _DeviceTables,
-        kwargs: dict[str, Any],
-        guidance_scale: float | None,
-        guidance: GuidanceOptions | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-        """The loop body, compiled as one graph: model call, guidance, update, finiteness flag.
-
-        ``t`` is the ``(B,)`` model timestep; ``index`` the position, an int or a ``(B,)`` tensor.
-        """
-        model_output = self._call_model(model, x, t, kwargs, guidance_scale, guidance)
-        coefficients = self._coefficients(index, tables, x)
-        x_next, x0, state = self._update(
-            coefficients, index, tables, model_output, x, noise, state, continuing
-        )
-        # one float32 sum per tensor: NaN or inf anywhere makes it non-finite (a cheap check)
-        sums = torch.stack([model_output.sum(dtype=torch.float32), x_next.sum(dtype=torch.float32)])
-        bad = ~torch.isfinite(sums)
-        position = index if isinstance(index, int) else index[0]
-        nonfinite = torch.where((nonfinite < 0) & bad, position, nonfinite)
-        return x_next, x0, state, nonfinite
-
-    def _first_compiled_call(self, step: Callable, arguments: tuple) -> tuple:
-        """Run the compiled step the first time; if tracing fails, rerun it eagerly so that the
-        user sees our error (a bad model output shape, ...) rather than the compiler's."""
-        try:
-            return step(*arguments)
-        except Exception as compile_error:
-            self._model_step(*arguments)  # raises the eager error, if there is one
-            raise compile_error
-
-    def _compiled_step(self, device_type: str) -> Callable:
-        """The one place that compiles: the loop body, never the user's model in place.
-
-        On CUDA the compiled step also runs as a CUDA graph (``mode="reduce-overhead"``).
-        """
-        compiled = self._compiled.get(device_type)
-        if compiled is None:
-            mode = "reduce-overhead" if device_type == "cuda" else None
-            compiled = torch.compile(self._model_step, fullgraph=True, dynamic=False, mode=mode)
-            self._compiled[device_type] = compiled
-        return compiled
-
-    def _call_model(
-        self,
-        model: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        t: torch.Tensor,
-        kwargs: dict[str, Any],
-        guidance_scale: float | None,
-        guidance: GuidanceOptions | None = None,
-    ) -> torch.Tensor:
-        """Call the model; with guidance, once on ``[x, x]`` and combine the two halves.
-
-        A model whose output has a ``.sample`` tensor (a diffusers model) is unwrapped here.
-        """
-        batch = x.shape[0]
-        if guidance_scale is None:
-            model_output = _unwrap(model(x, t, **kwargs))
-            self._check_output(model_output, x, batch)
-            return model_output
-        model_output = _unwrap(model(torch.cat([x, x]), torch.cat([t, t]), **kwargs))
-        self._check_output(model_output, x, 2 * batch)
-        cond, uncond = model_output[:batch], model_output[batch:]
-        if not self._learns_variance:
-            return apply_guidance(cond, uncond, t, guidance_scale, guidance)
-        # guide the prediction half only; keep the conditional variance values
-        channels = x.shape[1]
-        guided = apply_guidance(
-            cond[:, :channels], uncond[:, :channels], t, guidance_scale, guidance
-        )
-        return torch.cat([guided, cond[:, channels:]], dim=1)
-
     # ------------------------------------------------------------------ helpers
-    @property
-    def _learns_variance(self) -> bool:
-        return self.learn_sigma
-
-    def _expected_output_shape(self, x: torch.Tensor, batch: int) -> tuple[int, ...]:
-        if self._learns_variance:
-            return (batch, 2 * x.shape[1], *x.shape[2:])
-        return (batch, *x.shape[1:])
-
-    def _check_output(self, model_output: Any, x: torch.Tensor, batch: int) -> None:
-        if not isinstance(model_output, torch.Tensor):
-            raise TypeError(
-                f"model must return a torch.Tensor; got {type(model_output).__name__} "
-                "(wrap models that return an output object, e.g. lambda x, t: unet(x, t).sample)"
-            )
-        expected = self._expected_output_shape(x, batch)
-        if tuple(model_output.shape) != expected:
-            what = "twice the channels of x_t" if self._learns_variance else "the shape of x_t"
-            raise ValueError(
-                f"model returned shape {tuple(model_output.shape)}; expected {expected} "
-                f"({what}, batch {batch})"
-            )
-
     def _process_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding, else clipping to ``[-1, 1]``, else nothing."""
         if self.dynamic_threshold is not None:
@@ -909,45 +575,6 @@ class Sampler:
         continuing = (torch.as_tensor(index, device=x_t.device) == last + 1).to(x_t.dtype)
         return state, continuing.reshape(-1, *((1,) * (x_t.ndim - 1)))
 
-    def _starting_noise(
-        self,
-        model: Any,
-        shape: Sequence[int] | None,
-        x_T: torch.Tensor | None,
-        generator: torch.Generator | None,
-        device: torch.device | str | None,
-        dtype: torch.dtype | None,
-    ) -> torch.Tensor:
-        if shape is not None:
-            if isinstance(shape, torch.Size):
-                shape = tuple(shape)
-            if (
-                not isinstance(shape, (tuple, list))
-                or len(shape) < 1
-                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                           and int(s) > 0 for s in shape)
-            ):
-                raise ValueError(f"shape must be a tuple of positive ints (B, ...); got {shape!r}")
-            shape = tuple(int(s) for s in shape)
-        if x_T is not None:
-            check_floating("x_T", x_T)
-            if shape is not None:
-                if shape[0] != x_T.shape[0]:
-                    raise ValueError(
-                        f"shape has batch size {shape[0]} but x_T has batch size {x_T.shape[0]}; "
-                        f"shape must equal x_T.shape {tuple(x_T.shape)}"
-                    )
-                if shape != tuple(x_T.shape):
-                    raise ValueError(f"shape {shape} must equal x_T.shape {tuple(x_T.shape)}")
-            return x_T
-        if shape is None:
-            raise ValueError("shape must be given when x_T is None; got shape=None")
-        if device is None:
-            device = _model_device(model)
-        if dtype is None:
-            dtype = torch.get_default_dtype()
-        return randn(shape, generator, torch.device(device), dtype)
-
     def _model_kwargs(
         self,
         model_kwargs: Mapping[str, Any] | None,
@@ -978,102 +605,7 @@ class Sampler:
             return cond
         return guidance_kwargs(cond, unconditional_kwargs, batch)
 
-    def _raise_if_nonfinite(self, nonfinite: torch.Tensor) -> None:
-        model_position, sample_position = (int(v) for v in nonfinite.tolist())
-        if model_position >= 0:
-            raise FloatingPointError(self._nonfinite_message("the model output", model_position))
-        if sample_position >= 0:
-            raise FloatingPointError(self._nonfinite_message("the sample", sample_position))
-
-    def _nonfinite_message(self, what: str, position: int) -> str:
-        return (
-            f"{what} contains NaN or inf at step {position + 1} of {self.num_steps} "
-            f"(t = {self._timestep_list[position]}); {type(self).__name__} stopped instead of "
-            f"returning a non-finite sample"
-        )
-
-
-def _unwrap(model_output: Any) -> Any:
-    """The tensor of a diffusers output object (``UNet2DOutput.sample``); anything else as is."""
-    if not isinstance(model_output, torch.Tensor):
-        sample = getattr(model_output, "sample", None)
-        if isinstance(sample, torch.Tensor):
-            return sample
-    return model_output
-
-
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
     return value
-
-
-def _check_guidance_scale(guidance_scale: Any) -> float | None:
-    if guidance_scale is None:
-        return None
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(
-            f"guidance_scale must be a float or None; got {type(guidance_scale).__name__}"
-        )
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be finite; got {guidance_scale!r}")
-    return float(guidance_scale)
-
-
-def _check_guidance_options(
-    guidance_scale: float | None, guidance_rescale: Any, guidance_interval: Any
-) -> GuidanceOptions | None:
-    """Validate ``guidance_rescale`` and ``guidance_interval``; ``None`` when both are off."""
-    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real):
-        raise TypeError(
-            f"guidance_rescale must be a float in [0, 1]; got {type(guidance_rescale).__name__}"
-        )
-    if not 0.0 <= float(guidance_rescale) <= 1.0:
-        raise ValueError(f"guidance_rescale must be in [0, 1]; got {guidance_rescale!r}")
-    interval = None
-    if guidance_interval is not None:
-        if (
-            not isinstance(guidance_interval, (tuple, list))
-            or len(guidance_interval) != 2
-            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                       for v in guidance_interval)
-        ):
-            raise TypeError(
-                "guidance_interval must be a pair (t_lo, t_hi) of model timesteps or None; "
-                f"got {guidance_interval!r}"
-            )
-        low, high = (float(v) for v in guidance_interval)
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"guidance_interval must be finite; got {tuple(guidance_interval)}")
-        if low > high:
-            raise ValueError(
-                f"guidance_interval must have t_lo <= t_hi; got {tuple(guidance_interval)}"
-            )
-        interval = (low, high)
-    if guidance_scale is None and (guidance_rescale or interval is not None):
-        raise ValueError(
-            "guidance_rescale and guidance_interval modify classifier-free guidance and need "
-            f"guidance_scale; got guidance_scale=None with guidance_rescale={guidance_rescale!r}, "
-            f"guidance_interval={guidance_interval!r}"
-        )
-    if not guidance_rescale and interval is None:
-        return None
-    return GuidanceOptions(float(guidance_rescale), interval)
-
-
-def _resolve_compile(compile: Any, device: torch.device) -> bool:
-    if not any(compile is choice or (isinstance(compile, str) and compile == choice)
-               for choice in COMPILE_CHOICES):
-        raise ValueError(f"compile must be 'auto', True or False; got {compile!r}")
-    if compile == "auto":
-        return device.type == "cuda"
-    return bool(compile)
-
-
-def _model_device(model: Any) -> torch.device:
-    if isinstance(model, nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-        for buffer in model.buffers():
-            return buffer.device
-    return torch.device("cpu")

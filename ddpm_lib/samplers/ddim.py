@@ -22,9 +22,11 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_floating
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .analytic_variance import AnalyticVariance, analytic_table
-from .base import SPACINGS, SampleTrajectory, Sampler, _DeviceTables
+from .base import SPACINGS, Sampler
+from .loop import RunOptions, RunSpec, SampleTrajectory, _DeviceTables
 
 
 def ddim_update(
@@ -97,10 +99,15 @@ class DDIMSampler(Sampler):
     eta: float
     spacing: str
 
+    @keyword_only_after((
+        "num_steps", "eta", "prediction", "clip_denoised", "spacing", "dynamic_threshold",
+        "learn_sigma", "timesteps", "variance"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
+        *,
         eta: float = 0.0,
         prediction: str = "eps",
         clip_denoised: bool = True,
@@ -109,7 +116,6 @@ class DDIMSampler(Sampler):
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
         variance: AnalyticVariance | None = None,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         self.analytic = analytic_table(variance, schedule, allow_strings=False)
@@ -190,10 +196,8 @@ class DDIMSampler(Sampler):
         if inversion is None:
             inversion = _DDIMInversion(self)
             self._inversion = inversion
-        return inversion._run(
-            model, x0, 0, None, model_kwargs, guidance_scale, unconditional_kwargs,
-            progress, return_trajectory, compile,
-        )
+        options = RunOptions.from_arguments(locals())  # no generator: deterministic
+        return inversion._run(RunSpec(model, x0, options))
 
 
 class _DDIMInversion(Sampler):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice
+from .._deprecation import keyword_only_after
 from ..schedule import VARIANCE_TYPES, NoiseSchedule
 from .analytic_variance import AnalyticVariance, analytic_table
 from .base import SPACINGS, Sampler, _DeviceTables, check_num_steps
@@ -60,17 +61,21 @@ class DDPMSampler(Sampler):
     _uses_noise = True
     _reads_eps = False  # mu-tilde(x_t, x0): eq. 7 reads x0 and x_t only
 
+    @keyword_only_after((
+        "variance", "prediction", "clip_denoised", "num_steps", "spacing", "dynamic_threshold",
+        "timesteps"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
+        num_steps: int | None = None,
+        *,
         variance: str | AnalyticVariance = "fixed_small",
         prediction: str = "eps",
         clip_denoised: bool = True,
-        num_steps: int | None = None,
         spacing: str = "linspace",
         dynamic_threshold: float | None = None,
         timesteps: Sequence[int] | torch.Tensor | None = None,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):

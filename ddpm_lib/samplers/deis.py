@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .multistep import Levels, MultistepSampler
 
@@ -91,10 +92,15 @@ class DEISSampler(MultistepSampler):
     _reads_eps = True
     default_num_steps = 10
 
+    @keyword_only_after((
+        "num_steps", "order", "prediction", "clip_denoised", "spacing", "final_step",
+        "lower_order_final", "dynamic_threshold", "learn_sigma", "timesteps"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
+        *,
         order: int = 3,
         prediction: str = "eps",
         clip_denoised: bool = True,
@@ -104,13 +110,13 @@ class DEISSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
-            schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
-            lower_order_final, dynamic_threshold, learn_sigma, timesteps,
-            use_clipped_model_output,
+            schedule, num_steps, order=order, prediction=prediction, clip_denoised=clip_denoised,
+            spacing=spacing, final_step=final_step, lower_order_final=lower_order_final,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

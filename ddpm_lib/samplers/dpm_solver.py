@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .multistep import Levels, MultistepSampler
 
@@ -87,10 +88,15 @@ class DPMSolverSampler(MultistepSampler):
 
     default_num_steps = 20
 
+    @keyword_only_after((
+        "num_steps", "prediction", "clip_denoised", "spacing", "dynamic_threshold",
+        "learn_sigma", "timesteps", "order", "final_step", "lower_order_final"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
+        *,
         prediction: str = "eps",
         clip_denoised: bool = True,
         spacing: str = "logsnr",
@@ -100,13 +106,13 @@ class DPMSolverSampler(MultistepSampler):
         order: int = 2,
         final_step: str = "solver",
         lower_order_final: bool = True,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
-            schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
-            lower_order_final, dynamic_threshold, learn_sigma, timesteps,
-            use_clipped_model_output,
+            schedule, num_steps, order=order, prediction=prediction, clip_denoised=clip_denoised,
+            spacing=spacing, final_step=final_step, lower_order_final=lower_order_final,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

@@ -151,6 +151,18 @@ def _check_grid(timesteps: torch.Tensor, num_steps: int, num_timesteps: int, spa
         )
 
 
+def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
+    """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
+    if not 1 <= int(num_steps) <= num_timesteps:
+        raise ValueError(
+            f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
+            f"got {num_steps}"
+        )
+    return int(num_steps)
+
+
 def check_timestep_list(timesteps: Any, num_timesteps: int) -> torch.Tensor:
     """Validate an explicit ``timesteps=[...]`` argument and return it as a ``(N,)`` long tensor.
 

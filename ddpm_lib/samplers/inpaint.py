@@ -13,21 +13,23 @@ with ``q(x_{t'} | x_t) = N(sqrt(abar_{t'} / abar_t) x_t, (1 - abar_{t'} / abar_t
 level ``jump_length`` positions earlier, and that stretch is run again, ``resample - 1``
 extra times (the paper's jump length ``j`` and resampling count ``r``; its Fig. 3 schedule).
 
-The plan of positions (with its jumps back) is handed to the loop of
-:class:`~ddpm_lib.samplers.base.Sampler`, which calls :class:`Replacement` before the first
-step, after each step and at each jump; nothing here calls the model.
+The plan of positions (with its jumps back) and the :class:`Replacement` hook go into the
+:class:`~ddpm_lib.samplers.loop.RunSpec` that :meth:`Sampler.inpaint
+<ddpm_lib.samplers.Sampler.inpaint>` hands to the loop, which calls the hook before the first
+step, after each step and at each jump; nothing here calls the model or knows the sampler.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from .._checks import check_finite, check_floating, check_tensor
-from .base import SampleTrajectory, Sampler, randn
+from ..schedule import NoiseSchedule
+from .loop import randn
 
 
 def repaint_plan(num_positions: int, start: int, resample: int, jump_length: int) -> list[int]:
@@ -66,13 +68,14 @@ class Replacement:
 
     def __init__(
         self,
-        sampler: Sampler,
+        schedule: NoiseSchedule,
+        timesteps: Sequence[int],
         image: torch.Tensor,
         mask: torch.Tensor,
         generator: torch.Generator | None,
     ) -> None:
-        self.schedule = sampler.schedule
-        self.timesteps = sampler._timestep_list
+        self.schedule = schedule
+        self.timesteps = timesteps
         self.image = image
         self.mask = mask
         self.generator = generator
@@ -136,31 +139,26 @@ def _check_count(name: str, value: Any) -> int:
     return int(value)
 
 
-def inpaint(
-    sampler: Sampler,
-    model: Callable[..., torch.Tensor],
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    resample: int = 1,
-    jump_length: int = 1,
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    guidance_scale: float | None = None,
-    unconditional_kwargs: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    compile: bool | str = "auto",
-    guidance_rescale: float = 0.0,
-    guidance_interval: tuple[float, float] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, SampleTrajectory]:
-    """:meth:`Sampler.inpaint <ddpm_lib.samplers.Sampler.inpaint>`: replacement + RePaint."""
+def inpaint_run(
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int],
+    image: Any,
+    mask: Any,
+    resample: Any,
+    jump_length: Any,
+    x_T: Any,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, list[int], Replacement]:
+    """The checked arguments of :meth:`Sampler.inpaint <ddpm_lib.samplers.Sampler.inpaint>`
+    as what its run needs: the starting noise, the RePaint plan of positions and the hook.
+
+    ``timesteps`` are the sampler's model timesteps in the order of its positions.
+    """
     check_finite("image", check_floating("image", image))
     mask = check_mask(mask, image)
     resample = _check_count("resample", resample)
     jump_length = _check_count("jump_length", jump_length)
-    num_positions = len(sampler._timestep_list)
+    num_positions = len(timesteps)
     if resample > 1 and jump_length >= num_positions:
         raise ValueError(
             f"jump_length must be < the number of steps ({num_positions}) for resampling to "
@@ -175,9 +173,4 @@ def inpaint(
                 f"x_T must have the shape of image {tuple(image.shape)}; got {tuple(x_T.shape)}"
             )
     plan = repaint_plan(num_positions, 0, resample, jump_length)
-    hook = Replacement(sampler, image, mask, generator)
-    return sampler._run(
-        model, x_T, 0, generator, model_kwargs, guidance_scale, unconditional_kwargs,
-        progress, return_trajectory, compile, guidance_rescale=guidance_rescale,
-        guidance_interval=guidance_interval, plan=plan, hook=hook,
-    )
+    return x_T, plan, Replacement(schedule, timesteps, image, mask, generator)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .base import SPACINGS, Sampler, _check_bool, _DeviceTables
 from .grids import grid_timesteps, spaced_timesteps
@@ -79,10 +80,16 @@ class MultistepSampler(Sampler):
     _uses_corrector: bool = False
     _reads_eps = False  # the "x0" form; the "eps" solvers set it
 
+    @keyword_only_after((
+        "num_steps", "order", "prediction", "clip_denoised", "spacing", "final_step",
+        "lower_order_final", "dynamic_threshold", "learn_sigma", "timesteps",
+        "use_clipped_model_output"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None,
+        *,
         order: int,
         prediction: str,
         clip_denoised: bool,

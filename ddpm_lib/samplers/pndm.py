@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .multistep import Levels, MultistepSampler
 
@@ -66,10 +67,15 @@ class PNDMSampler(MultistepSampler):
     _max_order = 4
     default_num_steps = 10
 
+    @keyword_only_after((
+        "num_steps", "order", "prediction", "clip_denoised", "spacing", "final_step",
+        "lower_order_final", "dynamic_threshold", "learn_sigma", "timesteps"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
+        *,
         order: int = 4,
         prediction: str = "eps",
         clip_denoised: bool = True,
@@ -79,13 +85,13 @@ class PNDMSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         super().__init__(
-            schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
-            lower_order_final, dynamic_threshold, learn_sigma, timesteps,
-            use_clipped_model_output,
+            schedule, num_steps, order=order, prediction=prediction, clip_denoised=clip_denoised,
+            spacing=spacing, final_step=final_step, lower_order_final=lower_order_final,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def _predictor_weights(self, levels: Levels, i: int, order: int) -> tuple[float, np.ndarray]:

@@ -37,12 +37,13 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from .._checks import check_choice
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .base import Sampler, _DeviceTables
 from .grids import SPACINGS, check_timestep_list, grid_timesteps
@@ -190,7 +191,10 @@ class SDESampler(Sampler):
 
     :attr:`timesteps` lists the model timestep of every call of a run (a level appears once per
     call made there); :attr:`grid` the distinct levels. :meth:`step`, :meth:`img2img` and
-    :meth:`inpaint` need one call per level: ``method="euler_maruyama"``.
+    :meth:`inpaint` need one call per level: ``method="euler_maruyama"`` (the capability flags
+    ``supports_step``, ``supports_img2img``, ``supports_inpaint`` say so per instance);
+    ``method="adaptive"`` decides its steps on the host and never compiles
+    (``supports_compile``).
     """
 
     method: str
@@ -207,12 +211,15 @@ class SDESampler(Sampler):
     _grid: torch.Tensor | None
     _levels: torch.Tensor
 
+    @keyword_only_after((
+        "num_steps", "method"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int = 100,
-        method: str = "euler_maruyama",
         *,
+        method: str = "euler_maruyama",
         spacing: str = "linspace",
         timesteps: Sequence[int] | torch.Tensor | None = None,
         snr: float = 0.16,
@@ -232,6 +239,9 @@ class SDESampler(Sampler):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
         self.method = check_choice("method", method, METHODS)
+        one_call_per_level = self.method == "euler_maruyama"
+        self.supports_step = self.supports_img2img = self.supports_inpaint = one_call_per_level
+        self.supports_compile = self.method != "adaptive"
         self.snr = _positive("snr", snr, allow_zero=True)
         if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, numbers.Integral):
             raise TypeError(f"corrector_steps must be an int; got {type(corrector_steps).__name__}")
@@ -478,55 +488,18 @@ class SDESampler(Sampler):
             return ()
         return super()._coefficients(index, tables, like)
 
-    def _run(self, model: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any,
-             **kwargs: Any) -> Any:
-        if self.method == "adaptive":
-            compile = args[-1] if len(args) == 8 else kwargs.get("compile", "auto")
-            if compile is True:
-                raise ValueError(
-                    "compile=True is not available with method='adaptive' (its step sizes are "
-                    "decided on the host); use compile=False or 'auto'"
-                )
-            if len(args) == 8:
-                args = (*args[:-1], False)
-            else:
-                kwargs["compile"] = False
-        return super()._run(model, x, *args, **kwargs)
-
     def _nonfinite_message(self, what: str, position: int) -> str:
         if self.method != "adaptive":
             return super()._nonfinite_message(what, position)
         return (f"{what} contains NaN or inf at model call {position + 1}; SDESampler "
                 f"stopped instead of returning a non-finite sample")
 
-    def _one_call_per_level(self, what: str) -> None:
-        if self.method != "euler_maruyama":
-            raise NotImplementedError(
-                f"SDESampler.{what} needs one model call per level: method='euler_maruyama'; "
-                f"got method={self.method!r}"
-            )
-
-    def step(self, model_output: torch.Tensor, t: int | torch.Tensor, x_t: torch.Tensor,
-             generator: torch.Generator | None = None, *,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One Euler-Maruyama step (``method="euler_maruyama"`` only), see :meth:`Sampler.step
-        <ddpm_lib.samplers.Sampler.step>`."""
-        self._one_call_per_level("step")
-        return super().step(model_output, t, x_t, generator, noise=noise)
-
-    def img2img(self, model: Callable[..., torch.Tensor], x0: torch.Tensor, *args: Any,
-                **kwargs: Any) -> Any:
-        """SDEdit (``method="euler_maruyama"`` only), see :meth:`Sampler.img2img
-        <ddpm_lib.samplers.Sampler.img2img>`."""
-        self._one_call_per_level("img2img")
-        return super().img2img(model, x0, *args, **kwargs)
-
-    def inpaint(self, model: Callable[..., torch.Tensor], image: torch.Tensor,
-                mask: torch.Tensor, **kwargs: Any) -> Any:
-        """Inpainting (``method="euler_maruyama"`` only), see :meth:`Sampler.inpaint
-        <ddpm_lib.samplers.Sampler.inpaint>`."""
-        self._one_call_per_level("inpaint")
-        return super().inpaint(model, image, mask, **kwargs)
+    def _capability_reason(self, capability: str) -> str:
+        if capability == "compile":
+            return ("method='adaptive' decides its step sizes on the host; use compile=False "
+                    "or 'auto'")
+        return (f"it needs one model call per level: method='euler_maruyama'; "
+                f"got method={self.method!r}")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice
+from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .multistep import Levels, MultistepSampler
 
@@ -117,10 +118,15 @@ class UniPCSampler(MultistepSampler):
     _uses_corrector = True
     default_num_steps = 10
 
+    @keyword_only_after((
+        "num_steps", "order", "variant", "prediction", "clip_denoised", "spacing", "final_step",
+        "lower_order_final", "dynamic_threshold", "learn_sigma", "timesteps"
+    ))
     def __init__(
         self,
         schedule: NoiseSchedule,
         num_steps: int | None = None,
+        *,
         order: int = 2,
         variant: str = "bh2",
         prediction: str = "eps",
@@ -131,14 +137,14 @@ class UniPCSampler(MultistepSampler):
         dynamic_threshold: float | None = None,
         learn_sigma: bool = False,
         timesteps: Sequence[int] | torch.Tensor | None = None,
-        *,
         use_clipped_model_output: bool = True,
     ) -> None:
         self.variant = check_choice("variant", variant, VARIANTS)
         super().__init__(
-            schedule, num_steps, order, prediction, clip_denoised, spacing, final_step,
-            lower_order_final, dynamic_threshold, learn_sigma, timesteps,
-            use_clipped_model_output,
+            schedule, num_steps, order=order, prediction=prediction, clip_denoised=clip_denoised,
+            spacing=spacing, final_step=final_step, lower_order_final=lower_order_final,
+            dynamic_threshold=dynamic_threshold, learn_sigma=learn_sigma, timesteps=timesteps,
+            use_clipped_model_output=use_clipped_model_output,
         )
 
     def __repr__(self) -> str:
