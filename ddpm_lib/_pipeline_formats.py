@@ -134,13 +134,15 @@ def latent_channel_stats(latent: Any, where: Path) -> tuple[list[float], list[fl
     for a scale-only record (every folder written before it existed)."""
     if not isinstance(latent, dict) or latent.get("shift") is None:
         return None
-    shift, scale = latent.get("shift"), latent.get("scale")
-    for name, value in (("shift", shift), ("scale", scale)):
+    stats: list[list[float]] = []
+    for name in ("shift", "scale"):
+        value = latent.get(name)
         if not isinstance(value, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"{where}: latent {name!r} must be a list of numbers (one per "
                              f"latent channel); got {value!r}")
-    return [float(v) for v in shift], [float(v) for v in scale]
+        stats.append([float(v) for v in value])
+    return stats[0], stats[1]
 
 
 def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
