@@ -45,7 +45,6 @@ LATENT_VARIANTS: dict[str, tuple[str, str, float, float | None]] = {
     "latent, channel norm, v, min-SNR 5, lr 1e-3": ("channel", "v", 1e-3, 5.0),
     "latent, channel norm, eps, min-SNR 5, lr 1e-3": ("channel", "eps", 1e-3, 5.0),
 }
-PIXEL_RECIPE = ("eps", 2e-4, None)
 
 
 def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +222,14 @@ def run(args: argparse.Namespace) -> None:
               f"FD {scores['fd']:.4f}  acc {scores['accuracy']:.3f}  "
               f"conf {scores['confidence']:.3f}", flush=True)
 
-    pixel, done, pixel_cpu, loss = train_unet(images, labels, PIXEL_RECIPE, args.steps, None,
-                                              args)
-    evaluate("pixel, eps, lr 2e-4", pixel, "eps", None, done, pixel_cpu, loss)
+    recipe = (args.pixel_prediction, args.pixel_lr, args.pixel_min_snr)
+    pixel, done, pixel_cpu, loss = train_unet(images, labels, recipe, args.steps, None, args)
+    snr = f", min-SNR {args.pixel_min_snr:g}" if args.pixel_min_snr else ""
+    evaluate(f"pixel, {args.pixel_prediction}{snr}, lr {args.pixel_lr:g}", pixel,
+             args.pixel_prediction, None, done, pixel_cpu, loss)
+    if args.variants == []:  # the pixel side alone
+        print_table(rows, pixel_cpu, ae_cpu)
+        return
     best: tuple[str, float] | None = None
     for index, (name, (normalization, prediction, lr, gamma)) in enumerate(
             LATENT_VARIANTS.items()):
@@ -273,8 +277,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-eval", type=int, default=300, help="part d: samples scored")
     group.add_argument("--d-sample-steps", type=int, default=25, help="part d: DDIM steps")
     group.add_argument("--pca", type=int, default=32, help="part d: PCA components")
+    group.add_argument("--pixel-prediction", default="eps", help="part d: the pixel UNet's")
+    group.add_argument("--pixel-lr", type=float, default=2e-4)
+    group.add_argument("--pixel-min-snr", type=float, default=None)
     group.add_argument("--variants", type=int, nargs="*", default=None,
-                       help="part d: indices of LATENT_VARIANTS to train (default: all)")
+                       help="part d: indices of LATENT_VARIANTS to train (default: all; "
+                       "none: the pixel model alone)")
 
 
 if __name__ == "__main__":
