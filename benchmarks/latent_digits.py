@@ -44,6 +44,8 @@ LATENT_VARIANTS: dict[str, tuple[str, str, float, float | None]] = {
     "latent, channel norm, eps, lr 2e-4": ("channel", "eps", 2e-4, None),
     "latent, channel norm, v, min-SNR 5, lr 1e-3": ("channel", "v", 1e-3, 5.0),
     "latent, channel norm, eps, min-SNR 5, lr 1e-3": ("channel", "eps", 1e-3, 5.0),
+    "latent, channel norm, eps, lr 1e-3": ("channel", "eps", 1e-3, None),
+    "latent, global scale, v, min-SNR 5, lr 1e-3": ("global", "v", 1e-3, 5.0),
 }
 
 
