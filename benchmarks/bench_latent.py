@@ -21,6 +21,14 @@
   ``torch.cuda.max_memory_allocated`` above the level before the step), printed as
   ratios ours / diffusers: below 1 means ours is faster / smaller. ``--breakdown`` adds where
   each side's step time goes.
+* ``d`` (issue 32): latent against pixel diffusion on real data, scikit-learn's digits upscaled
+  to 32x32, at equal training steps and at equal CPU time: an autoencoder, the latents'
+  statistics under each normalisation, class-conditional UNets on pixels and on latents
+  (several latent recipes), Fréchet distance in the PCA space of the real digits and a digit
+  classifier's accuracy / confidence (``benchmarks/latent_digits.py``). Goal: latent within
+  1.3x of the pixel model's distance at equal steps, better at equal CPU time. Not in
+  ``--part all`` (several CPU minutes); ``--steps`` / ``--ae-steps`` / ``--num-eval`` make it
+  longer.
 
 Usage::
 
@@ -29,6 +37,8 @@ Usage::
     python benchmarks/bench_latent.py --part c --threads 2 --batch 4 --image-size 32
     python benchmarks/bench_latent.py --part c --image-size 64 --repeats 10 --breakdown
     python benchmarks/bench_latent.py --part c --device cuda --batch 8 --image-size 256 --bf16
+    python benchmarks/bench_latent.py --part d --threads 1
+    python benchmarks/bench_latent.py --part d --threads 1 --steps 1500 --ae-steps 1500 --num-eval 500
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_unet import interleaved_times, peak_step_memory, time_breakdown  # noqa: E402
+import latent_digits  # noqa: E402
 
 from ddpm_lib import DDPMSampler, LatentDiffusion, NoiseSchedule, SimpleLoss  # noqa: E402
 from ddpm_lib.data import ShapesDataset  # noqa: E402
@@ -260,7 +271,8 @@ def part_b(args: argparse.Namespace) -> None:
 
 
 # part name -> function(args)
-PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"a": part_a, "b": part_b, "c": part_c}
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {"a": part_a, "b": part_b, "c": part_c,
+                                                          "d": latent_digits.run}
 
 
 def main() -> None:
@@ -290,10 +302,11 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16, help="part b: training batch")
     parser.add_argument("--speed-repeats", type=int, default=3,
                         help="part b: interleaved repetitions per side")
+    latent_digits.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name, part in PARTS.items():
-        if args.part in (name, "all"):
+        if args.part == name or (args.part == "all" and name != "d"):
             part(args)
 
 

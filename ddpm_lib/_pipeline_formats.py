@@ -116,9 +116,25 @@ def _legacy_latent(source: Path, autoencoder_class: Any) -> tuple[Any, Any, dict
     return autoencoder, record.get("scale_factor"), dict(record.get("diffusion") or {})
 
 
+def latent_channel_stats(latent: Any, where: Path) -> tuple[list[float], list[float]] | None:
+    """``(shift, scale)`` of a ``"latent"`` record's per-channel normalisation, or ``None``
+    for a scale-only record (every folder written before it existed)."""
+    if not isinstance(latent, dict) or latent.get("shift") is None:
+        return None
+    stats: list[list[float]] = []
+    for name in ("shift", "scale"):
+        value = latent.get(name)
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{where}: latent {name!r} must be a list of numbers (one per "
+                             f"latent channel); got {value!r}")
+        stats.append([float(v) for v in value])
+    return stats[0], stats[1]
+
+
 def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
                     autoencoder_class: Any) -> tuple[Any, Any, Any, dict]:
-    """``(model or None, autoencoder or None, scale factor, diffusion)`` of ``pipeline.json``."""
+    """``(model or None, autoencoder or None, latent record, diffusion)`` of ``pipeline.json``."""
     path = source / PIPELINE_FILE
     if record.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a ddpm_lib pipeline file (format "
@@ -140,11 +156,13 @@ def _pipeline_parts(source: Path, record: dict[str, Any], model_class: Any,
         cls = given or resolve_model_class(part.get("class"), path, role)
         loaded[role] = cls.from_pretrained(folder)
     latent = record.get("latent") or {}
-    return loaded.get("model"), loaded.get("autoencoder"), latent.get("scale_factor"), diffusion
+    if not isinstance(latent, dict):
+        raise ValueError(f"{path}: 'latent' must be an object; got {latent!r}")
+    return loaded.get("model"), loaded.get("autoencoder"), latent, diffusion
 
 
-def _enclosing_latent(source: Path, autoencoder_class: Any) -> tuple[Any, Any]:
-    """``(autoencoder, scale factor)`` of the latent training run that holds ``source`` (its
+def _enclosing_latent(source: Path, autoencoder_class: Any) -> tuple[Any, dict]:
+    """``(autoencoder, latent record)`` of the latent training run that holds ``source`` (its
     ``ema_model/`` or ``unet/``, or ``checkpoints/step_*``), else ``(None, None)``."""
     inside = [source.parent] if source.name in ("ema_model", "unet") else []
     if is_checkpoint_folder_name(source.name) and source.parent.name == "checkpoints":
@@ -154,19 +172,19 @@ def _enclosing_latent(source: Path, autoencoder_class: Any) -> tuple[Any, Any]:
             if (run / PIPELINE_FILE).is_file():
                 record = read_json(run / PIPELINE_FILE)
                 if (record.get("parts") or {}).get("autoencoder"):
-                    _, autoencoder, scale_factor, _ = _pipeline_parts(
+                    _, autoencoder, latent, _ = _pipeline_parts(
                         run, record, False, autoencoder_class)
-                    return autoencoder, scale_factor
+                    return autoencoder, latent
             elif (run / LEGACY_LATENT_FILE).is_file():
                 autoencoder, scale_factor, _ = _legacy_latent(run, autoencoder_class)
-                return autoencoder, scale_factor
+                return autoencoder, {"scale_factor": scale_factor}
         except (ValueError, OSError) as error:
             warnings.warn(
                 f"{source} is part of the latent model {run}, whose autoencoder cannot be "
                 f"loaded ({error}); it is loaded alone, as a model of latents that are not "
                 "decoded (pass autoencoder_class= to decode them)", stacklevel=3,
             )
-    return None, None
+    return None, {}
 
 
 def is_latent_folder(source: Path) -> bool:
@@ -205,6 +223,8 @@ class BundleParts(NamedTuple):
     diffusion: dict[str, Any]
     sampler: dict[str, Any] | None
     where: Path  # the folder read (the checkpoint folder of a training run)
+    #: ``(shift, scale)`` per latent channel, or ``None`` (scale-only latents)
+    channel_stats: tuple[list[float], list[float]] | None = None
 
 
 def read_parts(source: Path, *, use_ema: bool = True, model_class: Any = None,
@@ -223,12 +243,13 @@ def read_parts(source: Path, *, use_ema: bool = True, model_class: Any = None,
     if not source.exists():
         raise FileNotFoundError(f"{str(source)!r} does not exist")
     model = autoencoder = scale_factor = sampler = None
+    latent: dict[str, Any] = {}
     diffusion: dict[str, Any] = {}
     if (source / PIPELINE_FILE).is_file():
         verify_folder(source)  # refuses a folder that mixes the parts of two saves
         record = read_json(source / PIPELINE_FILE)
         skip = not load_model or (run and prefer_checkpoint)
-        model, autoencoder, scale_factor, diffusion = _pipeline_parts(
+        model, autoencoder, latent, diffusion = _pipeline_parts(
             source, record, False if skip else model_class, autoencoder_class)
         sampler = record.get("sampler")
     elif (source / LEGACY_LATENT_FILE).is_file():
@@ -238,7 +259,9 @@ def read_parts(source: Path, *, use_ema: bool = True, model_class: Any = None,
             model, _ = _from_model_folder(unet, model_class)
     latent_folder = autoencoder is not None  # a latent folder may hold no model
     if not latent_folder:  # a checkpoint or export inside a latent run: the run's latents
-        autoencoder, scale_factor = _enclosing_latent(source, autoencoder_class)
+        autoencoder, latent = _enclosing_latent(source, autoencoder_class)
+    if latent:
+        scale_factor = latent.get("scale_factor")
     where = source
     wanted = load_model and model is None
     if wanted and (run or not latent_folder):
@@ -254,7 +277,9 @@ def read_parts(source: Path, *, use_ema: bool = True, model_class: Any = None,
                 "(latent_diffusion.json)"
             )
         diffusion = {**diffusion, **saved}
-    return BundleParts(model, autoencoder, scale_factor, diffusion, sampler, where)
+    stats = latent_channel_stats(latent, where / PIPELINE_FILE) if autoencoder is not None \
+        else None
+    return BundleParts(model, autoencoder, scale_factor, diffusion, sampler, where, stats)
 
 
 def schedule_of(parts: BundleParts, default: NoiseSchedule | None) -> Any:
@@ -265,9 +290,12 @@ def schedule_of(parts: BundleParts, default: NoiseSchedule | None) -> Any:
 def write_bundle(directory: Path, *, model: Any = None, model_folder: str = ".",
                  autoencoder: Any = None, scale_factor: float | None = None,
                  diffusion: dict[str, Any] | None = None,
-                 sampler: dict[str, Any] | None = None) -> Path:
+                 sampler: dict[str, Any] | None = None,
+                 channel_stats: tuple[Any, Any] | None = None) -> Path:
     """Write a pipeline folder atomically: each part by its own ``save_pretrained`` into its
-    sub-folder, then ``pipeline.json``; a reader sees the old folder or the new one."""
+    sub-folder, then ``pipeline.json``; a reader sees the old folder or the new one.
+    ``channel_stats``: the latents' per-channel ``(shift, scale)``, recorded in ``"latent"``
+    beside the scale factor."""
     from ._io import atomic_folder, write_json
     from .models.registry import class_path
 
@@ -282,12 +310,18 @@ def write_bundle(directory: Path, *, model: Any = None, model_folder: str = ".",
         if autoencoder is not None:
             autoencoder.save_pretrained(staging / "autoencoder")
             parts["autoencoder"] = {"folder": "autoencoder", "class": class_path(autoencoder)}
+        latent: dict[str, Any] | None = None
+        if autoencoder is not None:
+            latent = {"scale_factor": scale_factor}
+            if channel_stats is not None:
+                latent["shift"] = [float(v) for v in channel_stats[0]]
+                latent["scale"] = [float(v) for v in channel_stats[1]]
         record = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "parts": parts,
             "diffusion": diffusion or {},
-            "latent": {"scale_factor": scale_factor} if autoencoder is not None else None,
+            "latent": latent,
             "sampler": sampler or None,
         }
         write_json(staging / PIPELINE_FILE, record)

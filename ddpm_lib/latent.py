@@ -40,11 +40,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ddpm_lib import _io
-from ddpm_lib._checks import check_int
+from ddpm_lib._checks import check_choice, check_int
 from ddpm_lib._readers import content_digest, load_safetensors
 from ddpm_lib.models.registry import class_path
 
-__all__ = ["CACHE_FILE", "CONFIG_FILE", "DecodingSampler", "LatentDataset", "LatentDiffusion"]
+__all__ = ["CACHE_FILE", "CONFIG_FILE", "DecodingSampler", "LatentDataset", "LatentDiffusion",
+           "NORMALIZATIONS"]
 
 CACHE_FILE = "latents.safetensors"
 CONFIG_FILE = "latent_diffusion.json"
@@ -66,6 +67,32 @@ def _check_scale_factor(value: Any) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"scale_factor must be a positive finite number; got {value!r}")
     return float(value)
+
+
+NORMALIZATIONS = ("channel", "global")
+
+
+def _check_channel_stats(name: str, value: Any, channels: int,
+                         positive: bool) -> torch.Tensor | None:
+    """``value`` as a float64 tensor ``(channels,)`` of finite numbers (positive ones when
+    ``positive``), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (torch.Tensor, Sequence)) or \
+            isinstance(value, str):
+        raise TypeError(f"{name} must be a sequence or tensor of {channels} numbers (one per "
+                        f"latent channel) or None; got {type(value).__name__}")
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must hold numbers; got {value!r}") from None
+    if tensor.numel() != channels:
+        raise ValueError(f"{name} must have {channels} values (one per latent channel); got "
+                         f"{tensor.numel()}")
+    if not bool(torch.isfinite(tensor).all()) or (positive and not bool((tensor > 0).all())):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(f"{name} must hold {kind} numbers; got {tensor.tolist()}")
+    return tensor.clone()
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -273,10 +300,17 @@ class LatentDiffusion:
             ``from_pretrained`` to be saved with :meth:`save_pretrained`), or ``None``.
         schedule: its :class:`ddpm_lib.NoiseSchedule`, saved alongside, or ``None``.
         prediction: what ``unet`` predicts (``"eps"``, ``"x0"``, ``"v"``), saved alongside.
+        latent_shift, latent_scale: per-channel normalisation (both or neither), one number
+            per latent channel: the diffusion model then sees
+            :math:`z_c = (\mathcal{E}(x)_c - \mathrm{shift}_c) \cdot \mathrm{scale}_c`
+            instead of :math:`s \cdot \mathcal{E}(x)` (:meth:`fit_scale_factor` with
+            ``normalization="channel"`` sets them: every channel gets mean 0 and variance 1;
+            SD3 and FLUX use one shift and one scale for all channels).
 
     Raises:
         TypeError: if ``autoencoder`` is not a module or lacks its geometry.
-        ValueError: if ``scale_factor`` is not positive and finite.
+        ValueError: if ``scale_factor`` is not positive and finite, or the per-channel
+            statistics are not one finite (scale: positive) number per latent channel.
     """
 
     def __init__(
@@ -287,6 +321,8 @@ class LatentDiffusion:
         unet: nn.Module | None = None,
         schedule: Any = None,
         prediction: str = "eps",
+        latent_shift: Sequence[float] | torch.Tensor | None = None,
+        latent_scale: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         if not isinstance(autoencoder, nn.Module):
             raise TypeError(f"autoencoder must be a torch.nn.Module; got "
@@ -298,6 +334,7 @@ class LatentDiffusion:
         self.autoencoder: Any = autoencoder
         self.in_channels, self.latent_channels, self.downsampling_factor = _geometry(autoencoder)
         self.scale_factor = _check_scale_factor(scale_factor)
+        self.set_channel_normalization(latent_shift, latent_scale)
         self.unet: Any = unet
         self.schedule = schedule
         self.prediction = prediction
@@ -311,6 +348,48 @@ class LatentDiffusion:
     @scale_factor.setter
     def scale_factor(self, value: float | None) -> None:
         self._scale_factor = _check_scale_factor(value)
+
+    def set_channel_normalization(
+        self, latent_shift: Sequence[float] | torch.Tensor | None,
+        latent_scale: Sequence[float] | torch.Tensor | None,
+    ) -> None:
+        """Set (or, with ``None, None``, remove) the per-channel shift and scale: the latents
+        become ``(E(x)[:, c] - latent_shift[c]) * latent_scale[c]``; without them,
+        ``scale_factor * E(x)``."""
+        if (latent_shift is None) != (latent_scale is None):
+            raise ValueError("latent_shift and latent_scale go together: give both or neither")
+        channels = self.latent_channels
+        self._shift = _check_channel_stats("latent_shift", latent_shift, channels, False)
+        self._scale = _check_channel_stats("latent_scale", latent_scale, channels, True)
+
+    @property
+    def latent_shift(self) -> torch.Tensor | None:
+        """The per-channel shift ``(latent_channels,)`` (float64), or ``None``."""
+        return None if self._shift is None else self._shift.clone()
+
+    @property
+    def latent_scale(self) -> torch.Tensor | None:
+        """The per-channel scale ``(latent_channels,)`` (float64), or ``None``."""
+        return None if self._scale is None else self._scale.clone()
+
+    @property
+    def normalization(self) -> str:
+        """``"channel"`` when a per-channel shift and scale are set, else ``"global"``."""
+        return "channel" if self._shift is not None else "global"
+
+    def _normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        if self._shift is None or self._scale is None:
+            return raw * self._require_scale("encode")
+        shape = (1, -1, 1, 1)
+        shift = self._shift.to(raw.device, raw.dtype).view(shape)
+        return (raw - shift) * self._scale.to(raw.device, raw.dtype).view(shape)
+
+    def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._shift is None or self._scale is None:
+            return latents / self._require_scale("decode latents")
+        shape = (1, -1, 1, 1)
+        scale = self._scale.to(latents.device, latents.dtype).view(shape)
+        return latents / scale + self._shift.to(latents.device, latents.dtype).view(shape)
 
     @property
     def device(self) -> torch.device:
@@ -375,7 +454,9 @@ class LatentDiffusion:
         generator: torch.Generator | None = None,
         sample: bool = False,
     ) -> torch.Tensor:
-        r"""Scaled latents :math:`z = s \cdot \mathcal{E}(x)` of images in ``[-1, 1]``.
+        r"""Scaled latents :math:`z = s \cdot \mathcal{E}(x)` of images in ``[-1, 1]``
+        (per channel :math:`(\mathcal{E}(x)_c - \mathrm{shift}_c) \cdot \mathrm{scale}_c`
+        when :attr:`normalization` is ``"channel"``).
 
         Args:
             images: ``(B, in_channels, H, W)``, ``H`` and ``W`` multiples of ``f``.
@@ -390,9 +471,9 @@ class LatentDiffusion:
             ValueError: wrong channel count, a size not divisible by ``f``, or the scale
                 factor not known yet.
         """
-        scale = self._require_scale("encode")
+        self._require_scale("encode")
         images = self._check_images(images)
-        return self._encode_unscaled(images, generator, sample) * scale
+        return self._normalize(self._encode_unscaled(images, generator, sample))
 
     def _check_latents(self, latents: Any) -> torch.Tensor:
         if not isinstance(latents, torch.Tensor):
@@ -412,7 +493,8 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        r"""Images :math:`\mathcal{D}(z / s)` from scaled latents.
+        r"""Images :math:`\mathcal{D}(z / s)` from scaled latents (per channel
+        :math:`\mathcal{D}(z_c / \mathrm{scale}_c + \mathrm{shift}_c)`).
 
         Args:
             latents: ``(B, latent_channels, h, w)``, as produced by :meth:`encode` or sampled.
@@ -423,9 +505,9 @@ class LatentDiffusion:
         Raises:
             ValueError: wrong channel count, or the scale factor not known yet.
         """
-        scale = self._require_scale("decode latents")
+        self._require_scale("decode latents")
         latents = self._check_latents(latents)
-        return self.autoencoder.decode(latents.to(self.device) / scale)
+        return self.autoencoder.decode(self._denormalize(latents.to(self.device)))
 
     # ------------------------------------------------------------------ scale factor
     def _images_of(self, dataset: Any, indices: Sequence[int]) -> torch.Tensor:
@@ -441,13 +523,25 @@ class LatentDiffusion:
         sample: bool = False,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        normalization: str = "global",
     ) -> float:
-        r"""Set :attr:`scale_factor` by LDM's rule, :math:`s = 1 / \mathrm{std}(\mathcal{E}(x))`.
+        r"""Fit the latents' normalisation on ``dataset``; returns the global scale factor.
 
-        The standard deviation is the unbiased one (as ``torch.std``) over every element of
-        the unscaled latents of ``num_samples`` images of ``dataset``, taken at evenly spaced
-        indices (all of them if the dataset is smaller), accumulated in float64. LDM computes it
-        on the first training batch; a larger subset gives a steadier value.
+        ``normalization="global"`` (the default) is LDM's rule,
+        :math:`s = 1 / \mathrm{std}(\mathcal{E}(x))` over every element, and removes any
+        per-channel shift and scale. ``"channel"`` also sets :attr:`latent_shift` to each
+        channel's mean and :attr:`latent_scale` to the inverse of its standard deviation
+        (SD3 / FLUX's shift factor, per channel), so that every channel of the latents the
+        diffusion model sees has mean 0 and variance 1 on ``dataset``: one factor leaves the
+        channels' offsets and unequal spreads in place (see the latent guide's measurements).
+        A channel whose standard deviation is below ``1e-3`` times the global one (a dead
+        channel) gets the global one. :attr:`scale_factor` is set to the global :math:`s` in
+        both cases (not used with ``"channel"``).
+
+        The standard deviations are the unbiased ones (as ``torch.std``) over the unscaled
+        latents of ``num_samples`` images of ``dataset``, taken at evenly spaced indices (all
+        of them if the dataset is smaller), accumulated in float64. LDM computes it on the
+        first training batch; a larger subset gives a steadier value.
 
         Args:
             dataset: a dataset of images / ``(image, ...)`` items, or a tensor
@@ -458,20 +552,24 @@ class LatentDiffusion:
                 diffusion model will train on; :meth:`encode_dataset` uses the mean by default).
             generator: draws those samples.
             progress: show a progress bar.
+            normalization: ``"channel"`` or ``"global"``.
 
         Returns:
-            The new scale factor.
+            The new global scale factor.
         """
         check_int("num_samples", num_samples, 1)
         check_int("batch_size", batch_size, 1)
+        check_choice("normalization", normalization, NORMALIZATIONS)
         size = len(dataset)
         if size == 0:
             raise ValueError("dataset is empty")
         count = min(num_samples, size)
         indices = torch.linspace(0, size - 1, count).round().long().unique().tolist()
-        total = torch.zeros((), dtype=torch.float64)
-        total_sq = torch.zeros((), dtype=torch.float64)
-        elements = 0
+        channels = self.latent_channels
+        pivot = torch.zeros(channels, dtype=torch.float64)
+        total = torch.zeros(channels, dtype=torch.float64)
+        total_sq = torch.zeros(channels, dtype=torch.float64)
+        per_channel = 0
         batches = range(0, len(indices), batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -488,31 +586,42 @@ class LatentDiffusion:
                     images = self._images_of(dataset, chunk)
                 images = self._check_images(images)
                 z = self._encode_unscaled(images, generator, sample).double().cpu()
-                total += z.sum()
-                total_sq += z.square().sum()
-                elements += z.numel()
+                if per_channel == 0:  # sums of z - pivot: no cancellation for offset channels
+                    pivot = z.mean(dim=(0, 2, 3))
+                z = z - pivot.view(1, -1, 1, 1)
+                total += z.sum(dim=(0, 2, 3))
+                total_sq += z.square().sum(dim=(0, 2, 3))
+                per_channel += z.numel() // channels
         finally:
             self.autoencoder.train(was_training)
-        if elements < 2:
-            raise ValueError("the latents of one image hold a single value; cannot take a std")
-        mean = total / elements
-        variance = (total_sq - elements * mean * mean) / (elements - 1)
-        std = float(variance.clamp_min(0).sqrt())
-        if not (math.isfinite(std) and std > 0):
-            raise ValueError(f"the latents have standard deviation {std}; the autoencoder "
-                             "collapses every image to a constant and cannot be used")
+        # the global moments from the per-channel ones (each channel shifted by its pivot)
+        count = per_channel * channels
+        means = pivot + total / max(per_channel, 1)
+        scatter = (total_sq - total * total / max(per_channel, 1)).clamp_min(0)
+        grand = means.mean()
+        global_scatter = scatter.sum() + per_channel * (means - grand).square().sum()
+        std = _std(global_scatter, count, "the latents")
+        if normalization == "channel":
+            stds = torch.tensor([max(_std(scatter[c], per_channel, None), 1e-3 * std)
+                                 for c in range(channels)], dtype=torch.float64)
+            self.set_channel_normalization(means, 1.0 / stds)
+        else:
+            self.set_channel_normalization(None, None)
         self.scale_factor = 1.0 / std
         return self.scale_factor
 
     # ------------------------------------------------------------------ the dataset cache
     def cache_key(self, dataset: Any, *, sample: bool = False, seed: int | None = None) -> str:
         """The hash a cache of ``dataset``'s latents is valid for: the autoencoder's weights and
-        configuration (``autoencoder_fingerprint``), the scale factor, the dataset's
+        configuration (``autoencoder_fingerprint``), the scale factor and the per-channel
+        shift and scale, the dataset's
         identity (class, length, ``repr``, first, middle and last items) and the encoding
         options."""
         digest = hashlib.sha256()
         digest.update(autoencoder_fingerprint(self.autoencoder).encode())
         digest.update(repr(self._require_scale("encode a dataset")).encode())
+        if self._shift is not None and self._scale is not None:
+            digest.update(b"channel|" + _tensor_bytes(self._shift) + _tensor_bytes(self._scale))
         digest.update(dataset_fingerprint(dataset).encode())
         digest.update(f"sample={bool(sample)}|seed={seed}".encode())
         return digest.hexdigest()
@@ -697,7 +806,8 @@ class LatentDiffusion:
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write everything needed to sample into one folder, atomically: a
         :class:`ddpm_lib.DiffusionPipeline` folder with ``autoencoder/``, ``unet/`` (when
-        ``unet`` is set) and ``pipeline.json`` (scale factor, classes, prediction, schedule).
+        ``unet`` is set) and ``pipeline.json`` (scale factor, per-channel shift and scale, classes,
+        prediction, schedule).
         ``DiffusionPipeline.from_pretrained``, ``ddpm-lib sample`` and :meth:`from_pretrained`
         read it; so does ``UNet.from_pretrained(directory / "unet")``."""
         from ddpm_lib._pipeline_formats import write_bundle
@@ -708,7 +818,14 @@ class LatentDiffusion:
             diffusion["schedule"] = self.schedule.to_dict()
         write_bundle(Path(directory), model=self.unet, model_folder="unet",
                      autoencoder=self.autoencoder, scale_factor=self.scale_factor,
-                     diffusion=diffusion)
+                     diffusion=diffusion, channel_stats=self.channel_stats)
+
+    @property
+    def channel_stats(self) -> tuple[list[float], list[float]] | None:
+        """``(latent_shift, latent_scale)`` as lists, or ``None`` without them."""
+        if self._shift is None or self._scale is None:
+            return None
+        return self._shift.tolist(), self._scale.tolist()
 
     @classmethod
     def from_pretrained(
@@ -751,8 +868,10 @@ class LatentDiffusion:
             from ddpm_lib._pipeline_formats import schedule_of
 
             schedule = schedule_of(parts, None)
+        shift, scale = parts.channel_stats or (None, None)
         model = cls(parts.autoencoder, parts.scale_factor, unet=parts.model, schedule=schedule,
-                    prediction=diffusion.get("prediction", "eps"))
+                    prediction=diffusion.get("prediction", "eps"), latent_shift=shift,
+                    latent_scale=scale)
         model.autoencoder.eval()
         if model.unet is not None:
             model.unet.eval()
@@ -763,7 +882,7 @@ class LatentDiffusion:
     def __repr__(self) -> str:
         return (f"LatentDiffusion(autoencoder={type(self.autoencoder).__name__}, "
                 f"f={self.downsampling_factor}, latent_channels={self.latent_channels}, "
-                f"scale_factor={self.scale_factor}, "
+                f"scale_factor={self.scale_factor}, normalization={self.normalization!r}, "
                 f"unet={type(self.unet).__name__ if self.unet is not None else None})")
 
 
@@ -794,6 +913,18 @@ def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:
             "downsampling_factor (or channel_mults)"
         )
     return int(in_channels), int(latent_channels), int(factor)
+
+
+def _std(scatter: torch.Tensor, count: int, what: str | None) -> float:
+    """The unbiased standard deviation of ``count`` values from their sum of squared
+    deviations; ``what`` names them in the errors (``None``: no check of a zero std)."""
+    if count < 2:
+        raise ValueError("the latents of one image hold a single value; cannot take a std")
+    std = float((scatter / (count - 1)).clamp_min(0).sqrt())
+    if what is not None and not (math.isfinite(std) and std > 0):
+        raise ValueError(f"{what} have standard deviation {std}; the autoencoder "
+                         "collapses every image to a constant and cannot be used")
+    return std
 
 
 def _convert_field(kind: str, value: Any, position: int) -> Any:

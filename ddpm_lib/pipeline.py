@@ -112,6 +112,9 @@ class DiffusionPipeline:
             for a model with ``learn_sigma`` in its config, else ``"fixed_small"``.
         autoencoder: for a latent model: the autoencoder whose latents the model denoises.
         scale_factor: the latents' scale (``z = scale_factor * E(x)``), with ``autoencoder``.
+        latent_shift, latent_scale: the latents' per-channel normalisation
+            (``z_c = (E(x)_c - latent_shift[c]) * latent_scale[c]``), with ``autoencoder``;
+            see :class:`ddpm_lib.LatentDiffusion`.
         sampler: default sampler settings, ``{"name": "ddim", "num_steps": 50, ...}``
             (default: DDIM, 50 steps).
 
@@ -130,6 +133,8 @@ class DiffusionPipeline:
         autoencoder: nn.Module | None = None,
         scale_factor: float | None = None,
         sampler: Mapping[str, Any] | None = None,
+        latent_shift: Sequence[float] | torch.Tensor | None = None,
+        latent_scale: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -144,9 +149,11 @@ class DiffusionPipeline:
         if autoencoder is not None:
             from .latent import LatentDiffusion
 
-            self.latent = LatentDiffusion(autoencoder, scale_factor)
-        elif scale_factor is not None:
-            raise ValueError("scale_factor is the latents' scale: it needs an autoencoder")
+            self.latent = LatentDiffusion(autoencoder, scale_factor, latent_shift=latent_shift,
+                                          latent_scale=latent_scale)
+        elif scale_factor is not None or latent_shift is not None or latent_scale is not None:
+            raise ValueError("scale_factor (and latent_shift, latent_scale), the latents' "
+                             "normalisation, needs an autoencoder")
         self.sampler_settings = _check_sampler_settings(sampler)
         self.source: Path | None = None
         try:  # the saved settings must build a sampler: fail now, not at the first sample()
@@ -319,6 +326,7 @@ class DiffusionPipeline:
             Path(directory), model=self.model, model_folder=model_folder,
             autoencoder=self.autoencoder, scale_factor=self.scale_factor,
             diffusion=self.to_dict(), sampler=self.sampler_settings,
+            channel_stats=self.latent.channel_stats if self.latent is not None else None,
         )
 
     @classmethod
@@ -360,7 +368,8 @@ class DiffusionPipeline:
             parts.model, schedule_of(parts, default_schedule),
             prediction=diffusion.get("prediction", "eps"), variance=diffusion.get("variance"),
             autoencoder=parts.autoencoder, scale_factor=parts.scale_factor,
-            sampler=parts.sampler,
+            sampler=parts.sampler, latent_shift=(parts.channel_stats or (None, None))[0],
+            latent_scale=(parts.channel_stats or (None, None))[1],
         )
         pipeline.source = parts.where
         if device is not None:

@@ -108,7 +108,7 @@ def test_scale_factor_is_one_over_std_of_latents():
     ae = TinyAutoencoder()
     dataset = _labelled(20)
     latents = LatentDiffusion(ae)
-    scale = latents.fit_scale_factor(dataset, batch_size=7)
+    scale = latents.fit_scale_factor(dataset, batch_size=7, normalization="global")
     with torch.no_grad():
         direct = 1.0 / ae.encode(dataset.tensors[0]).mode().double().flatten().std()
     assert scale == pytest.approx(float(direct), rel=1e-9)
