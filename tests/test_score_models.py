@@ -26,6 +26,7 @@ from ddpm_lib.noise_levels import (
 )
 from ddpm_lib.oracles import GaussianOracle
 from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.score_losses import DenoisingScoreMatchingLoss, EDMLoss
 
 MU, STD = 0.3, 0.7
 
@@ -237,3 +238,103 @@ def test_adapters_refuse_what_they_cannot_convert(schedule) -> None:
     assert isinstance(as_denoiser(nn.Identity(), "eps", schedule=schedule), VPDenoiser)
     identity = nn.Identity()
     assert as_denoiser(identity, "denoiser") is identity
+
+
+# ----------------------------------------------------------------------------- losses
+def test_dsm_loss_is_minimised_by_the_true_score_with_its_closed_form_value() -> None:
+    levels = VENoiseLevels(0.05, 5.0, 6)
+    loss_fn = DenoisingScoreMatchingLoss(levels)
+    n = 20000
+    x0 = MU + STD * torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.arange(n) % 6
+    noise = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    per_sample = loss_fn(OptimalScore(), x0, t=t, noise=noise, reduction="none")
+    # E[sigma^2 ||s* + z/sigma||^2] = s^2 / (s^2 + sigma^2) per level
+    for i in range(6):
+        rows = t == i
+        expected = STD**2 / (STD**2 + levels.sigmas[i] ** 2)
+        assert abs(float(per_sample[rows].mean()) - float(expected)) < 0.05 * float(expected) + 1e-3
+    perturbed = lambda x, s: OptimalScore()(x, s) + 0.2 / s[:, None]  # noqa: E731
+    assert loss_fn(perturbed, x0, t=t, noise=noise) > loss_fn(OptimalScore(), x0, t=t, noise=noise)
+    # drawn levels cover the ladder uniformly, from the generator alone
+    g = torch.Generator().manual_seed(5)
+    seen = []
+    loss_fn(lambda x, c: (seen.append(c), torch.zeros_like(x))[1], x0[:600], generator=g)
+    counts = torch.bincount(levels.index_of(seen[0].double()), minlength=6)
+    assert counts.min() > 60
+    with pytest.raises(ValueError, match=r"t must be ladder indices in \[0, 5\]"):
+        loss_fn(OptimalScore(), x0[:2], t=torch.tensor([0, 6]))
+
+
+def test_edm_loss_of_the_optimal_denoiser_is_one_at_every_sigma() -> None:
+    """With data std = sigma_data the EDM weight makes the optimum's loss exactly 1."""
+    loss_fn = EDMLoss(sigma_data=STD)
+    n = 20000
+    x0 = MU + STD * torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    noise = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for value in (0.01, 0.3, 2.0, 40.0):
+        sigma = torch.full((n,), value, dtype=torch.float64)
+        loss = loss_fn(OptimalDenoiser(), x0, noise=noise, sigma=sigma)
+        assert abs(float(loss) - 1.0) < 0.05
+        assert loss_fn(OptimalDenoiser(0.05), x0, noise=noise, sigma=sigma) > loss
+    # sigma is log-normal(P_mean, P_std) from the generator
+    seen = []
+    EDMLoss()(lambda x, s: (seen.append(s), x)[1], x0, generator=torch.Generator().manual_seed(8))
+    log_sigma = seen[0].double().log()
+    assert abs(float(log_sigma.mean()) + 1.2) < 0.05 and abs(float(log_sigma.std()) - 1.2) < 0.05
+    torch.testing.assert_close(loss_fn.weight(torch.tensor([1.0])),
+                               torch.tensor([(1 + STD**2) / STD**2], dtype=torch.float64))
+    with pytest.raises(ValueError, match="EDMLoss draws a continuous sigma and takes no t"):
+        loss_fn(OptimalDenoiser(), x0[:2], t=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="P_std must be > 0"):
+        EDMLoss(P_std=0.0)
+
+
+class SigmaNet(nn.Module):
+    """``net(x, c)``: two convolutions conditioned on a float ``(B,)`` c (a level or c_noise)."""
+
+    def __init__(self, channels: int = 3, hidden: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.cond = nn.Linear(1, hidden)
+        self.out = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x) + self.cond(c.float()[:, None])[:, :, None, None]
+        return self.out(torch.nn.functional.silu(h))
+
+
+def _trainer(out_dir, objective: str):
+    from ddpm_lib.data import ShapesDataset
+    from ddpm_lib.training import Trainer
+
+    torch.manual_seed(1234)
+    if objective == "edm":
+        model: nn.Module = EDMPrecond(SigmaNet(), sigma_data=0.5)
+        loss_fn: object = EDMLoss()
+    else:
+        model, loss_fn = SigmaNet(), DenoisingScoreMatchingLoss(VENoiseLevels(0.01, 2.0, 5))
+    return Trainer(
+        model, loss_fn, ShapesDataset(size=24, image_size=8, seed=0), batch_size=8, lr=1e-2,
+        warmup_steps=1, ema_decay=0.9, out_dir=out_dir, log_every=1, checkpoint_every=2,
+        progress=False, tensorboard=False, seed=7,
+    )
+
+
+@pytest.mark.parametrize("objective", ["edm", "dsm"])
+def test_score_losses_train_through_the_trainer_with_exact_resume(tmp_path, objective) -> None:
+    torch.set_num_threads(1)
+    reference = _trainer(tmp_path / "once", objective)
+    before = {k: v.clone() for k, v in reference.model.state_dict().items()}
+    reference.train(4)
+    after = reference.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    first = _trainer(tmp_path / "split", objective)
+    first.train(2)
+    second = _trainer(tmp_path / "split", objective)
+    assert second.step == 2 and second.resumed_from is not None
+    second.train(4)
+    for name, module in (("model", "model"), ("ema", "ema_model")):
+        ours, theirs = getattr(second, module).state_dict(), getattr(reference, module).state_dict()
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), f"{name}.{key} differs"
