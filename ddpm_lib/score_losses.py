@@ -15,7 +15,8 @@ their own noise levels and noise from it (exact resume included). In one notatio
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -254,7 +254,7 @@ def test_dsm_loss_is_minimised_by_the_true_score_with_its_closed_form_value() ->
         rows = t == i
         expected = STD**2 / (STD**2 + levels.sigmas[i] ** 2)
         assert abs(float(per_sample[rows].mean()) - float(expected)) < 0.05 * float(expected) + 1e-3
-    perturbed = lambda x, s: OptimalScore()(x, s) + 0.2 / s[:, None]  # noqa: E731
+    perturbed = lambda x, s: OptimalScore()(x, s) + 0.2 / s[:, None]
     assert loss_fn(perturbed, x0, t=t, noise=noise) > loss_fn(OptimalScore(), x0, t=t, noise=noise)
     # drawn levels cover the ladder uniformly, from the generator alone
     g = torch.Generator().manual_seed(5)
