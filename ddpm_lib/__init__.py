@@ -21,6 +21,18 @@ _EXPORTS = {
     "VLBLoss": "ddpm_lib.losses",
     "HybridLoss": "ddpm_lib.losses",
     "AutoencoderLoss": "ddpm_lib.autoencoder_loss",
+    "DenoisingScoreMatchingLoss": "ddpm_lib.score_losses",
+    "EDMLoss": "ddpm_lib.score_losses",
+
+    "schedule_sigmas": "ddpm_lib.noise_levels",
+    "VENoiseLevels": "ddpm_lib.noise_levels",
+    "EDMNoiseLevels": "ddpm_lib.noise_levels",
+    "EDMPrecond": "ddpm_lib.denoisers",
+    "VPDenoiser": "ddpm_lib.denoisers",
+    "VPModel": "ddpm_lib.denoisers",
+    "ScoreDenoiser": "ddpm_lib.denoisers",
+    "DenoiserScore": "ddpm_lib.denoisers",
+    "as_denoiser": "ddpm_lib.denoisers",
 
     "UNet": "ddpm_lib.models.unet",
     "DiT": "ddpm_lib.models.dit",
@@ -71,8 +83,9 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
-_SUBMODULES = ("analytic", "cli", "conditioning", "data", "interop", "interop_dit", "losses",
-               "metrics", "models", "oracles", "pipeline", "samplers", "schedule", "training")
+_SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
+               "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
+               "schedule", "score_losses", "training")
 
 
 def __getattr__(name: str) -> Any:
