@@ -24,7 +24,7 @@ import torch
 
 from ddpm_lib._checks import check_int
 
-from .fid import _model_device, _to_unit_range, eval_mode
+from .features import _model_device, _to_unit_range, eval_mode
 
 
 @dataclass(frozen=True)
