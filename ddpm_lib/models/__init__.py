@@ -24,7 +24,8 @@ from .layers import (
     zero_module,
 )
 from .pretrained import PretrainedModel, register_model_class, resolve_model_class
-from .text import HFTextEncoder, TextConditionedUNet, TextEncoder, TextEncoding
+from .hf_text import HFTextEncoder
+from .text import TextConditionedUNet, TextEncoder, TextEncoding
 from .transformer_layers import (
     DiTBlock,
     DiTFinalLayer,
