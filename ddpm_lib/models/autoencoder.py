@@ -32,7 +32,8 @@ from torch import nn
 
 from ddpm_lib._checks import check_bool, check_int, check_int_tuple, check_probability, check_real
 
-from .layers import AttentionBlock, Downsample, OutputHead, ResBlock, Upsample
+from .attention import AttentionBlock
+from .layers import Downsample, OutputHead, ResBlock, Upsample
 from .pretrained import PretrainedModel
 from .unet import UNetLevel
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ddpm_lib._checks import check_int
 
-from .layers import masked_mean
+from .attention import masked_mean
 from .text import CONFIG_NAME, TextEncoding, _read_config, check_prompts
 
 __all__ = ["HFTextEncoder"]

@@ -29,7 +29,7 @@ from torch import nn
 
 from ddpm_lib._checks import check_bool, check_int, check_probability
 
-from .layers import masked_mean
+from .attention import masked_mean
 from .pretrained import PretrainedModel
 from .registry import build_model, resolve_model_class
 from .unet import UNet
@@ -583,8 +583,9 @@ class TextConditionedUNet(nn.Module):
             ValueError: a file is corrupt or describes other classes, or the parts come from
                 different saves (they do not match the folder's ``manifest.json``).
         """
-        from .registry import resolve_model_class
         from ddpm_lib import _io
+
+        from .registry import resolve_model_class
 
         directory = Path(directory)
         config = _read_config(directory, cls.__name__)

@@ -25,10 +25,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ._inputs import check_context, check_labels, check_timesteps, check_x
+from ._unet_config import TEXT_ATTENTION_CHOICES, check_unet_arguments, unet_geometry
+from .attention import AttentionBlock, CrossAttentionBlock
 from .layers import (
-    AttentionBlock,
     ClassEmbedding,
-    CrossAttentionBlock,
     Downsample,
     OutputHead,
     ResAttnBlock,
@@ -37,8 +38,6 @@ from .layers import (
     Upsample,
     zero_module,
 )
-from ._unet_config import TEXT_ATTENTION_CHOICES, check_unet_arguments, unet_geometry
-from ._inputs import check_context, check_labels, check_timesteps, check_x
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
 
 __all__ = ["UNet", "UNetLevel"]
