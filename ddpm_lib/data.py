@@ -16,7 +16,7 @@ Four sources of training images, each a ``torch.utils.data.Dataset`` whose items
 - :func:`torchvision_dataset`: CIFAR-10 or MNIST read from a local root. Nothing is
   downloaded; missing files raise ``FileNotFoundError`` saying where to put them.
 
-The two shapes datasets are defined in :mod:`ddpm_lib.shapes` and importable from here.
+The two shapes datasets are defined in ``ddpm_lib/shapes.py`` and importable from here.
 :func:`build_dataset` picks one of them from a name or a path (the CLI uses it), and
 :func:`image_to_tensor`, :func:`tensor_to_uint8`, :func:`tensor_to_pil` and :func:`save_grid`
 convert between ``[-1, 1]`` tensors, ``uint8`` arrays and PIL images.
@@ -34,15 +34,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ddpm_lib import _io
+from ddpm_lib import shapes as _shapes
 from ddpm_lib._checks import check_choice, check_floating, check_int
 from ddpm_lib.shapes import (  # noqa: F401  (re-exported: the shapes datasets live in shapes.py)
     _WORDS,
     ATTRIBUTES,
     CAPTION_LANGUAGES,
-    COLORS,
-    POSITIONS,
     SHAPES,
-    SIZES,
     CaptionedShapesDataset,
     ShapesDataset,
     render_shape,
@@ -72,6 +70,13 @@ __all__ = [
     "tensor_to_pil",
     "save_grid",
 ]
+
+#: RGB (in ``[0, 1]``) of every colour word the captioned shapes use (``ddpm_lib/shapes.py``).
+COLORS = _shapes.COLORS
+#: The shape's area as a fraction of the image, per size word.
+SIZES = _shapes.SIZES
+#: Offset of the shape's centre from the middle, as fractions ``(dx, dy)`` of the side.
+POSITIONS = _shapes.POSITIONS
 
 # ----------------------------------------------------------------------------- conversions
 

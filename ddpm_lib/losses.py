@@ -16,7 +16,7 @@ Units: every value returned here is *per dimension*: the mean over all non-batch
 a squared error (simple loss) or of a log-likelihood / KL divergence converted to bits
 (variational terms; ``bits = nats / ln 2``). Values are computed per sample and reduced last.
 :class:`SimpleLoss` is defined here; the bound (:class:`VLBLoss`, :class:`HybridLoss`,
-:func:`normal_kl`, :func:`discretized_gaussian_log_likelihood`) in :mod:`ddpm_lib.vlb`, and
+:func:`normal_kl`, :func:`discretized_gaussian_log_likelihood`) in ``ddpm_lib/vlb.py``, and
 importable from here too.
 
 All computations run in at least float32 (fp16/bf16 inputs and model outputs are upcast, as in
