@@ -38,7 +38,7 @@ _EXPORTS = {
     "DiT": "ddpm_lib.models.dit",
     "GuidedModel": "ddpm_lib.models.guided",
     "TextEncoder": "ddpm_lib.models.text",
-    "HFTextEncoder": "ddpm_lib.models.text",
+    "HFTextEncoder": "ddpm_lib.models.hf_text",
     "TextConditionedUNet": "ddpm_lib.models.text",
     "unet_from_diffusers": "ddpm_lib.interop",
     "dit_from_diffusers": "ddpm_lib.interop_dit",

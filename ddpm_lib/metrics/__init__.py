@@ -13,19 +13,21 @@
   samples of the captioned shapes, read from the pixels.
 """
 
-from .fid import (
-    RECOMMENDED_MIN_SAMPLES,
-    FeatureStatistics,
+from .features import (
     ImageFolder,
-    KernelDistance,
     compute_statistics,
-    frechet_distance,
     generate_samples,
-    kernel_inception_distance,
     list_images,
     quantize,
     statistics_from_folder,
     statistics_from_sampler,
+)
+from .fid import (
+    RECOMMENDED_MIN_SAMPLES,
+    FeatureStatistics,
+    KernelDistance,
+    frechet_distance,
+    kernel_inception_distance,
 )
 from .inception import (
     WEIGHTS_ENV,

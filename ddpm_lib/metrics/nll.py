@@ -24,7 +24,7 @@ import torch
 
 from ddpm_lib._checks import check_int
 
-from .fid import _model_device, _to_unit_range, eval_mode
+from .features import _model_device, _to_unit_range, eval_mode
 
 
 @dataclass(frozen=True)
@@ -161,12 +161,7 @@ def nll_bits_per_dim(
     Returns:
         :class:`BitsPerDim` with the mean, its standard error and the per-term breakdown.
     """
-    if loss is None:
-        from ..losses import VLBLoss
-
-        loss = VLBLoss(schedule, variance=variance, prediction=prediction)
-    if not callable(getattr(loss, "bits_per_dim", None)):
-        raise TypeError(f"loss must have a bits_per_dim method; got {type(loss).__name__}")
+    loss = _vlb_loss(loss, schedule, variance, prediction)
     batch_size = check_int("batch_size", batch_size, 1)
     if num_samples is not None:
         num_samples = check_int("num_samples", num_samples, 1)
@@ -177,27 +172,13 @@ def nll_bits_per_dim(
     if labels_as is not None and labels_as in model_kwargs:
         raise ValueError(f"labels_as={labels_as!r} is also given in model_kwargs")
 
-    total_samples = num_samples
-    if total_samples is None:
-        try:
-            total_samples = len(dataset)
-        except TypeError:
-            total_samples = None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_samples, desc="bits/dim", unit="img")
-
-    totals: list[torch.Tensor] = []
-    prior_sum = decoder_sum = 0.0
-    terms_sum: torch.Tensor | None = None
-    count = 0
+    bar = _progress_bar(dataset, num_samples) if progress else None
+    running = _RunningBound()
     try:
         for images, labels in _batches(dataset, batch_size, labels_as):
             if num_samples is not None:
-                images = images[: num_samples - count]
-                labels = labels[: num_samples - count] if labels is not None else None
+                images = images[: num_samples - running.count]
+                labels = labels[: num_samples - running.count] if labels is not None else None
             if images.shape[0] == 0:
                 break
             x0 = _check_images(images).to(device)
@@ -208,41 +189,85 @@ def nll_bits_per_dim(
                 result = loss.bits_per_dim(
                     model, x0, progress=False, return_terms=True, generator=generator, **kwargs
                 )
-            total = result["total"].detach().double().cpu()  # (B,)
-            if total.shape != (x0.shape[0],) or not bool(torch.isfinite(total).all()):
-                raise ValueError(
-                    f"bits_per_dim returned {tuple(total.shape)} values (non-finite: "
-                    f"{int((~torch.isfinite(total)).sum())}); expected {x0.shape[0]} finite ones"
-                )
-            totals.append(total)
-            prior_sum += float(result["prior"].double().sum())
-            decoder_sum += float(result["decoder"].double().sum())
-            batch_terms = result["terms"].detach().double().sum(dim=0).cpu()  # (T,)
-            terms_sum = batch_terms if terms_sum is None else terms_sum + batch_terms
-            count += x0.shape[0]
+            running.add(result, x0.shape[0])
             if bar is not None:
                 bar.update(x0.shape[0])
-                bar.set_postfix(bpd=f"{float(torch.cat(totals).mean()):.4f}")
-            if num_samples is not None and count >= num_samples:
+                bar.set_postfix(bpd=f"{float(torch.cat(running.totals).mean()):.4f}")
+            if num_samples is not None and running.count >= num_samples:
                 break
     finally:
         if bar is not None:
             bar.close()
-    if count == 0:
-        raise ValueError("dataset is empty: no images were evaluated")
-    assert terms_sum is not None  # at least one batch was evaluated
-    per_sample = torch.cat(totals).numpy()
-    stderr = float(per_sample.std(ddof=1) / math.sqrt(count)) if count > 1 else math.nan
-    return BitsPerDim(
-        mean=float(per_sample.mean()),
-        stderr=stderr,
-        num_samples=count,
-        prior=prior_sum / count,
-        decoder=decoder_sum / count,
-        terms=(terms_sum / count).numpy(),
-        per_sample=per_sample,
-    )
+    return running.result()
 
+
+def _vlb_loss(loss: Any, schedule: Any, variance: str, prediction: str) -> Any:
+    """``loss``, or the ``VLBLoss`` of the schedule when it is ``None``; checked to have
+    ``bits_per_dim``."""
+    if loss is None:
+        from ..losses import VLBLoss
+
+        loss = VLBLoss(schedule, variance=variance, prediction=prediction)
+    if not callable(getattr(loss, "bits_per_dim", None)):
+        raise TypeError(f"loss must have a bits_per_dim method; got {type(loss).__name__}")
+    return loss
+
+
+def _progress_bar(dataset: Any, num_samples: int | None) -> Any:
+    """A tqdm bar over ``num_samples`` (else ``len(dataset)``, when it has one) images."""
+    from tqdm.auto import tqdm
+
+    total_samples = num_samples
+    if total_samples is None:
+        try:
+            total_samples = len(dataset)
+        except TypeError:
+            total_samples = None
+    return tqdm(total=total_samples, desc="bits/dim", unit="img")
+
+
+class _RunningBound:
+    """The running sums of :func:`nll_bits_per_dim`: per-sample totals (float64, on the CPU),
+    the prior and decoder sums and the per-timestep term sums, over ``count`` images."""
+
+    def __init__(self) -> None:
+        self.totals: list[torch.Tensor] = []
+        self.prior_sum = 0.0
+        self.decoder_sum = 0.0
+        self.terms_sum: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, result: dict[str, torch.Tensor], batch: int) -> None:
+        """Add the ``bits_per_dim(..., return_terms=True)`` result of a batch of ``batch``."""
+        total = result["total"].detach().double().cpu()  # (B,)
+        if total.shape != (batch,) or not bool(torch.isfinite(total).all()):
+            raise ValueError(
+                f"bits_per_dim returned {tuple(total.shape)} values (non-finite: "
+                f"{int((~torch.isfinite(total)).sum())}); expected {batch} finite ones"
+            )
+        self.totals.append(total)
+        self.prior_sum += float(result["prior"].double().sum())
+        self.decoder_sum += float(result["decoder"].double().sum())
+        batch_terms = result["terms"].detach().double().sum(dim=0).cpu()  # (T,)
+        self.terms_sum = batch_terms if self.terms_sum is None else self.terms_sum + batch_terms
+        self.count += batch
+
+    def result(self) -> BitsPerDim:
+        count = self.count
+        if count == 0:
+            raise ValueError("dataset is empty: no images were evaluated")
+        assert self.terms_sum is not None  # at least one batch was evaluated
+        per_sample = torch.cat(self.totals).numpy()
+        stderr = float(per_sample.std(ddof=1) / math.sqrt(count)) if count > 1 else math.nan
+        return BitsPerDim(
+            mean=float(per_sample.mean()),
+            stderr=stderr,
+            num_samples=count,
+            prior=self.prior_sum / count,
+            decoder=self.decoder_sum / count,
+            terms=(self.terms_sum / count).numpy(),
+            per_sample=per_sample,
+        )
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     """Convert a batch to float ``[-1, 1]`` and check its range (the decoder needs it)."""

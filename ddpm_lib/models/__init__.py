@@ -2,15 +2,20 @@
 latent-diffusion :class:`AutoencoderKL`, the blocks they are built from (see ``layers``) and the
 text encoders of text-to-image models (see ``text``)."""
 
-from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
-from .dit import DiT
-from .discriminator import PatchDiscriminator
-from .guided import GuidedModel
-from .layers import (
+from .attention import (
     AttentionBlock,
-    ClassEmbedding,
     CrossAttention,
     CrossAttentionBlock,
+    masked_mean,
+    multi_head_attention,
+)
+from .autoencoder import AutoencoderKL, AutoencoderOutput, DiagonalGaussian
+from .discriminator import PatchDiscriminator
+from .dit import DiT
+from .guided import GuidedModel
+from .hf_text import HFTextEncoder
+from .layers import (
+    ClassEmbedding,
     Downsample,
     GroupNormAct,
     OutputHead,
@@ -18,13 +23,11 @@ from .layers import (
     ResBlock,
     TimestepEmbedding,
     Upsample,
-    masked_mean,
-    multi_head_attention,
     sinusoidal_embedding,
     zero_module,
 )
 from .pretrained import PretrainedModel, register_model_class, resolve_model_class
-from .text import HFTextEncoder, TextConditionedUNet, TextEncoder, TextEncoding
+from .text import TextConditionedUNet, TextEncoder, TextEncoding
 from .transformer_layers import (
     DiTBlock,
     DiTFinalLayer,

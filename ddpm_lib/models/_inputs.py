@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .layers import masked_mean
+from .attention import masked_mean
 
 
 def check_x(x: Any, in_channels: int, model: str) -> None:

@@ -32,7 +32,8 @@ from torch import nn
 
 from ddpm_lib._checks import check_bool, check_int, check_int_tuple, check_probability, check_real
 
-from .layers import AttentionBlock, Downsample, OutputHead, ResBlock, Upsample
+from .attention import AttentionBlock
+from .layers import Downsample, OutputHead, ResBlock, Upsample
 from .pretrained import PretrainedModel
 from .unet import UNetLevel
 
@@ -169,6 +170,41 @@ class Decoder(nn.Module):
             h = _run_level(level, h)  # (B, C_i, ...), then 2x larger except at level 0
         return self.out(h)
 
+def _check_autoencoder_arguments(
+    *, in_channels: Any, latent_channels: Any, base_channels: Any, channel_mults: Any,
+    num_res_blocks: Any, attention: Any, norm_groups: Any, out_channels: Any, dropout: Any,
+    norm_eps: Any, num_heads: Any, use_quant_conv: Any, use_post_quant_conv: Any,
+) -> tuple[tuple[int, ...], list[int]]:
+    """Check the arguments of :class:`AutoencoderKL` (errors name the argument and the fix);
+    returns ``channel_mults`` as a tuple and the channels of every level."""
+    check_int("in_channels", in_channels, 1)
+    check_int("latent_channels", latent_channels, 1)
+    check_int("base_channels", base_channels, 1)
+    channel_mults = check_int_tuple("channel_mults", channel_mults, 1)
+    check_int("num_res_blocks", num_res_blocks, 1)
+    check_bool("attention", attention)
+    check_int("norm_groups", norm_groups, 1)
+    check_int("out_channels", out_channels, 1, allow_none=True)
+    check_probability("dropout", dropout)
+    check_real("norm_eps", norm_eps, 0, open_min=True)
+    check_int("num_heads", num_heads, 1)
+    check_bool("use_quant_conv", use_quant_conv)
+    check_bool("use_post_quant_conv", use_post_quant_conv)
+    channels = [base_channels * mult for mult in channel_mults]
+    bad = [c for c in channels if c % norm_groups]
+    if bad:
+        raise ValueError(
+            f"norm_groups={norm_groups} must divide every channel count, but the levels have "
+            f"{channels} channels (base_channels={base_channels}, channel_mults="
+            f"{list(channel_mults)}); change norm_groups or base_channels"
+        )
+    if attention and channels[-1] % num_heads:
+        raise ValueError(
+            f"num_heads={num_heads} must divide the middle attention's {channels[-1]} "
+            "channels"
+        )
+    return channel_mults, channels
+
 
 class AutoencoderKL(PretrainedModel):
     """KL-regularised autoencoder: images ``(B, C, H, W)`` <-> latents ``(B, L, H/f, W/f)``.
@@ -218,32 +254,13 @@ class AutoencoderKL(PretrainedModel):
         use_post_quant_conv: bool = True,
     ) -> None:
         super().__init__()
-        check_int("in_channels", in_channels, 1)
-        check_int("latent_channels", latent_channels, 1)
-        check_int("base_channels", base_channels, 1)
-        channel_mults = check_int_tuple("channel_mults", channel_mults, 1)
-        check_int("num_res_blocks", num_res_blocks, 1)
-        check_bool("attention", attention)
-        check_int("norm_groups", norm_groups, 1)
-        check_int("out_channels", out_channels, 1, allow_none=True)
-        check_probability("dropout", dropout)
-        check_real("norm_eps", norm_eps, 0, open_min=True)
-        check_int("num_heads", num_heads, 1)
-        check_bool("use_quant_conv", use_quant_conv)
-        check_bool("use_post_quant_conv", use_post_quant_conv)
-        channels = [base_channels * mult for mult in channel_mults]
-        bad = [c for c in channels if c % norm_groups]
-        if bad:
-            raise ValueError(
-                f"norm_groups={norm_groups} must divide every channel count, but the levels have "
-                f"{channels} channels (base_channels={base_channels}, channel_mults="
-                f"{list(channel_mults)}); change norm_groups or base_channels"
-            )
-        if attention and channels[-1] % num_heads:
-            raise ValueError(
-                f"num_heads={num_heads} must divide the middle attention's {channels[-1]} "
-                "channels"
-            )
+        channel_mults, channels = _check_autoencoder_arguments(
+            in_channels=in_channels, latent_channels=latent_channels,
+            base_channels=base_channels, channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks, attention=attention, norm_groups=norm_groups,
+            out_channels=out_channels, dropout=dropout, norm_eps=norm_eps, num_heads=num_heads,
+            use_quant_conv=use_quant_conv, use_post_quant_conv=use_post_quant_conv,
+        )
 
         self._config = dict(
             in_channels=in_channels, latent_channels=latent_channels,
@@ -267,42 +284,51 @@ class AutoencoderKL(PretrainedModel):
         self.norm_eps = float(norm_eps)
         self.num_heads = num_heads
 
-        last = self.num_levels - 1
-        # ---- encoder ------------------------------------------------------------------
+        self.encoder = self._build_encoder()
+        self.quant_conv = (
+            nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        )
+        self.post_quant_conv = (
+            nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        )
+        self.decoder = self._build_decoder()
+
+    def _build_encoder(self) -> Encoder:
+        """Input convolution, the levels down (residual blocks, then a downsample on all but
+        the last), the middle and the head to ``2 * latent_channels`` (mean, log-variance)."""
+        channels, last = self.level_channels, self.num_levels - 1
         ch = channels[0]
         down = []
         for level, out_ch in enumerate(channels):
             blocks = []
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 blocks.append(self.make_res_block(ch, out_ch, level, "encoder"))
                 ch = out_ch
             resample = self.make_downsample(ch, level) if level < last else None
             down.append(UNetLevel(blocks, resample))
-        self.encoder = Encoder(
-            self.make_input(in_channels, channels[0], "encoder"), down, self._mid("encoder"),
-            self.make_output_head(ch, 2 * latent_channels, "encoder"),
-        )
-        self.quant_conv = (
-            nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        return Encoder(
+            self.make_input(self.in_channels, channels[0], "encoder"), down, self._mid("encoder"),
+            self.make_output_head(ch, 2 * self.latent_channels, "encoder"),
         )
 
-        # ---- decoder ------------------------------------------------------------------
-        self.post_quant_conv = (
-            nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
-        )
+    def _build_decoder(self) -> Decoder:
+        """The levels up (one more residual block each, then an upsample on all but the
+        first), then the input convolution from the latents, the middle and the image head
+        (built in that order, which fixes the seeded initialisation)."""
+        channels = self.level_channels
         ch = channels[-1]
         up = []
         for level in reversed(range(self.num_levels)):
             out_ch = channels[level]
             blocks = []
-            for _ in range(num_res_blocks + 1):
+            for _ in range(self.num_res_blocks + 1):
                 blocks.append(self.make_res_block(ch, out_ch, level, "decoder"))
                 ch = out_ch
             resample = self.make_upsample(ch, level) if level > 0 else None
             up.append(UNetLevel(blocks, resample))
-        self.decoder = Decoder(
-            self.make_input(latent_channels, channels[-1], "decoder"), self._mid("decoder"), up,
-            self.make_output_head(ch, self.out_channels, "decoder"),
+        return Decoder(
+            self.make_input(self.latent_channels, channels[-1], "decoder"), self._mid("decoder"),
+            up, self.make_output_head(ch, self.out_channels, "decoder"),
         )
 
     # ------------------------------------------------------------------------------------

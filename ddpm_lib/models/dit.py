@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_bool, check_int
 from ._inputs import check_context, check_labels, check_timesteps, check_x
-from .layers import ClassEmbedding, CrossAttention, TimestepEmbedding, zero_module
+from .attention import CrossAttention
+from .layers import ClassEmbedding, TimestepEmbedding, zero_module
 from .pretrained import PretrainedModel
 from .transformer_layers import (
     DiTBlock,
@@ -38,7 +40,6 @@ from .transformer_layers import (
     SelfAttention,
     sincos_position_embedding,
 )
-from .._checks import check_bool, check_int
 
 __all__ = ["DiT"]
 

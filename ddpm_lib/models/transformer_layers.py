@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import multi_head_attention, zero_module
+from .attention import multi_head_attention
+from .layers import zero_module
 
 __all__ = [
     "DiTBlock",

@@ -25,10 +25,16 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ._inputs import check_context, check_labels, check_timesteps, check_x
+from ._unet_config import (
+    TEXT_ATTENTION_CHOICES,
+    UNetGeometry,
+    check_unet_arguments,
+    unet_geometry,
+)
+from .attention import AttentionBlock, CrossAttentionBlock
 from .layers import (
-    AttentionBlock,
     ClassEmbedding,
-    CrossAttentionBlock,
     Downsample,
     OutputHead,
     ResAttnBlock,
@@ -37,8 +43,6 @@ from .layers import (
     Upsample,
     zero_module,
 )
-from ._unet_config import TEXT_ATTENTION_CHOICES, check_unet_arguments, unet_geometry
-from ._inputs import check_context, check_labels, check_timesteps, check_x
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
 
 __all__ = ["UNet", "UNetLevel"]
@@ -169,8 +173,6 @@ class UNet(PretrainedModel):
         geometry = unet_geometry(channel_mults, attention_resolutions, image_size, base_channels,
                                  norm_groups, num_heads, head_channels)
         channel_mults, attention_resolutions = geometry.channel_mults, geometry.attention_resolutions
-        channels, attention_levels = list(geometry.channels), geometry.attention_levels
-        num_levels = len(channel_mults)
 
         # ---- configuration ---------------------------------------------------------------
         self._config = dict(
@@ -186,29 +188,7 @@ class UNet(PretrainedModel):
         )
         if context_dim is not None:  # text options are saved only by text models
             self._config.update(context_dim=context_dim, text_attention=text_attention)
-        self.in_channels = in_channels
-        self.out_channels = out_channels if out_channels is not None else in_channels
-        self.learn_sigma = learn_sigma
-        self.base_channels = base_channels
-        self.channel_mults = channel_mults
-        self.level_channels = tuple(channels)
-        self.num_levels = num_levels
-        self.num_res_blocks = num_res_blocks
-        self.attention_levels = attention_levels
-        self.image_size = image_size
-        self.dropout = float(dropout)
-        self.num_classes = num_classes
-        self.num_heads = num_heads
-        self.head_channels = head_channels
-        self.norm_groups = norm_groups
-        self.norm_eps = float(norm_eps)
-        self.emb_channels = emb_channels if emb_channels is not None else 4 * base_channels
-        self.downsample_padding = downsample_padding
-        self.flip_sin_to_cos = flip_sin_to_cos
-        self.freq_shift = freq_shift
-        self.gradient_checkpointing = gradient_checkpointing
-        self.context_dim = context_dim
-        self.text_attention = text_attention
+        self._set_attributes(geometry, context_dim, text_attention)
 
         # ---- modules, each from an overridable factory -----------------------------------
         self.time_embed = self.make_time_embedding()
@@ -219,6 +199,38 @@ class UNet(PretrainedModel):
 
         ch = self._build_levels()  # self.down, self.mid, self.up
         self.out = self.make_output_head(ch, self.out_channels * (2 if learn_sigma else 1))
+
+    def _set_attributes(
+        self, geometry: UNetGeometry, context_dim: int | None, text_attention: str
+    ) -> None:
+        """The hyperparameters as attributes, read by the factories: from the saved
+        configuration and the resolved ``geometry`` (channels and attention levels)."""
+        config = self._config
+        self.in_channels = config["in_channels"]
+        out_channels = config["out_channels"]
+        self.out_channels = out_channels if out_channels is not None else self.in_channels
+        self.learn_sigma = config["learn_sigma"]
+        self.base_channels = config["base_channels"]
+        self.channel_mults = geometry.channel_mults
+        self.level_channels = tuple(geometry.channels)
+        self.num_levels = len(geometry.channel_mults)
+        self.num_res_blocks = config["num_res_blocks"]
+        self.attention_levels = geometry.attention_levels
+        self.image_size = config["image_size"]
+        self.dropout = config["dropout"]
+        self.num_classes = config["num_classes"]
+        self.num_heads = config["num_heads"]
+        self.head_channels = config["head_channels"]
+        self.norm_groups = config["norm_groups"]
+        self.norm_eps = config["norm_eps"]
+        emb_channels = config["emb_channels"]
+        self.emb_channels = emb_channels if emb_channels is not None else 4 * self.base_channels
+        self.downsample_padding = config["downsample_padding"]
+        self.flip_sin_to_cos = config["flip_sin_to_cos"]
+        self.freq_shift = config["freq_shift"]
+        self.gradient_checkpointing = config["gradient_checkpointing"]
+        self.context_dim = context_dim
+        self.text_attention = text_attention
 
     def _build_levels(self) -> int:
         """The down path, the middle and the up path (skip connections paired in reverse);
