@@ -91,7 +91,7 @@ class VENoiseLevels:
     r"""The geometric ladder of noise levels of NCSN (Song & Ermon 2019), NCSNv2 and the VE SDE.
 
     :math:`\sigma_i = \sigma_{max} (\sigma_{min} / \sigma_{max})^{i / (N - 1)}`, ``i = 0 .. N-1``:
-    :attr:`sigmas` is float64 ``(N,)`` and *decreasing* (NCSN's :math:`\sigma_1 > \dots >
+    ``sigmas`` is float64 ``(N,)`` and *decreasing* (NCSN's :math:`\sigma_1 > \dots >
     \sigma_L`, the order a sampler visits them); one level (``N = 1``) is :math:`\sigma_{max}`.
     The forward process is :math:`x = x_0 + \sigma\,\epsilon` (:math:`s = 1`).
 

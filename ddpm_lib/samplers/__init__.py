@@ -13,6 +13,7 @@ from .ddpm import DDPMSampler, respace
 from .deis import DEISSampler
 from .dpm_solver import DPMSolverSampler
 from .inpaint import repaint_plan
+from .loop import SamplingLoop
 from .multistep import MultistepSampler
 from .pndm import PNDMSampler
 from .sde import SDESampler, VPSDE
@@ -32,6 +33,7 @@ __all__ = [
     "SampleTrajectory",
     "UniPCSampler",
     "Sampler",
+    "SamplingLoop",
     "dynamic_threshold",
     "optimal_timesteps",
     "repaint_plan",

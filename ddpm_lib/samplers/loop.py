@@ -204,11 +204,11 @@ def starting_noise(
 
 class SamplingLoop:
     """The loop of :class:`~ddpm_lib.samplers.base.Sampler` (its base class): runs a
-    :class:`RunSpec`, and declares what a sampler supports besides :meth:`sample`.
+    ``RunSpec``, and declares what a sampler supports besides ``sample()``.
 
     A sampler that cannot do something sets the flag to ``False`` (as a class attribute, or
     per instance when it depends on the configuration) and says why in
-    :meth:`_capability_reason`; the public methods ask :meth:`_require`.
+    ``_capability_reason()``; the public methods ask ``_require()``.
     """
 
     #: ``step()`` on single steps (a custom loop)

@@ -333,7 +333,7 @@ class Trainer:
 
     @property
     def data_sampler(self) -> GlobalBatchSampler:
-        """The data order: a permutation per epoch, split over processes."""
+        """The sampler of the data order (a permutation per epoch, split over processes)."""
         return self.batches.sampler
 
     def lr_at(self, step: int) -> float:
