@@ -4,4 +4,6 @@ import sys
 
 from ddpm_lib.cli import main
 
-sys.exit(main())
+# importing this module (the wheel's smoke test imports every module) must run nothing
+if __name__ == "__main__":
+    sys.exit(main())
