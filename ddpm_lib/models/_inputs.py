@@ -70,6 +70,37 @@ def check_labels(y: Any, batch: int, num_classes: int) -> torch.Tensor:
     return y
 
 
+def check_condition(
+    network: Any, model: str, num_classes: int | None, y: Any, batch: int,
+    extra: dict[str, Any],
+) -> torch.Tensor | None:
+    """The checked labels of a network's conditioning (``None`` for an unconditional one).
+
+    ``model`` ("UNet", "DiT") names the architecture in the messages, ``network`` is the
+    instance (its class is named for unexpected arguments); ``extra`` holds keyword arguments
+    of ``forward`` that no part of the network reads (a subclass overriding embed() does).
+    """
+    if extra:
+        raise TypeError(
+            f"{type(network).__name__} got unexpected keyword arguments {sorted(extra)}; "
+            "override embed() in a subclass to condition on them"
+        )
+    if num_classes is None:
+        if y is not None:
+            raise ValueError(
+                f"y was given, but this {model} is unconditional (num_classes=None); build it "
+                "with num_classes=N to condition on labels, or pass y=None"
+            )
+        return None
+    if y is None:
+        raise ValueError(
+            f"this {model} is class-conditional (num_classes={num_classes}): pass y, a "
+            f"LongTensor of shape (B,) with labels in [0, {num_classes - 1}], or -1 for no "
+            "label"
+        )
+    return check_labels(y, batch, num_classes)
+
+
 def check_context(
     context: Any, context_mask: Any, context_pooled: Any, x: torch.Tensor, context_dim: int,
     model: str,

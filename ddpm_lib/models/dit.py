@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._checks import check_bool, check_int
-from ._inputs import check_context, check_labels, check_timesteps, check_x
+from ._inputs import check_condition, check_context, check_timesteps, check_x
 from .attention import CrossAttention
 from .layers import ClassEmbedding, TimestepEmbedding, zero_module
 from .pretrained import PretrainedModel
@@ -369,27 +369,10 @@ class DiT(PretrainedModel):
         """The conditioning vector ``c`` ``(B, hidden_size)`` of every adaLN layer:
         ``t_embedder(t) + y_embedder(y)`` (+ ``context_embed(context_pooled)`` for text).
         Extra keyword arguments of ``forward`` arrive here; override it to use them."""
-        if kwargs:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}; "
-                "override embed() in a subclass to condition on them"
-            )
+        y = check_condition(self, "DiT", self.num_classes if self.y_embedder is not None
+                            else None, y, t.shape[0], kwargs)
         c = self.t_embedder(t)  # (B, D)
-        if self.y_embedder is None:
-            if y is not None:
-                raise ValueError(
-                    "y was given, but this DiT is unconditional (num_classes=None); build it "
-                    "with num_classes=N to condition on labels, or pass y=None"
-                )
-        else:
-            if y is None:
-                raise ValueError(
-                    f"this DiT is class-conditional (num_classes={self.num_classes}): pass y, a "
-                    f"LongTensor of shape (B,) with labels in [0, {(self.num_classes or 0) - 1}]"
-                    ", or -1 for no label"
-                )
-            if not torch.compiler.is_compiling():
-                check_labels(y, t.shape[0], self.num_classes or 0)
+        if self.y_embedder is not None and y is not None:  # class-conditional
             c = c + self.y_embedder(y).to(c.dtype)
         if context_pooled is not None:
             c = c + self.context_embed(context_pooled.to(c.dtype)).to(c.dtype)

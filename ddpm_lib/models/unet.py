@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ._inputs import check_context, check_labels, check_timesteps, check_x
+from ._inputs import check_condition, check_context, check_timesteps, check_x
 from ._unet_config import (
     TEXT_ATTENTION_CHOICES,
     UNetGeometry,
@@ -364,26 +364,11 @@ class UNet(PretrainedModel):
     def _embed_time_and_class(
         self, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        if kwargs:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}; "
-                "override embed() in a subclass to condition on them"
-            )
+        y = check_condition(self, "UNet", self.num_classes if self.class_embed is not None
+                            else None, y, t.shape[0], kwargs)
         emb = self.time_embed(t)  # (B, E)
-        if self.class_embed is None:
-            if y is not None:
-                raise ValueError(
-                    "y was given, but this UNet is unconditional (num_classes=None); build it "
-                    "with num_classes=N to condition on labels, or pass y=None"
-                )
+        if self.class_embed is None or y is None:  # unconditional (y is None then)
             return emb
-        if y is None:
-            raise ValueError(
-                f"this UNet is class-conditional (num_classes={self.num_classes}): pass y, a "
-                f"LongTensor of shape (B,) with labels in [0, {(self.num_classes or 0) - 1}], or -1 "
-                "for no label"
-            )
-        y = self._check_labels(y, t.shape[0])
         return emb + self.class_embed(y).to(emb.dtype)
 
     def make_input(self) -> nn.Module:
@@ -514,10 +499,6 @@ class UNet(PretrainedModel):
                     "pad the images"
                 )
         return check_timesteps(t, x)
-
-    def _check_labels(self, y: Any, batch: int) -> torch.Tensor:
-        assert self.num_classes is not None  # only class-conditional networks check labels
-        return check_labels(y, batch, self.num_classes)
 
     # ------------------------------------------------------------------------------------
     # Configuration, saving and loading
