@@ -38,6 +38,7 @@ from torch import nn
 
 from ddpm_lib import _io
 from ddpm_lib._checks import check_choice, check_int
+from ddpm_lib.models.pretrained import model_config
 from ddpm_lib.latent_cache import (  # noqa: F401 (CACHE_FILE, LatentDataset: as before)
     CACHE_FILE,
     LatentDataset,
@@ -603,11 +604,7 @@ class LatentDiffusion:
                 "sampler clamps x0 to [-1, 1] at every step (clip_denoised=True), which corrupts "
                 "latents; build it with clip_denoised=False"
             )
-        config = getattr(unet, "config", None)
-        if isinstance(config, dict):  # a text model's config holds its UNet's under "unet"
-            config = config.get("unet", config)
-        else:
-            config = {}
+        config = model_config(unet)  # a text model's: its UNet's part
         if image_size is None:
             side = config.get("image_size", config.get("input_size"))  # UNet / DiT
             if not isinstance(side, int):

@@ -37,6 +37,7 @@ from torch import nn
 from ._checks import check_choice
 from .conditioning import ClassLabel, Condition, Prompt, conditions_for
 from ._pipeline_formats import PIPELINE_FILE
+from .models.pretrained import model_config
 from .schedule import PREDICTION_TYPES, NoiseSchedule, default_variance
 
 __all__ = ["DiffusionPipeline", "SAMPLER_NAMES", "PIPELINE_FILE", "make_sampler", "model_config"]
@@ -52,16 +53,6 @@ SAMPLER_NAMES = {
     "deis": "DEISSampler",
     "sde": "SDESampler",
 }
-
-
-def model_config(model: Any) -> dict[str, Any]:
-    """The denoising network's configuration: ``model.config``, or for a text model (whose
-    config holds its parts) the UNet's part; ``{}`` for a model without one."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, Mapping):
-        return {}
-    inner = config.get("unet")
-    return dict(inner) if isinstance(inner, Mapping) else dict(config)
 
 
 def make_sampler(

@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+# the one class registry of saved names (ddpm_lib.models.registry), re-exported here
+from .registry import register_model_class, resolve_model_class
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -24,14 +28,22 @@ else:  # torch depends on typing_extensions
     from typing_extensions import Self
 
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel", "register_model_class", "resolve_model_class",
+    "CONFIG_NAME", "WEIGHTS_NAME", "PretrainedModel", "model_config", "register_model_class",
+    "resolve_model_class",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# the one class registry of saved names (ddpm_lib.models.registry), re-exported here
-from .registry import register_model_class, resolve_model_class  # noqa: E402
+
+def model_config(model: Any) -> dict[str, Any]:
+    """The denoising network's configuration: ``model.config``, or for a text model (whose
+    config holds its parts) the UNet's part; ``{}`` for a model without one."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping):
+        return {}
+    inner = config.get("unet")
+    return dict(inner) if isinstance(inner, Mapping) else dict(config)
 
 
 class PretrainedModel(nn.Module):
