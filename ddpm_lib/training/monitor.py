@@ -191,14 +191,15 @@ def default_sampler(loss_fn: Any, model: torch.nn.Module) -> Any:
         raise ValueError(
             "sample_every needs a sampler: pass sampler=..., or a loss_fn with a .schedule"
         )
+    from ddpm_lib.models.pretrained import model_config
     from ddpm_lib.samplers import DDPMSampler
+    from ddpm_lib.schedule import default_variance
 
     prediction = getattr(loss_fn, "prediction", "eps")
-    variance = getattr(loss_fn, "variance", None)
-    config = getattr(unwrap_model(model), "config", None)
-    if not (isinstance(variance, str) and variance.startswith("learned")):
-        learned = isinstance(config, dict) and config.get("learn_sigma")
-        variance = "learned_range" if learned else "fixed_small"
+    variance = getattr(loss_fn, "variance", None)  # a learned one of the loss is the model's
+    learned = variance if isinstance(variance, str) and variance.startswith("learned") else None
+    variance = default_variance(bool(model_config(unwrap_model(model)).get("learn_sigma")),
+                                learned)
     return DDPMSampler(
         schedule, variance=variance, prediction=prediction,
         num_steps=min(100, schedule.num_timesteps),
