@@ -326,3 +326,27 @@ def write_bundle(directory: Path, *, model: Any = None, model_folder: str = ".",
         }
         write_json(staging / PIPELINE_FILE, record)
     return directory
+
+
+def read_latent(directory: Path, *, autoencoder_class: Any, unet_class: Any,
+                load_unet: bool) -> dict[str, Any]:
+    """The keyword arguments of :class:`ddpm_lib.LatentDiffusion` for a latent model folder
+    (``pipeline.json`` or the earlier ``latent_diffusion.json``), see
+    :meth:`ddpm_lib.LatentDiffusion.from_pretrained`."""
+    from . import _io
+
+    _io.recover_folder(directory)  # finishes or undoes a save a crash interrupted
+    if directory.exists() and not any(
+            (directory / name).is_file() for name in ("pipeline.json", LEGACY_LATENT_FILE)):
+        raise FileNotFoundError(f"{directory} has neither pipeline.json nor "
+                                f"{LEGACY_LATENT_FILE}: not a folder written by "
+                                "LatentDiffusion.save_pretrained")
+    parts = read_parts(directory, model_class=unet_class, autoencoder_class=autoencoder_class,
+                       load_model=load_unet, prefer_checkpoint=False)
+    if parts.autoencoder is None:
+        raise ValueError(f"{directory} holds no autoencoder: not a latent model folder")
+    shift, scale = parts.channel_stats or (None, None)
+    return {"autoencoder": parts.autoencoder, "scale_factor": parts.scale_factor,
+            "unet": parts.model, "prediction": parts.diffusion.get("prediction", "eps"),
+            "schedule": schedule_of(parts, None) if "schedule" in parts.diffusion else None,
+            "latent_shift": shift, "latent_scale": scale}

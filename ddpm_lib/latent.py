@@ -25,10 +25,7 @@ is the glue between the two:
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,18 +35,23 @@ from torch import nn
 
 from ddpm_lib import _io
 from ddpm_lib._checks import check_choice, check_int
-from ddpm_lib.models.pretrained import model_config
-from ddpm_lib.latent_cache import (  # noqa: F401 (CACHE_FILE, LatentDataset: as before)
+from ddpm_lib.latent_cache import (  # noqa: F401 (autoencoder_fingerprint: as before)
     CACHE_FILE,
     LatentDataset,
     _item_image,
-    _read_cache,
-    _tensor_bytes,
-    _write_cache,
     autoencoder_fingerprint,
-    dataset_fingerprint,
-    encode_items,
+    cache_key,
+    cached_latents,
 )
+from ddpm_lib.latent_normalization import (
+    NORMALIZATIONS,
+    LatentMoments,
+    check_channel_stats,
+    check_scale_factor,
+    latent_moments,
+)
+from ddpm_lib.models.pretrained import model_config
+from ddpm_lib.samplers.decoding import DecodingSampler
 
 __all__ = ["CACHE_FILE", "CONFIG_FILE", "DecodingSampler", "LatentDataset", "LatentDiffusion",
            "NORMALIZATIONS"]
@@ -59,80 +61,6 @@ _FORMAT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _check_scale_factor(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"scale_factor must be a positive finite number or None; got "
-                        f"{type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"scale_factor must be a positive finite number; got {value!r}")
-    return float(value)
-
-
-NORMALIZATIONS = ("channel", "global")
-
-
-def _check_channel_stats(name: str, value: Any, channels: int,
-                         positive: bool) -> torch.Tensor | None:
-    """``value`` as a float64 tensor ``(channels,)`` of finite numbers (positive ones when
-    ``positive``), or ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (torch.Tensor, Sequence)) or \
-            isinstance(value, str):
-        raise TypeError(f"{name} must be a sequence or tensor of {channels} numbers (one per "
-                        f"latent channel) or None; got {type(value).__name__}")
-    try:
-        tensor = torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must hold numbers; got {value!r}") from None
-    if tensor.numel() != channels:
-        raise ValueError(f"{name} must have {channels} values (one per latent channel); got "
-                         f"{tensor.numel()}")
-    if not bool(torch.isfinite(tensor).all()) or (positive and not bool((tensor > 0).all())):
-        kind = "positive finite" if positive else "finite"
-        raise ValueError(f"{name} must hold {kind} numbers; got {tensor.tolist()}")
-    return tensor.clone()
-
-
-class DecodingSampler:
-    """A sampler of latents that returns decoded images: ``sample`` draws latents with
-    ``sampler`` and decodes them with ``latent_diffusion``.
-
-    Give it to the :class:`ddpm_lib.Trainer` (``sampler=``) training on a
-    :class:`LatentDataset` so that its sample grids show images, not latents. Every other
-    attribute is the wrapped sampler's.
-    """
-
-    def __init__(self, sampler: Any, latent_diffusion: LatentDiffusion) -> None:
-        if getattr(sampler, "clip_denoised", False):
-            raise ValueError(
-                "the sampler clamps x0 to [-1, 1] (clip_denoised=True), which corrupts latents; "
-                "build it with clip_denoised=False"
-            )
-        self.sampler = sampler
-        self.latent_diffusion = latent_diffusion
-
-    def sample(self, model: Any, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
-        """``latent_diffusion.decode(sampler.sample(model, shape, **kwargs))``."""
-        latents = self.sampler.sample(model, shape, **kwargs)
-        if isinstance(latents, torch.Tensor):
-            return self.latent_diffusion.decode(latents)
-        return latents  # a trajectory: left to the caller
-
-    def __getattr__(self, name: str) -> Any:
-        sampler = self.__dict__.get("sampler")
-        if sampler is None:  # during unpickling / copying, before __init__ ran
-            raise AttributeError(name)
-        return getattr(sampler, name)
-
-    def __repr__(self) -> str:
-        return f"DecodingSampler({self.sampler!r})"
 
 
 # ----------------------------------------------------------------------------- the model
@@ -186,7 +114,7 @@ class LatentDiffusion:
                                 f"{type(autoencoder).__name__} has none")
         self.autoencoder: Any = autoencoder
         self.in_channels, self.latent_channels, self.downsampling_factor = _geometry(autoencoder)
-        self.scale_factor = _check_scale_factor(scale_factor)
+        self.scale_factor = check_scale_factor(scale_factor)
         self.set_channel_normalization(latent_shift, latent_scale)
         self.unet: Any = unet
         self.schedule = schedule
@@ -200,7 +128,7 @@ class LatentDiffusion:
 
     @scale_factor.setter
     def scale_factor(self, value: float | None) -> None:
-        self._scale_factor = _check_scale_factor(value)
+        self._scale_factor = check_scale_factor(value)
 
     def set_channel_normalization(
         self, latent_shift: Sequence[float] | torch.Tensor | None,
@@ -212,8 +140,8 @@ class LatentDiffusion:
         if (latent_shift is None) != (latent_scale is None):
             raise ValueError("latent_shift and latent_scale go together: give both or neither")
         channels = self.latent_channels
-        self._shift = _check_channel_stats("latent_shift", latent_shift, channels, False)
-        self._scale = _check_channel_stats("latent_scale", latent_scale, channels, True)
+        self._shift = check_channel_stats("latent_shift", latent_shift, channels, False)
+        self._scale = check_channel_stats("latent_scale", latent_scale, channels, True)
 
     @property
     def latent_shift(self) -> torch.Tensor | None:
@@ -416,64 +344,42 @@ class LatentDiffusion:
         size = len(dataset)
         if size == 0:
             raise ValueError("dataset is empty")
-        count = min(num_samples, size)
-        indices = torch.linspace(0, size - 1, count).round().long().unique().tolist()
-        channels = self.latent_channels
-        pivot, total, total_sq, per_channel = self._channel_sums(
-            dataset, indices, batch_size, sample, generator, progress)
-        # the global moments from the per-channel ones (each channel shifted by its pivot)
-        count = per_channel * channels
-        means = pivot + total / max(per_channel, 1)
-        scatter = (total_sq - total * total / max(per_channel, 1)).clamp_min(0)
-        grand = means.mean()
-        global_scatter = scatter.sum() + per_channel * (means - grand).square().sum()
-        std = _std(global_scatter, count, "the latents")
+        indices = torch.linspace(0, size - 1, min(num_samples, size)).round().long().unique()
+        moments = self._moments(dataset, indices.tolist(), batch_size, sample, generator,
+                                progress, per_channel_stds=normalization == "channel")
         if normalization == "channel":
-            stds = torch.tensor([max(_std(scatter[c], per_channel, None), 1e-3 * std)
-                                 for c in range(channels)], dtype=torch.float64)
-            self.set_channel_normalization(means, 1.0 / stds)
+            self.set_channel_normalization(moments.means, 1.0 / moments.stds)
         else:
             self.set_channel_normalization(None, None)
+        std = moments.std
         self.scale_factor = 1.0 / std
         return self.scale_factor
 
-    def _channel_sums(
+    def _moments(
         self, dataset: Any, indices: list[int], batch_size: int, sample: bool,
-        generator: torch.Generator | None, progress: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """``(pivot, sum, sum of squares, count)`` per channel of the unscaled latents of
-        ``dataset[indices]``, in float64 and shifted by the first batch's channel means (the
-        pivot), so that channels with a large offset lose no precision."""
-        channels = self.latent_channels
-        pivot = torch.zeros(channels, dtype=torch.float64)
-        total = torch.zeros(channels, dtype=torch.float64)
-        total_sq = torch.zeros(channels, dtype=torch.float64)
-        per_channel = 0
-        batches = range(0, len(indices), batch_size)
+        generator: torch.Generator | None, progress: bool, *, per_channel_stds: bool,
+    ) -> LatentMoments:
+        """The moments of the unscaled latents of ``dataset[indices]`` (autoencoder in eval
+        mode meanwhile)."""
+        batches: Any = range(0, len(indices), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="scale factor", unit="batch")
+
+        def encode(start: int) -> torch.Tensor:
+            chunk = indices[start:start + batch_size]
+            images = (dataset[chunk] if isinstance(dataset, torch.Tensor)
+                      else self._images_of(dataset, chunk))
+            return self._encode_unscaled(self._check_images(images), generator, sample)
+
         was_training = self.autoencoder.training
         self.autoencoder.eval()
         try:
-            for start in batches:
-                chunk = indices[start:start + batch_size]
-                if isinstance(dataset, torch.Tensor):
-                    images = dataset[chunk]
-                else:
-                    images = self._images_of(dataset, chunk)
-                images = self._check_images(images)
-                z = self._encode_unscaled(images, generator, sample).double().cpu()
-                if per_channel == 0:  # sums of z - pivot: no cancellation for offset channels
-                    pivot = z.mean(dim=(0, 2, 3))
-                z = z - pivot.view(1, -1, 1, 1)
-                total += z.sum(dim=(0, 2, 3))
-                total_sq += z.square().sum(dim=(0, 2, 3))
-                per_channel += z.numel() // channels
+            return latent_moments(batches, encode, self.latent_channels,
+                                  per_channel_stds=per_channel_stds)
         finally:
             self.autoencoder.train(was_training)
-        return pivot, total, total_sq, per_channel
 
     # ------------------------------------------------------------------ the dataset cache
     def cache_key(self, dataset: Any, *, sample: bool = False, seed: int | None = None) -> str:
@@ -482,14 +388,8 @@ class LatentDiffusion:
         shift and scale, the dataset's
         identity (class, length, ``repr``, first, middle and last items) and the encoding
         options."""
-        digest = hashlib.sha256()
-        digest.update(autoencoder_fingerprint(self.autoencoder).encode())
-        digest.update(repr(self._require_scale("encode a dataset")).encode())
-        if self._shift is not None and self._scale is not None:
-            digest.update(b"channel|" + _tensor_bytes(self._shift) + _tensor_bytes(self._scale))
-        digest.update(dataset_fingerprint(dataset).encode())
-        digest.update(f"sample={bool(sample)}|seed={seed}".encode())
-        return digest.hexdigest()
+        return cache_key(self.autoencoder, self._require_scale("encode a dataset"),
+                         self.channel_stats, dataset, sample=sample, seed=seed)
 
     def encode_dataset(
         self,
@@ -531,30 +431,8 @@ class LatentDiffusion:
             A :class:`LatentDataset` whose items are shaped like ``dataset``'s.
         """
         check_int("batch_size", batch_size, 1)
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
-        if len(dataset) == 0:
-            raise ValueError("dataset is empty")
-        cache_dir = Path(cache_dir)
-        path = cache_dir / CACHE_FILE
-        key = self.cache_key(dataset, sample=sample, seed=seed if sample else None)
-        classes = getattr(dataset, "classes", None)
-        cached, why = _read_cache(path, key)
-        if why is not None:
-            warnings.warn(f"latent cache {path} is not used, encoding the dataset again: {why}",
-                          UserWarning, stacklevel=2)
-        if cached is not None:
-            latents, fields, wrapped = cached
-            return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
-                                 scale_factor=self.scale_factor, cache_path=path,
-                                 from_cache=True)
-        latents, fields, wrapped = encode_items(
-            self, dataset, batch_size, progress, sample, seed, num_workers
-        )
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _write_cache(path, key, latents, fields, wrapped)
-        return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
-                             scale_factor=self.scale_factor, cache_path=path, from_cache=False)
+        return cached_latents(self, dataset, Path(cache_dir), batch_size, progress,
+                              sample=sample, seed=seed, num_workers=num_workers)
 
     # ------------------------------------------------------------------ sampling
     def decoding_sampler(self, sampler: Any) -> DecodingSampler:
@@ -671,28 +549,10 @@ class LatentDiffusion:
             ValueError: not a latent model folder, a file that is not valid, or a class that
                 cannot be found.
         """
-        from ddpm_lib._pipeline_formats import read_parts
+        from ddpm_lib._pipeline_formats import read_latent
 
-        directory = Path(directory)
-        _io.recover_folder(directory)  # finishes or undoes a save a crash interrupted
-        if directory.exists() and not any(
-                (directory / name).is_file() for name in ("pipeline.json", CONFIG_FILE)):
-            raise FileNotFoundError(f"{directory} has neither pipeline.json nor {CONFIG_FILE}: "
-                                    "not a folder written by LatentDiffusion.save_pretrained")
-        parts = read_parts(directory, model_class=unet_class, autoencoder_class=autoencoder_class,
-                           load_model=load_unet, prefer_checkpoint=False)
-        if parts.autoencoder is None:
-            raise ValueError(f"{directory} holds no autoencoder: not a latent model folder")
-        diffusion = parts.diffusion
-        schedule = None
-        if "schedule" in diffusion:
-            from ddpm_lib._pipeline_formats import schedule_of
-
-            schedule = schedule_of(parts, None)
-        shift, scale = parts.channel_stats or (None, None)
-        model = cls(parts.autoencoder, parts.scale_factor, unet=parts.model, schedule=schedule,
-                    prediction=diffusion.get("prediction", "eps"), latent_shift=shift,
-                    latent_scale=scale)
+        model = cls(**read_latent(Path(directory), autoencoder_class=autoencoder_class,
+                                  unet_class=unet_class, load_unet=load_unet))
         model.autoencoder.eval()
         if model.unet is not None:
             model.unet.eval()
@@ -734,15 +594,3 @@ def _geometry(autoencoder: nn.Module) -> tuple[int, int, int]:
             "downsampling_factor (or channel_mults)"
         )
     return int(in_channels), int(latent_channels), int(factor)
-
-
-def _std(scatter: torch.Tensor, count: int, what: str | None) -> float:
-    """The unbiased standard deviation of ``count`` values from their sum of squared
-    deviations; ``what`` names them in the errors (``None``: no check of a zero std)."""
-    if count < 2:
-        raise ValueError("the latents of one image hold a single value; cannot take a std")
-    std = float((scatter / (count - 1)).clamp_min(0).sqrt())
-    if what is not None and not (math.isfinite(std) and std > 0):
-        raise ValueError(f"{what} have standard deviation {std}; the autoencoder "
-                         "collapses every image to a constant and cannot be used")
-    return std

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,45 @@ def encode_items(
     finally:
         latent.autoencoder.train(was_training)
     return torch.cat(chunks), fields, wrapped
+
+
+def cache_key(autoencoder: nn.Module, scale_factor: float,
+              channel_stats: tuple[list[float], list[float]] | None, dataset: Any, *,
+              sample: bool = False, seed: int | None = None) -> str:
+    """The hash a cache of ``dataset``'s latents is valid for (see
+    :meth:`ddpm_lib.LatentDiffusion.cache_key`)."""
+    digest = hashlib.sha256()
+    digest.update(autoencoder_fingerprint(autoencoder).encode())
+    digest.update(repr(scale_factor).encode())
+    if channel_stats is not None:
+        shift, scale = (torch.tensor(values, dtype=torch.float64) for values in channel_stats)
+        digest.update(b"channel|" + _tensor_bytes(shift) + _tensor_bytes(scale))
+    digest.update(dataset_fingerprint(dataset).encode())
+    digest.update(f"sample={bool(sample)}|seed={seed}".encode())
+    return digest.hexdigest()
+
+
+def cached_latents(latent: Any, dataset: Any, cache_dir: Path, batch_size: int, progress: bool,
+                   *, sample: bool, seed: int, num_workers: int) -> LatentDataset:
+    """:meth:`ddpm_lib.LatentDiffusion.encode_dataset`: the cache in ``cache_dir`` when it is
+    valid for ``latent`` and ``dataset``, else the dataset encoded again and cached."""
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(f"dataset must be a map-style Dataset; got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    path = cache_dir / CACHE_FILE
+    key = latent.cache_key(dataset, sample=sample, seed=seed if sample else None)
+    classes = getattr(dataset, "classes", None)
+    cached, why = _read_cache(path, key)
+    if why is not None:
+        warnings.warn(f"latent cache {path} is not used, encoding the dataset again: {why}",
+                      UserWarning, stacklevel=3)
+    from_cache = cached is not None
+    if cached is None:
+        cached = encode_items(latent, dataset, batch_size, progress, sample, seed, num_workers)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _write_cache(path, key, *cached)
+    latents, fields, wrapped = cached
+    return LatentDataset(latents, fields, wrapped=wrapped, classes=classes,
+                         scale_factor=latent.scale_factor, cache_path=path,
+                         from_cache=from_cache)
