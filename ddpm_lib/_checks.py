@@ -22,6 +22,16 @@ class ArgumentTypeError(TypeError, ValueError):
     catching either (the CLI catches ``ValueError``) reports it."""
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (numpy integers included, ``bool`` not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (ints, floats, numpy scalars; ``bool`` not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_bool(name: str, value: Any) -> bool:
     """Return ``value`` if it is a ``bool`` (not merely truthy), else raise naming it."""
     if not isinstance(value, bool):
@@ -40,30 +50,33 @@ def _bounds(minimum: Any, maximum: Any, open_min: bool = False, open_max: bool =
 
 def check_int(
     name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
-    allow_none: bool = False,
+    allow_none: bool = False, expected: str | None = None,
 ) -> Any:
     """Return ``value`` if it is an integer (``bool`` refused, numpy integers accepted) in
     ``[minimum, maximum]`` (either bound optional), or ``None`` when ``allow_none``.
 
     Raises :class:`ArgumentTypeError` for another type (``"num_steps must be an int; got
     float 2.5"``) and ``ValueError`` for a value out of range (``"num_steps must be >= 1;
-    got 0"``).
+    got 0"``). ``expected`` words both messages instead (``"a positive int"``: ``"num_classes
+    must be a positive int; got 0"``).
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} must be an int{' or None' if allow_none else ''}; "
+    if not is_int(value):
+        raise ArgumentTypeError(f"{name} must be {expected or 'an int'}"
+                                f"{' or None' if allow_none else ''}; "
                                 f"got {type(value).__name__} {value!r}")
     number: Any = value
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise ValueError(f"{name} must be {_bounds(minimum, maximum)}; got {value!r}")
+        raise ValueError(f"{name} must be {expected or _bounds(minimum, maximum)}; "
+                         f"got {value!r}")
     return int(value)
 
 
 def check_real(
     name: str, value: Any, minimum: float | None = None, maximum: float | None = None, *,
     open_min: bool = False, open_max: bool = False, finite: bool = True,
-    allow_none: bool = False,
+    allow_none: bool = False, expected: str | None = None,
 ) -> Any:
     """Return ``value`` if it is a real number (``bool`` refused; ints, floats, numpy scalars
     accepted) in the range given by ``minimum`` / ``maximum`` (``open_min`` / ``open_max``
@@ -71,23 +84,27 @@ def check_real(
 
     Raises :class:`ArgumentTypeError` for another type and ``ValueError`` for NaN, an
     infinity or a value out of range, each naming the argument, the value and the range.
+    ``expected`` words the three messages instead (``"a finite float >= 0"``).
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be a real number{' or None' if allow_none else ''}"
+    if not is_real(value):
+        raise ArgumentTypeError(f"{name} must be {expected or 'a real number'}"
+                                f"{' or None' if allow_none else ''}"
                                 f"; got {type(value).__name__} {value!r}")
     value = value if isinstance(value, (int, float)) else float(value)  # numpy scalars
     bounds = "" if minimum is None and maximum is None else " " + _bounds(
         minimum, maximum, open_min, open_max)
     if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number{bounds}; "
+        raise ValueError(f"{name} must be "
+                         f"{expected or ('a finite ' if finite else 'a ') + 'number' + bounds}; "
                          f"got {value!r}")
     below = minimum is not None and (value <= minimum if open_min else value < minimum)
     above = maximum is not None and (value >= maximum if open_max else value > maximum)
     if below or above:
-        raise ValueError(
-            f"{name} must be {_bounds(minimum, maximum, open_min, open_max)}; got {value!r}")
+        raise ValueError(f"{name} must be "
+                         f"{expected or _bounds(minimum, maximum, open_min, open_max)}; "
+                         f"got {value!r}")
     return value
 
 
@@ -95,7 +112,7 @@ def check_probability(name: str, value: Any, *, allow_one: bool = False) -> floa
     """Return ``value`` as a float if it is a probability in ``[0, 1)`` (``[0, 1]`` with
     ``allow_one``): dropout rates, condition-dropout rates, EMA decays."""
     interval = "[0, 1]" if allow_one else "[0, 1)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise ArgumentTypeError(
             f"{name} must be a float in {interval}; got {type(value).__name__} {value!r}")
     number: Any = value

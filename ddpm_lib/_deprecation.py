@@ -8,10 +8,11 @@ arguments accept the positional calls of the previous release for one more relea
 from __future__ import annotations
 
 import functools
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+from ddpm_lib._checks import is_int
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -72,7 +73,4 @@ def _fits(args: tuple[Any, ...], positional: tuple[str, ...], kept: int) -> bool
     """Whether ``args`` are the new positional values (see :func:`keyword_only_after`)."""
     if len(args) > len(positional):
         return False
-    return all(
-        value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
-        for value in args[kept:]
-    )
+    return all(value is None or is_int(value) for value in args[kept:])

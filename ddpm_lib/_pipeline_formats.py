@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
+from ._checks import is_real
 from .models.registry import build_model, resolve_model_class
 from .schedule import NoiseSchedule
 
@@ -125,7 +125,7 @@ def latent_channel_stats(latent: Any, where: Path) -> tuple[list[float], list[fl
     for name in ("shift", "scale"):
         value = latent.get(name)
         if not isinstance(value, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                is_real(v) for v in value):
             raise ValueError(f"{where}: latent {name!r} must be a list of numbers (one per "
                              f"latent channel); got {value!r}")
         stats.append([float(v) for v in value])

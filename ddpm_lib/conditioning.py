@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_probability
+from ._checks import check_int, check_probability, is_int
 
 __all__ = [
     "NULL_CLASS",
@@ -107,9 +107,7 @@ class ClassLabel(Condition):
 
     def __init__(self, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__(dropout)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = check_int("num_classes", num_classes, 1, expected="a positive int")
 
     def collate(self, values: Any, device: torch.device) -> torch.Tensor:
         labels = torch.as_tensor(values).to(device, non_blocking=True).long()
@@ -251,7 +249,7 @@ def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
             captions, a class-conditional model without labels or with captions).
     """
     num_classes = getattr(model, "num_classes", None)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         num_classes = None
     text = callable(getattr(model, "encode_prompts", None))
     if fields is not None:
@@ -390,9 +388,8 @@ def guidance_inputs(
     if guidance_scale is not None and not conditions:
         raise ValueError("guidance_scale needs a conditional model (class labels or prompts); "
                          "this one is unconditional")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(
-            num_samples, int) or num_samples < 1):
-        raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
+    check_int("num_samples", num_samples, 1, allow_none=True,
+              expected="a positive int")
     model_kwargs: dict[str, Any] = {}
     unconditional: dict[str, Any] | None = None
     count = num_samples

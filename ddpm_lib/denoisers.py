@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_real
+from ._checks import check_choice, check_real, is_real
 from .noise_levels import VENoiseLevels, schedule_sigmas, timesteps_for_sigmas
 from .schedule import PREDICTION_TYPES, NoiseSchedule, gather
 
@@ -35,7 +35,7 @@ FORMULATIONS = ("eps", "x0", "v", "score", "denoiser")
 
 def _levels(sigma: Any, x: torch.Tensor) -> torch.Tensor:
     """``sigma`` as a float64 ``(B,)`` tensor on ``x``'s device (a float broadcasts), all > 0."""
-    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+    if is_real(sigma):
         sigma = torch.full((x.shape[0],), float(sigma), dtype=torch.float64, device=x.device)
     if not isinstance(sigma, torch.Tensor) or not sigma.dtype.is_floating_point:
         raise TypeError(f"sigma must be a float or a float tensor of shape ({x.shape[0]},); "

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm_lib import _io
-from ddpm_lib._checks import check_choice, check_int
+from ddpm_lib._checks import check_choice, check_int, is_int
 from ddpm_lib.latent_cache import (  # noqa: F401 (autoencoder_fingerprint: as before)
     CACHE_FILE,
     LatentDataset,
@@ -191,7 +190,7 @@ class LatentDiffusion:
                          else tuple(image_size))
         f = self.downsampling_factor
         for name, side in (("height", height), ("width", width)):
-            if isinstance(side, bool) or not isinstance(side, int) or side < 1 or side % f:
+            if not is_int(side) or side < 1 or side % f:
                 raise ValueError(
                     f"image {name} must be a positive multiple of the autoencoder's "
                     f"downsampling factor f={f}; got {side!r} (resize or crop the images to a "

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ddpm_lib._checks import is_real
+
 __all__ = ["NORMALIZATIONS", "LatentMoments"]
 
 NORMALIZATIONS = ("channel", "global")
@@ -28,7 +30,7 @@ def check_scale_factor(value: Any) -> float | None:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"scale_factor must be a positive finite number or None; got "
                         f"{type(value).__name__}")
     if not (math.isfinite(value) and value > 0):

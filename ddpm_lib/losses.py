@@ -32,12 +32,7 @@ from typing import Any
 
 import torch
 
-from ._checks import (
-    check_choice,
-    check_floating,
-    check_tensor,
-    check_timesteps,
-)
+from ._checks import check_choice, check_floating, check_tensor, check_timesteps, is_real
 from .schedule import PREDICTION_TYPES, NoiseSchedule
 
 __all__ = [
@@ -91,7 +86,7 @@ def _as_tensors(name_values: dict[str, Any]) -> list[torch.Tensor]:
         if isinstance(value, torch.Tensor):
             if not value.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor; got dtype {value.dtype}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif not is_real(value):
             raise TypeError(f"{name} must be a tensor or a float; got {type(value).__name__}")
     dtype = _compute_dtype(*(v.dtype for v in name_values.values() if isinstance(v, torch.Tensor)))
     tensors = [
@@ -266,7 +261,7 @@ class SimpleLoss(_DiffusionLoss):
         super().__init__(schedule)
         self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
         if min_snr_gamma is not None:
-            if isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float)):
+            if not is_real(min_snr_gamma):
                 raise TypeError(
                     f"min_snr_gamma must be a positive float or None; got "
                     f"{type(min_snr_gamma).__name__}"

@@ -17,6 +17,7 @@ from ._checks import (
     check_bool,
     check_choice,
     check_floating,
+    check_real,
     check_same_shape,
     check_timesteps,
 )
@@ -331,11 +332,8 @@ class HybridLoss(_DiffusionLoss):
         variance: str = "learned_range",
     ) -> None:
         super().__init__(schedule)
-        if isinstance(vlb_weight, bool) or not isinstance(vlb_weight, (int, float)):
-            raise TypeError(f"vlb_weight must be a float; got {type(vlb_weight).__name__}")
-        if not (math.isfinite(vlb_weight) and vlb_weight >= 0):
-            raise ValueError(f"vlb_weight must be a finite float >= 0; got {vlb_weight!r}")
-        self.vlb_weight = float(vlb_weight)
+        self.vlb_weight = float(check_real("vlb_weight", vlb_weight, 0,
+                                           expected="a finite float >= 0"))
         self.prediction = check_choice("prediction", prediction, PREDICTION_TYPES)
         self.variance = check_choice("variance", variance, LEARNED_VARIANCE_TYPES)
         self.simple = SimpleLoss(schedule, prediction=prediction)

@@ -14,6 +14,8 @@ from ddpm_lib._checks import (
     check_int_tuple,
     check_probability,
     check_real,
+    is_int,
+    is_real,
 )
 
 
@@ -70,3 +72,25 @@ def test_check_probability_bool_and_int_tuple():
         check_int_tuple("mults", (1, 0), 1)
     with pytest.raises(TypeError, match="mults must be a sequence of ints; got '12'"):
         check_int_tuple("mults", "12", 1)
+
+
+def test_predicates_refuse_bools_and_accept_numpy_scalars():
+    assert is_int(3) and is_int(np.int64(3)) and not is_int(True) and not is_int(3.0)
+    assert not is_int("3") and not is_int(None)
+    assert is_real(2) and is_real(2.5) and is_real(np.float32(0.5)) and is_real(math.inf)
+    assert not is_real(False) and not is_real("2.5") and not is_real(None)
+
+
+def test_expected_words_every_message():
+    with pytest.raises(ArgumentTypeError, match=r"^n must be a positive int; got str '3'$"):
+        check_int("n", "3", 1, expected="a positive int")
+    with pytest.raises(ValueError, match=r"^n must be a positive int; got 0$"):
+        check_int("n", 0, 1, expected="a positive int")
+    with pytest.raises(ArgumentTypeError, match=r"^w must be a finite float >= 0 or None; got "
+                                                r"bool True$"):
+        check_real("w", True, 0, allow_none=True, expected="a finite float >= 0")
+    with pytest.raises(ValueError, match=r"^w must be a finite float >= 0; got -0.1$"):
+        check_real("w", -0.1, 0, expected="a finite float >= 0")
+    with pytest.raises(ValueError, match=r"^w must be a finite float >= 0; got nan$"):
+        check_real("w", math.nan, 0, expected="a finite float >= 0")
+    assert check_real("w", 0.5, 0, expected="a finite float >= 0") == 0.5

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import is_real
 from ._common import CLIError
 
 
@@ -39,7 +40,7 @@ class Range:
     high_open: bool = False  # value < high (else value <= high)
 
     def __contains__(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_real(value):
             return False
         number = int(value) if isinstance(value, numbers.Integral) else float(value)  # exact ints
         if not math.isfinite(number):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._checks import is_real
 from .attention import masked_mean
 
 
@@ -31,7 +32,7 @@ def check_timesteps(t: Any, x: torch.Tensor) -> torch.Tensor:
     """``t`` (an int, a 0-d or a ``(B,)`` tensor) as a ``(B,)`` tensor on ``x``'s device."""
     compiling = torch.compiler.is_compiling()
     batch = x.shape[0]
-    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+    if not (is_real(t) or isinstance(t, torch.Tensor)):
         raise TypeError(f"t must be a (B,) tensor of timesteps; got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
         return torch.full((batch,), t, device=x.device)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_bool, check_int
+from .._checks import check_bool, check_int, check_real
 from ._inputs import check_condition, check_context, check_timesteps, check_x
 from .attention import CrossAttention
 from .layers import ClassEmbedding, TimestepEmbedding, zero_module
@@ -48,9 +48,7 @@ _SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28,
 
 
 def _check_positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number; got {value!r}")
-    return float(value)
+    return float(check_real(name, value, 0, open_min=True))
 
 
 def _check_arguments(
@@ -88,8 +86,7 @@ def _check_arguments(
     if context_dim is not None:
         check_int("context_dim", context_dim, 1)
     check_bool("gradient_checkpointing", gradient_checkpointing)
-    if isinstance(freq_shift, bool) or not isinstance(freq_shift, (int, float)):
-        raise TypeError(f"freq_shift must be a number; got {freq_shift!r}")
+    check_real("freq_shift", freq_shift)
     if frequency_embedding_size // 2 - freq_shift == 0:
         raise ValueError(f"freq_shift={freq_shift} equals frequency_embedding_size // 2; the "
                          "sinusoidal frequencies would divide by zero")

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_int, check_real
+
 __all__ = ["GuidedModel"]
 
 #: the label of "no class" (the null class of classifier-free guidance)
@@ -48,13 +50,8 @@ class GuidedModel(nn.Module):
         super().__init__()
         if not callable(model):
             raise TypeError(f"model must be callable; got {type(model).__name__}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-            raise TypeError(f"guidance_scale must be a number; got {guidance_scale!r}")
-        if cfg_channels is not None and (
-            isinstance(cfg_channels, bool) or not isinstance(cfg_channels, int)
-            or cfg_channels < 1
-        ):
-            raise ValueError(f"cfg_channels must be a positive int or None; got {cfg_channels!r}")
+        check_real("guidance_scale", guidance_scale)
+        check_int("cfg_channels", cfg_channels, 1, allow_none=True)
         self.model = model
         self.guidance_scale = float(guidance_scale)
         self.cfg_channels = cfg_channels

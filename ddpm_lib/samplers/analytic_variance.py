@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int
 from ..schedule import PREDICTION_TYPES, NoiseSchedule
 
 _FORMAT = "ddpm_lib.AnalyticVariance"
@@ -147,9 +146,8 @@ class AnalyticVariance:
         from .base import _model_device, randn
 
         check_choice("prediction", prediction, PREDICTION_TYPES)
-        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        check_int("num_samples", num_samples, 1)
+        check_int("batch_size", batch_size, 1)
         num_timesteps = schedule.num_timesteps
         if timesteps is None:
             chosen = torch.arange(num_timesteps)

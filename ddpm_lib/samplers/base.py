@@ -29,7 +29,15 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_finite, check_floating, check_tensor
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_floating,
+    check_real,
+    check_tensor,
+    is_int,
+)
 from ..conditioning import NULL_CLASS, guidance_kwargs  # noqa: F401 (NULL_CLASS: as before)
 from ..schedule import (
     PREDICTION_TYPES,
@@ -334,10 +342,7 @@ class Sampler(SamplingLoop):
         self._require("img2img")
         options = RunOptions.from_arguments(locals())
         check_floating("x0", x0)
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-            raise TypeError(f"strength must be a float in (0, 1]; got {type(strength).__name__}")
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1]; got {strength!r}")
+        check_real("strength", strength, 0, 1, open_min=True)
         num_taken = min(int(self.num_steps * strength), self.num_steps)
         if num_taken < 1:
             raise ValueError(
@@ -528,7 +533,7 @@ class Sampler(SamplingLoop):
         """Map a timestep to its position: an int for an int, a ``(B,)`` tensor otherwise."""
         if isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu":
             t = int(t)
-        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        if is_int(t):
             position = self._position_of.get(int(t))
             if position is None:
                 raise ValueError(self._not_a_timestep(f"got t={int(t)}"))
@@ -605,7 +610,5 @@ class Sampler(SamplingLoop):
             return cond
         return guidance_kwargs(cond, unconditional_kwargs, batch)
 
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
-    return value
+
+_check_bool = check_bool  # the name samplers in other modules import

@@ -15,13 +15,12 @@ posterior (fixed_small variance) on the subsequence.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_floating
+from .._checks import check_choice, check_floating, check_real
 from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .analytic_variance import AnalyticVariance, analytic_table
@@ -119,11 +118,7 @@ class DDIMSampler(Sampler):
         use_clipped_model_output: bool = True,
     ) -> None:
         self.analytic = analytic_table(variance, schedule, allow_strings=False)
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
-            raise TypeError(f"eta must be a float in [0, 1]; got {type(eta).__name__}")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta must be in [0, 1]; got {eta!r}")
-        self.eta = float(eta)
+        self.eta = float(check_real("eta", eta, 0, 1))
         self.spacing = check_choice("spacing", spacing, SPACINGS)
         self._uses_noise = self.eta > 0 or self.analytic is not None
         super().__init__(

@@ -22,13 +22,12 @@ always has ``N`` distinct timesteps (or raises).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int, is_int
 
 SPACINGS = ("leading", "trailing", "linspace", "logsnr", "karras", "quadratic")
 #: the grids that read the schedule (the others depend on ``T`` and ``N`` only)
@@ -153,8 +152,7 @@ def _check_grid(timesteps: torch.Tensor, num_steps: int, num_timesteps: int, spa
 
 def check_num_steps(num_steps: Any, num_timesteps: int, name: str = "num_steps") -> int:
     """Return ``num_steps`` if it is an int in ``[1, num_timesteps]``, else raise naming it."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(num_steps).__name__}")
+    check_int(name, num_steps)
     if not 1 <= int(num_steps) <= num_timesteps:
         raise ValueError(
             f"{name} must be in [1, {num_timesteps}] (the schedule's num_timesteps); "
@@ -191,7 +189,7 @@ def check_timestep_list(timesteps: Any, num_timesteps: int) -> torch.Tensor:
                 f"timesteps must be a sequence of ints; got {type(timesteps).__name__}"
             )
         items = timesteps.tolist() if hasattr(timesteps, "tolist") else list(timesteps)
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        if not all(is_int(v) for v in items):
             raise TypeError(f"timesteps must be a sequence of ints; got {list(items)[:8]}")
         values = [int(v) for v in items]
     if not values:

@@ -9,10 +9,11 @@ the interval of :class:`GuidanceOptions` modify it. The checks of ``guidance_sca
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import torch
+
+from .._checks import check_real, is_real
 
 
 class GuidanceOptions(NamedTuple):
@@ -84,7 +85,7 @@ def apply_guidance(
 def _check_guidance_scale(guidance_scale: Any) -> float | None:
     if guidance_scale is None:
         return None
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+    if not is_real(guidance_scale):
         raise TypeError(
             f"guidance_scale must be a float or None; got {type(guidance_scale).__name__}"
         )
@@ -97,19 +98,17 @@ def _check_guidance_options(
     guidance_scale: float | None, guidance_rescale: Any, guidance_interval: Any
 ) -> GuidanceOptions | None:
     """Validate ``guidance_rescale`` and ``guidance_interval``; ``None`` when both are off."""
-    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real):
+    if not is_real(guidance_rescale):
         raise TypeError(
             f"guidance_rescale must be a float in [0, 1]; got {type(guidance_rescale).__name__}"
         )
-    if not 0.0 <= float(guidance_rescale) <= 1.0:
-        raise ValueError(f"guidance_rescale must be in [0, 1]; got {guidance_rescale!r}")
+    check_real("guidance_rescale", guidance_rescale, 0, 1)
     interval = None
     if guidance_interval is not None:
         if (
             not isinstance(guidance_interval, (tuple, list))
             or len(guidance_interval) != 2
-            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                       for v in guidance_interval)
+            or not all(is_real(v) for v in guidance_interval)
         ):
             raise TypeError(
                 "guidance_interval must be a pair (t_lo, t_hi) of model timesteps or None; "

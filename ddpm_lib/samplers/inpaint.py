@@ -21,13 +21,12 @@ step, after each step and at each jump; nothing here calls the model or knows th
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .._checks import check_finite, check_floating, check_tensor
+from .._checks import check_finite, check_floating, check_int, check_tensor
 from ..schedule import NoiseSchedule
 from .loop import randn
 
@@ -132,11 +131,7 @@ def check_mask(mask: Any, image: torch.Tensor) -> torch.Tensor:
 
 
 def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1; got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
+    return int(check_int(name, value, 1))
 
 
 def inpaint_run(

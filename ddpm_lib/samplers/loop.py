@@ -18,7 +18,6 @@ Dependencies are one-way: ``guidance`` <- ``loop`` <- ``inpaint`` <- ``base``.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
@@ -26,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from .._checks import check_floating
+from .._checks import check_floating, is_int
 from ..schedule import NoiseSchedule
 from .guidance import (
     GuidanceOptions,
@@ -177,7 +176,7 @@ def starting_noise(
         if (
             not isinstance(shape, (tuple, list))
             or len(shape) < 1
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+            or not all(is_int(s)
                        and int(s) > 0 for s in shape)
         ):
             raise ValueError(f"shape must be a tuple of positive ints (B, ...); got {shape!r}")

@@ -24,14 +24,13 @@ the model is called at the first ``N``.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int
 from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .base import SPACINGS, Sampler, _check_bool, _DeviceTables
@@ -42,12 +41,7 @@ FINAL_STEPS = ("denoise", "solver")
 
 def check_order(order: Any, largest: int = 3) -> int:
     """Return ``order`` if it is an int in ``[1, largest]``, else raise naming it."""
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
-        raise TypeError(f"order must be an int in [1, {largest}]; got {type(order).__name__}")
-    value = int(order)
-    if not 1 <= value <= largest:
-        raise ValueError(f"order must be in [1, {largest}]; got {value}")
-    return value
+    return check_int("order", order, 1, largest)
 
 
 class Levels:

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int, check_real
 from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule
 from .base import Sampler, _DeviceTables
@@ -243,21 +242,13 @@ class SDESampler(Sampler):
         self.supports_step = self.supports_img2img = self.supports_inpaint = one_call_per_level
         self.supports_compile = self.method != "adaptive"
         self.snr = _positive("snr", snr, allow_zero=True)
-        if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, numbers.Integral):
-            raise TypeError(f"corrector_steps must be an int; got {type(corrector_steps).__name__}")
-        if corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be >= 0; got {corrector_steps}")
-        self.corrector_steps = int(corrector_steps)
+        self.corrector_steps = check_int("corrector_steps", corrector_steps, 0)
         self.atol = _positive("atol", atol)
         self.rtol = _positive("rtol", rtol)
         self.safety = _positive("safety", safety)
         self.exponent = _positive("exponent", exponent)
         self.min_step = _positive("min_step", min_step)
-        if isinstance(max_model_calls, bool) or not isinstance(max_model_calls, numbers.Integral):
-            raise TypeError(f"max_model_calls must be an int; got {type(max_model_calls).__name__}")
-        if max_model_calls < 2:
-            raise ValueError(f"max_model_calls must be >= 2; got {max_model_calls}")
-        self.max_model_calls = int(max_model_calls)
+        self.max_model_calls = check_int("max_model_calls", max_model_calls, 2)
         self.sde = VPSDE(schedule)
         self.spacing = check_choice("spacing", spacing, SPACINGS)
         self._grid = None if timesteps is None else check_timestep_list(
@@ -528,9 +519,4 @@ def _langevin(
 
 
 def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float; got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        expected = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {expected}; got {value!r}")
-    return float(value)
+    return float(check_real(name, value, 0, open_min=not allow_zero))

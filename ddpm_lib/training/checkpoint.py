@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ddpm_lib import _io
-from ddpm_lib._checks import check_int
+from ddpm_lib._checks import check_int, is_int
 from ddpm_lib._readers import decode_utf8, parse_json, size_hint, torch_load
 
 __all__ = [
@@ -220,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             name: {k: v.to(map_location) for k, v in sd.items()} for name, sd in weights.items()
         }
     step = verified["manifest"].get("step")
-    if isinstance(step, bool) or not isinstance(step, int):
+    if not is_int(step):
         raise CheckpointError(f"{path}: {MANIFEST_FILE} has no integer 'step' (missing key "
                               f"'step' or a {type(step).__name__})")
     return Checkpoint(path, step, weights, state, meta)
