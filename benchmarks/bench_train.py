@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def build_model(args: argparse.Namespace) -> UNet:
     )
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("quickstart", "cifar10"), default="quickstart")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -53,23 +54,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side (default: 5)")
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
-    if args.preset == "cifar10":
-        args.image_size = 32
-    batch_size = args.batch_size or (128 if args.preset == "cifar10" else 32)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return parser
 
-    # The same in-memory images for both sides, so that data loading costs the same.
-    shapes = ShapesDataset(size=max(1024, 4 * batch_size), image_size=args.image_size)
-    images = torch.stack([shapes[i][0] for i in range(len(shapes))])  # (N, 3, H, W)
-    dataset = TensorDataset(images)
-    schedule = NoiseSchedule.linear(1000)
-    loss_fn = SimpleLoss(schedule)
+
+def _bare_loop(args: argparse.Namespace, dataset: TensorDataset, loss_fn: SimpleLoss,
+               batch_size: int, device: torch.device) -> tuple[torch.nn.Module, Callable]:
+    """The model and a round of a bare training loop (no Trainer) on it."""
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
-
-    # ---- the bare loop
     bare_model = build_model(args).to(device)
     # the Trainer's optimizer: PyTorch's fused Adam (so the comparison measures the Trainer's
     # own overhead, not the choice of Adam implementation)
@@ -95,6 +86,27 @@ def main() -> None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+
+    return bare_model, bare_round
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.preset == "cifar10":
+        args.image_size = 32
+    batch_size = args.batch_size or (128 if args.preset == "cifar10" else 32)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    # The same in-memory images for both sides, so that data loading costs the same.
+    shapes = ShapesDataset(size=max(1024, 4 * batch_size), image_size=args.image_size)
+    images = torch.stack([shapes[i][0] for i in range(len(shapes))])  # (N, 3, H, W)
+    dataset = TensorDataset(images)
+    schedule = NoiseSchedule.linear(1000)
+    loss_fn = SimpleLoss(schedule)
+
+    bare_model, bare_round = _bare_loop(args, dataset, loss_fn, batch_size, device)
 
     # ---- the Trainer (paper defaults: warm-up, clipping 1.0, EMA 0.9999, flips)
     out_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))

@@ -118,6 +118,56 @@ def time_breakdown(step: Callable[[], None]) -> dict[str, float]:
     return totals
 
 
+def _report(models: dict, times: dict, cpu_times: dict, memory: dict, repeats: int,
+            compile_mode: str) -> None:
+    """The medians of every model and the ratios of the pairs that matter."""
+
+    def median_ms(key: tuple[str, str], table: dict = times) -> float:
+        return 1e3 * statistics.median(table[key])
+
+    print(f"\nmedians of {repeats} interleaved repetitions, ms (wall | CPU)")
+    print(f"{'':20s}{'forward':>22s}{'forward+backward':>24s}{'peak MiB':>10s}")
+    for name in models:
+        cells = [f"{median_ms((name, k)):9.1f} |{median_ms((name, k), cpu_times):9.1f}"
+                 for k in ("forward", "forward+backward")]
+        print(f"{name:20s}{cells[0]:>22s}{cells[1]:>24s}{memory[name] / 2**20:10.1f}")
+    pairs = [("ours", "diffusers")]
+    if compile_mode != "none":
+        pairs += [("ours+compile", "ours"), ("ours+compile", "diffusers")]
+    if compile_mode == "both":
+        pairs += [("ours+compile", "diffusers+compile"), ("diffusers+compile", "diffusers")]
+    print("\nratios (wall | CPU)")
+    for a, b in pairs:
+        cells = []
+        for kind in ("forward", "forward+backward"):
+            wall = median_ms((a, kind)) / median_ms((b, kind))
+            cpu = median_ms((a, kind), cpu_times) / median_ms((b, kind), cpu_times)
+            cells.append(f"{kind} {wall:.3f}x | {cpu:.3f}x")
+        print(f"{a + ' / ' + b:38s} {cells[0]}   {cells[1]}   peak memory "
+              f"{memory[a] / memory[b]:.3f}x")
+
+
+def _breakdown(tasks: dict) -> None:
+    """Where each model's forward+backward time goes, by kind of operation."""
+    print("\nforward+backward by kind of operation, ms per step (profiler self time, "
+          "medians of 5 interleaved profiled steps)")
+    # profiled steps of the two models interleaved, as the timings above; per-kind medians
+    rounds: dict[str, list[dict[str, float]]] = {"ours": [], "diffusers": []}
+    for rep in range(5):
+        for name in ("ours", "diffusers") if rep % 2 == 0 else ("diffusers", "ours"):
+            rounds[name].append(time_breakdown(tasks[(name, "forward+backward")]))
+    breakdown = {name: {kind: statistics.median(r[kind] for r in runs) for kind in runs[0]}
+                 for name, runs in rounds.items()}
+    kinds = list(breakdown["ours"])
+    print(f"{'':12s}" + "".join(f"{k:>20s}" for k in [*kinds, "total"]))
+    for name, table in breakdown.items():
+        print(f"{name:12s}" + "".join(f"{v:20.1f}" for v in table.values())
+              + f"{sum(table.values()):20.1f}")
+    floor = sum(v for k, v in breakdown["ours"].items() if k != "other")
+    print(f"ours without any 'other' work would take {floor:.1f} ms: "
+          f"{floor / sum(breakdown['diffusers'].values()):.3f}x diffusers' profiled step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -188,48 +238,9 @@ def main() -> None:
         step = tasks[(name, "forward+backward")]
         memory[name] = statistics.median(peak_step_memory(step) for _ in range(3))
 
-    def median_ms(key: tuple[str, str], table: dict = times) -> float:
-        return 1e3 * statistics.median(table[key])
-
-    print(f"\nmedians of {args.repeats} interleaved repetitions, ms (wall | CPU)")
-    print(f"{'':20s}{'forward':>22s}{'forward+backward':>24s}{'peak MiB':>10s}")
-    for name in models:
-        cells = [f"{median_ms((name, k)):9.1f} |{median_ms((name, k), cpu_times):9.1f}"
-                 for k in ("forward", "forward+backward")]
-        print(f"{name:20s}{cells[0]:>22s}{cells[1]:>24s}{memory[name] / 2**20:10.1f}")
-    pairs = [("ours", "diffusers")]
-    if args.compile != "none":
-        pairs += [("ours+compile", "ours"), ("ours+compile", "diffusers")]
-    if args.compile == "both":
-        pairs += [("ours+compile", "diffusers+compile"), ("diffusers+compile", "diffusers")]
-    print("\nratios (wall | CPU)")
-    for a, b in pairs:
-        cells = []
-        for kind in ("forward", "forward+backward"):
-            wall = median_ms((a, kind)) / median_ms((b, kind))
-            cpu = median_ms((a, kind), cpu_times) / median_ms((b, kind), cpu_times)
-            cells.append(f"{kind} {wall:.3f}x | {cpu:.3f}x")
-        print(f"{a + ' / ' + b:38s} {cells[0]}   {cells[1]}   peak memory "
-              f"{memory[a] / memory[b]:.3f}x")
-
+    _report(models, times, cpu_times, memory, args.repeats, args.compile)
     if args.breakdown:
-        print("\nforward+backward by kind of operation, ms per step (profiler self time, "
-              "medians of 5 interleaved profiled steps)")
-        # profiled steps of the two models interleaved, as the timings above; per-kind medians
-        rounds: dict[str, list[dict[str, float]]] = {"ours": [], "diffusers": []}
-        for rep in range(5):
-            for name in ("ours", "diffusers") if rep % 2 == 0 else ("diffusers", "ours"):
-                rounds[name].append(time_breakdown(tasks[(name, "forward+backward")]))
-        breakdown = {name: {kind: statistics.median(r[kind] for r in runs) for kind in runs[0]}
-                     for name, runs in rounds.items()}
-        kinds = list(breakdown["ours"])
-        print(f"{'':12s}" + "".join(f"{k:>20s}" for k in [*kinds, "total"]))
-        for name, table in breakdown.items():
-            print(f"{name:12s}" + "".join(f"{v:20.1f}" for v in table.values())
-                  + f"{sum(table.values()):20.1f}")
-        floor = sum(v for k, v in breakdown["ours"].items() if k != "other")
-        print(f"ours without any 'other' work would take {floor:.1f} ms: "
-              f"{floor / sum(breakdown['diffusers'].values()):.3f}x diffusers' profiled step")
+        _breakdown(tasks)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -22,12 +22,12 @@ class ArgumentTypeError(TypeError, ValueError):
     catching either (the CLI catches ``ValueError``) reports it."""
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """Whether ``value`` is an integer (numpy integers included, ``bool`` not)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: Any) -> bool:
+def is_real(value: Any) -> TypeGuard[float]:
     """Whether ``value`` is a real number (ints, floats, numpy scalars; ``bool`` not)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

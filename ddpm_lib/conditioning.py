@@ -249,7 +249,7 @@ def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
             captions, a class-conditional model without labels or with captions).
     """
     num_classes = getattr(model, "num_classes", None)
-    if not is_int(num_classes) or num_classes < 1:
+    if not (is_int(num_classes) and num_classes >= 1):
         num_classes = None
     text = callable(getattr(model, "encode_prompts", None))
     if fields is not None:

@@ -87,22 +87,8 @@ def plot_schedules(schedules: dict[str, NoiseSchedule], path: Path) -> None:
     print(f"   plot: {path}")
 
 
-def main() -> None:
-    parser = example_parser(__doc__)
-    parser.add_argument("--num-timesteps", type=int, default=1000,
-                        help="diffusion steps T of the schedules (default: 1000)")
-    parser.add_argument("--batch-size", type=int, default=16 if QUICK else 64,
-                        help="images per loss evaluation (default: 64; 16 with DDPM_LIB_QUICK=1)")
-    default_out = run_folder("schedule_and_losses")
-    parser.add_argument("--out", default=default_out,
-                        help=f"folder of the schedule plot (default: {default_out})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and noise (default: 0)")
-    args = parser.parse_args()
-    T = args.num_timesteps
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    start = time.perf_counter()
-
-    # 1. schedules ---------------------------------------------------------------------------
+def _schedules(T: int, out: Path) -> dict[str, NoiseSchedule]:
+    """1. The schedules' alpha-bar at a few steps, and their plot."""
     schedules = {
         "linear": NoiseSchedule.linear(T),
         "cosine": NoiseSchedule.cosine(T),
@@ -116,15 +102,14 @@ def main() -> None:
     for name, schedule in schedules.items():
         values = " ".join(f"{float(schedule.alphas_cumprod[t]):9.2e}" for t in steps)
         print(f"   {name:>18} {values}")
-    plot_schedules(schedules, Path(args.out) / "schedules.png")
+    plot_schedules(schedules, out / "schedules.png")
+    return schedules
 
-    # 2. the simple loss against its closed-form minimum -------------------------------------
-    schedule = schedules["linear"]
-    mean, std = 0.1, 0.4
-    oracle = GaussianOracle(schedule, mean=mean, std=std)  # exact eps-predictor for N(0.1, 0.4^2)
-    worse = Scaled(oracle, 1.2)
-    generator = torch.Generator().manual_seed(args.seed)
-    x0 = mean + std * torch.randn(1024 if QUICK else 4096, 3, 4, 4, generator=generator)
+
+def _simple_loss(schedule: NoiseSchedule, oracle: GaussianOracle, worse: Scaled,
+                 x0: torch.Tensor, steps: list[int], generator: torch.Generator) -> None:
+    """2. The simple loss against its closed-form minimum."""
+    mean, std = oracle.mean, oracle.std
     loss_fn = SimpleLoss(schedule)  # L_simple = E ||eps - eps_theta(x_t, t)||^2
     print("\n2. L_simple for data N(0.1, 0.4^2): oracle vs closed-form minimum vs worse predictor")
     print(f"   {'t':>6} {'minimum':>10} {'oracle':>10} {'1.2 x oracle':>13}")
@@ -141,9 +126,13 @@ def main() -> None:
         value = weighted(model, x0, generator=generator)
         print(f"   {prediction}-objective with min-SNR-5 weights, uniform t: {float(value):.5f}")
 
-    # 3. the variational bound in bits/dim ---------------------------------------------------
+
+def _bound(schedule: NoiseSchedule, oracle: GaussianOracle, worse: Scaled, batch_size: int,
+           generator: torch.Generator) -> torch.Tensor:
+    """3. The variational bound in bits/dim; returns the 8-bit images it was computed on."""
+    mean, std, T = oracle.mean, oracle.std, schedule.num_timesteps
     # 8-bit images: clamp to [-1, 1] and round to the 256 levels the decoder's bins expect.
-    images = mean + std * torch.randn(args.batch_size, 3, 4, 4, generator=generator)
+    images = mean + std * torch.randn(batch_size, 3, 4, 4, generator=generator)
     images = torch.round((images.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
     vlb = VLBLoss(schedule, variance="fixed_small")
     tic = time.perf_counter()
@@ -154,7 +143,7 @@ def main() -> None:
     log_p = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), math.log(std))
     entropy = float(-(log_p.exp() * log_p).sum() / math.log(2))
     print(
-        f"\n3. Variational bound over all {T} steps ({seconds:.2f} s for {args.batch_size} images)"
+        f"\n3. Variational bound over all {T} steps ({seconds:.2f} s for {batch_size} images)"
     )
     print(f"   data entropy (lower bound)  {entropy:8.4f} bits/dim")
     print(f"   oracle                      {float(terms['total'].mean()):8.4f} bits/dim")
@@ -164,8 +153,12 @@ def main() -> None:
     print(f"   1.2 x oracle                {float(worse_bpd.mean()):8.4f} bits/dim")
     per_t = VLBLoss(schedule)(oracle, images, t=T // 2, generator=generator)
     print(f"   one training term L_t at t = {T // 2}: {float(per_t):.2e} bits/dim")
+    return images
 
-    # 4. the hybrid loss ---------------------------------------------------------------------
+
+def _hybrid(schedule: NoiseSchedule, oracle: GaussianOracle, images: torch.Tensor,
+            generator: torch.Generator) -> None:
+    """4. The hybrid loss."""
     # The VLB term is what trains the variance (the mean gets only L_simple's gradient). The
     # best sigma^2 is beta-tilde_t plus the error left in the mean, E[(mu-tilde - mu_theta)^2];
     # for this data that is nearer beta_t (v = +1) than beta-tilde_t (v = -1).
@@ -182,6 +175,33 @@ def main() -> None:
                 f"   L_t {float(parts['vlb'].mean()):.4f} bits/dim"
                 f"   total {float(parts['loss'].mean()):.4f}"
             )
+
+
+def main() -> None:
+    parser = example_parser(__doc__)
+    parser.add_argument("--num-timesteps", type=int, default=1000,
+                        help="diffusion steps T of the schedules (default: 1000)")
+    parser.add_argument("--batch-size", type=int, default=16 if QUICK else 64,
+                        help="images per loss evaluation (default: 64; 16 with DDPM_LIB_QUICK=1)")
+    default_out = run_folder("schedule_and_losses")
+    parser.add_argument("--out", default=default_out,
+                        help=f"folder of the schedule plot (default: {default_out})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and noise (default: 0)")
+    args = parser.parse_args()
+    T = args.num_timesteps
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    start = time.perf_counter()
+
+    schedules = _schedules(T, Path(args.out))
+    schedule = schedules["linear"]
+    mean, std = 0.1, 0.4
+    oracle = GaussianOracle(schedule, mean=mean, std=std)  # exact eps-predictor for N(0.1, 0.4^2)
+    worse = Scaled(oracle, 1.2)
+    generator = torch.Generator().manual_seed(args.seed)
+    x0 = mean + std * torch.randn(1024 if QUICK else 4096, 3, 4, 4, generator=generator)
+    _simple_loss(schedule, oracle, worse, x0, [0, T // 4, T // 2, 3 * T // 4, T - 1], generator)
+    images = _bound(schedule, oracle, worse, args.batch_size, generator)
+    _hybrid(schedule, oracle, images, generator)
     print(f"\nDone in {time.perf_counter() - start:.1f} s.")
 
 

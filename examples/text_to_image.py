@@ -22,6 +22,7 @@ into ``runs/text_to_image-quick/``.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import time
@@ -79,7 +80,7 @@ def evaluation_attributes() -> list[dict[str, str]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def _parser() -> argparse.ArgumentParser:
     quick = QUICK
     parser = example_parser(__doc__)
     default_out = run_folder("text_to_image")
@@ -102,14 +103,64 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         "for; use 1 when other busy processes share the cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _held_out(attributes: dict) -> bool:
+    return any(all(attributes.get(k) == v for k, v in rule.items()) for rule in HOLDOUT)
+
+
+def _write_grid(trainer: Trainer, out: Path, seed: int) -> None:
+    """The grid: one prompt a row, 8 samples each, guidance 3."""
+    columns = 8
+    prompts = [shape_caption(attributes, language) for attributes, language in GRID_ROWS]
+    row_prompts = [prompt for prompt in prompts for _ in range(columns)]
+    images = trainer.sample(len(row_prompts), prompts=row_prompts, guidance_scale=3.0,
+                            generator=torch.Generator().manual_seed(seed))
+    grid = save_grid(images, out / "grid.png", nrow=columns, upscale=4)
+    held_out = [_held_out(a) for a, _ in GRID_ROWS]
+    (out / "grid.txt").write_text(
+        "".join(f"{prompt}{'   (held out)' if new else ''}\n" for prompt, new in zip(prompts, held_out)),
+        encoding="utf-8",
+    )
+    print(f"grid: {grid} (rows: {'; '.join(prompts)})")
+
+
+def _score(model: torch.nn.Module, sampler: DDPMSampler, image_size: int, seed: int,
+           results: dict[str, float]) -> None:
+    """Prompt accuracy: every (kind, colour, background) in English and in Chinese."""
+    attributes = evaluation_attributes()
+    attributes = attributes + attributes
+    languages = ["en"] * (len(attributes) // 2) + ["zh"] * (len(attributes) // 2)
+    if QUICK:
+        attributes, languages = attributes[:8], languages[:8]
+    holdout_index = [i for i, a in enumerate(attributes) if _held_out(a)]
+    for guidance in GUIDANCE_SCALES:
+        evaluation = evaluate_prompt_accuracy(
+            model, sampler, attributes, image_size, guidance_scale=guidance,
+            languages=languages, generator=torch.Generator().manual_seed(seed + 1),
+        )
+        held = [evaluation.images[i] for i in holdout_index]
+        held_accuracy = (prompt_accuracy(torch.stack(held), [attributes[i] for i in holdout_index])
+                         if held else float("nan"))
+        per = ", ".join(f"{key} {value:.2f}" for key, value in evaluation.per_attribute.items())
+        print(f"guidance {guidance:g}: prompt accuracy {evaluation.accuracy:.3f} "
+              f"(held-out combinations {held_accuracy:.3f}; shuffled prompts "
+              f"{evaluation.shuffled_accuracy:.3f}; per attribute: {per})")
+        results[f"accuracy@{guidance:g}"] = evaluation.accuracy
+        results[f"held_out@{guidance:g}"] = held_accuracy
+        results[f"shuffled@{guidance:g}"] = evaluation.shuffled_accuracy
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = _parser().parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the model's initialisation
 
     # English and Chinese captions of the same kind of images, four combinations held out.
-    size = 200 if quick else 20_000
+    size = 200 if QUICK else 20_000
     options = dict(image_size=args.image_size, colors=COLORS, backgrounds=BACKGROUNDS,
                    holdout=HOLDOUT)
     dataset: ConcatDataset = ConcatDataset([
@@ -142,46 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_minutes = (time.perf_counter() - start) / 60
     print(f"trained to step {step} ({train_minutes:.1f} min, batch {args.batch_size})")
 
-    # The grid: one prompt a row, 8 samples each, guidance 3.
-    ema = trainer.ema_model.eval()
-    columns = 8
-    prompts = [shape_caption(attributes, language) for attributes, language in GRID_ROWS]
-    row_prompts = [prompt for prompt in prompts for _ in range(columns)]
-    images = trainer.sample(len(row_prompts), prompts=row_prompts, guidance_scale=3.0,
-                            generator=torch.Generator().manual_seed(args.seed))
-    grid = save_grid(images, out / "grid.png", nrow=columns, upscale=4)
-    held_out = [any(all(a.get(k) == v for k, v in rule.items()) for rule in HOLDOUT)
-                for a, _ in GRID_ROWS]
-    (out / "grid.txt").write_text(
-        "".join(f"{prompt}{'   (held out)' if new else ''}\n" for prompt, new in zip(prompts, held_out)),
-        encoding="utf-8",
-    )
-    print(f"grid: {grid} (rows: {'; '.join(prompts)})")
-
-    # Prompt accuracy: every (kind, colour, background) in English and in Chinese.
-    attributes = evaluation_attributes()
-    attributes = attributes + attributes
-    languages = ["en"] * (len(attributes) // 2) + ["zh"] * (len(attributes) // 2)
-    if quick:
-        attributes, languages = attributes[:8], languages[:8]
-    holdout_index = [i for i, a in enumerate(attributes)
-                     if any(all(a.get(k) == v for k, v in rule.items()) for rule in HOLDOUT)]
+    _write_grid(trainer, out, args.seed)
     results: dict[str, float] = {"step": step}
-    for guidance in GUIDANCE_SCALES:
-        evaluation = evaluate_prompt_accuracy(
-            ema, sampler, attributes, args.image_size, guidance_scale=guidance,
-            languages=languages, generator=torch.Generator().manual_seed(args.seed + 1),
-        )
-        held = [evaluation.images[i] for i in holdout_index]
-        held_accuracy = (prompt_accuracy(torch.stack(held), [attributes[i] for i in holdout_index])
-                         if held else float("nan"))
-        per = ", ".join(f"{key} {value:.2f}" for key, value in evaluation.per_attribute.items())
-        print(f"guidance {guidance:g}: prompt accuracy {evaluation.accuracy:.3f} "
-              f"(held-out combinations {held_accuracy:.3f}; shuffled prompts "
-              f"{evaluation.shuffled_accuracy:.3f}; per attribute: {per})")
-        results[f"accuracy@{guidance:g}"] = evaluation.accuracy
-        results[f"held_out@{guidance:g}"] = held_accuracy
-        results[f"shuffled@{guidance:g}"] = evaluation.shuffled_accuracy
+    _score(trainer.ema_model.eval(), sampler, args.image_size, args.seed, results)
     (out / "accuracy.json").write_text(json.dumps(results, indent=2))
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return results
