@@ -156,6 +156,8 @@ def recording_copies() -> Iterator[list[tuple[Any, tuple[Any, ...]]]]:
 def _copy_group(dst: Any, sources: tuple[Any, ...]) -> None:
     """Copy the weight/bias of ``sources`` (Linear, Conv2d, GroupNorm, LayerNorm or
     Embedding), stacked along the first dimension, into ``dst``."""
+    if dst is None and all(src is None for src in sources):
+        return  # a layer neither side has (a residual block without a time embedding)
     if _RECORD is not None:
         _RECORD.append((dst, sources))
     with torch.no_grad():
