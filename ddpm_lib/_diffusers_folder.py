@@ -241,19 +241,21 @@ def write_diffusers_folder(pipeline: Any, folder: str | os.PathLike) -> Path:
     from ._io import atomic_folder
     from .interop_sd import autoencoder_to_diffusers, unet_to_diffusers
     from .models.hf_text import HFTextEncoder
+    from .models.unet import UNet
 
     model: Any = pipeline.model
     unet, encoder = getattr(model, "unet", None), getattr(model, "text_encoder", None)
-    if not isinstance(encoder, HFTextEncoder) or pipeline.autoencoder is None:
+    if not isinstance(encoder, HFTextEncoder) or not isinstance(unet, UNet) \
+            or pipeline.autoencoder is None:
         raise ValueError(
             "only a latent text-to-image pipeline with an HFTextEncoder (a transformers text "
-            "model) has the diffusers Stable Diffusion layout; got model "
+            "model) and a UNet has the diffusers Stable Diffusion layout; got model "
             f"{type(model).__name__} with text encoder {type(encoder).__name__} and "
             f"{'an' if pipeline.autoencoder is not None else 'no'} autoencoder")
     if pipeline.latent.normalization != "global":
         raise ValueError("the diffusers layout stores one latent scale factor; this pipeline "
                          "normalises its latents per channel")
-    theirs = StableDiffusionPipeline(
+    theirs: Any = StableDiffusionPipeline(
         vae=autoencoder_to_diffusers(pipeline.autoencoder, scaling_factor=pipeline.scale_factor),
         text_encoder=encoder.model, tokenizer=encoder.tokenizer, unet=unet_to_diffusers(unet),
         scheduler=_scheduler(pipeline), safety_checker=None, feature_extractor=None,

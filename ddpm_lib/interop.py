@@ -162,8 +162,8 @@ def _copy_group(dst: Any, sources: tuple[Any, ...]) -> None:
         _RECORD.append((dst, sources))
     with torch.no_grad():
         for name in ("weight", "bias"):
-            parts = [getattr(src, name, None) for src in sources]
-            target = getattr(dst, name, None)
+            parts: list[Any] = [getattr(src, name, None) for src in sources]
+            target: Any = getattr(dst, name, None)
             if all(part is None for part in parts):
                 if target is not None:
                     raise ValueError(f"{type(dst).__name__}.{name} has no diffusers counterpart")

@@ -25,7 +25,8 @@ import torch
 from .interop import _copy, _copy_group, _copy_resnet, recording_copies
 from .models.unet import UNet
 
-__all__ = ["autoencoder_to_diffusers", "unet_from_diffusers_sd", "unet_to_diffusers"]
+__all__ = ["autoencoder_to_diffusers", "sd_unet_kwargs", "unet_from_diffusers_sd",
+           "unet_to_diffusers"]
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}

@@ -75,11 +75,17 @@ def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torc
     return module
 
 
-def stable_diffusion_folder(folder: Path, *, v_prediction: bool = False,
-                            context_dim: int = 32) -> Path:
-    """Write a tiny random-weight ``StableDiffusionPipeline`` (SD 1.x layout with a
+def stable_diffusion_folder(
+    folder: Path, *, v_prediction: bool = False, context_dim: int = 32,
+    unet: dict[str, Any] | None = None, vae_channels: tuple[int, ...] = (16, 32),
+    text_layers: int = 2, max_length: int = 12,
+) -> Path:
+    """Write a random-weight ``StableDiffusionPipeline`` (SD 1.x layout with a
     ``PNDMScheduler``, or with ``v_prediction`` SD 2.x's layout with a v-predicting
-    ``DDIMScheduler``) into ``folder``."""
+    ``DDIMScheduler``) into ``folder``: by default tiny (:func:`unet_kwargs`); ``unet`` gives
+    another ``UNet2DConditionModel`` config, ``vae_channels`` the VAE's widths (one level
+    each), ``text_layers`` / ``context_dim`` / ``max_length`` the CLIP text model's depth,
+    width and tokens."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -90,19 +96,22 @@ def stable_diffusion_folder(folder: Path, *, v_prediction: bool = False,
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    tokenizer = clip_tokenizer(folder.parent / f"{folder.name}_vocab")
+    tokenizer = clip_tokenizer(folder.parent / f"{folder.name}_vocab", max_length)
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=context_dim, intermediate_size=48,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), hidden_size=context_dim, intermediate_size=4 * context_dim,
+        num_hidden_layers=text_layers, num_attention_heads=4,
+        max_position_embeddings=max(16, max_length), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config).eval()
-    unet = perturb(UNet2DConditionModel(**unet_kwargs(v_prediction, context_dim=context_dim)), seed=1)
+    config = unet or unet_kwargs(v_prediction, context_dim=context_dim)
+    unet_model = perturb(UNet2DConditionModel(**config), seed=1)
+    levels = len(vae_channels)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
-        latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=16,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=vae_channels,
+        latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        sample_size=config["sample_size"] * 2 ** (levels - 1),
     )
     perturb(vae, seed=2)
     schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -113,7 +122,7 @@ def stable_diffusion_folder(folder: Path, *, v_prediction: bool = False,
     else:  # SD 1.5's scheduler config
         scheduler = PNDMScheduler(**schedule, skip_prk_steps=True)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet_model,
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
