@@ -215,3 +215,29 @@ def test_bad_folders_are_named_errors(folders, tmp_path) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "addition_embed_type": "text"}))
     with pytest.raises(ValueError, match=r"addition_embed_type='text' is not supported"):
         DiffusionPipeline.from_diffusers(blocks)
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+def test_transformer_block_compiles_into_one_graph() -> None:
+    """Stable Diffusion's block under torch.compile(fullgraph=True): one graph, eager's result,
+    no recompilation for a second input of the same shape."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from ddpm_lib.models import SpatialTransformer
+
+    torch.manual_seed(0)
+    block = perturb(SpatialTransformer(8, 6, num_heads=2, linear_projection=True,
+                                       norm_groups=4)).eval()
+    compiled = torch.compile(block, fullgraph=True)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in (0, 1):
+            generator = torch.Generator().manual_seed(seed)
+            x = torch.randn(2, 8, 4, 4, generator=generator)
+            context = torch.randn(2, 5, 6, generator=generator)
+            torch.testing.assert_close(compiled(x, context), block(x, context),
+                                       rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

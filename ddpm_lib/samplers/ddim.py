@@ -95,8 +95,9 @@ class DDIMSampler(Sampler):
 
     Each step goes to the next timestep of :attr:`timesteps` and the last one to ``abar = 1``,
     so with ``eta = 0`` the trajectory is diffusers' ``DDIMScheduler`` with
-    ``set_alpha_to_one=True`` (with ``set_alpha_to_one=False`` here, its ``False``). (diffusers steps to ``t - T // N``, which is the next timestep
-    only for "leading", and for "trailing" when ``N`` divides ``T``.)
+    ``set_alpha_to_one=True`` (with ``set_alpha_to_one=False`` here, its ``False``).
+    (diffusers steps to ``t - T // N``, which is the next timestep only for "leading", and for
+    "trailing" when ``N`` divides ``T``.)
     """
 
     eta: float
