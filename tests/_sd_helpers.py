@@ -50,6 +50,22 @@ def clip_tokenizer(folder: Path, max_length: int = 12) -> Any:
                          model_max_length=max_length)
 
 
+def chinese_clip_text(folder: Path, context_dim: int, max_length: int = 12) -> tuple[Any, Any]:
+    """A random-weight Chinese-CLIP text model (BERT-like) and a BERT tokenizer of a few
+    characters (the text encoder the seed report recommends for Chinese models)."""
+    from transformers import BertTokenizer, ChineseCLIPTextConfig, ChineseCLIPTextModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"一个红色蓝的立方体球上", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), model_max_length=max_length)
+    config = ChineseCLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=context_dim, intermediate_size=4 * context_dim,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max(16, max_length),
+        pad_token_id=0)
+    return ChineseCLIPTextModel(config).eval(), tokenizer
+
+
 def unet_kwargs(sd2: bool, width: int = 32, context_dim: int = 32) -> dict[str, Any]:
     """A two-level ``UNet2DConditionModel``: SD 1.x heads (the same count at every level, 1x1
     projections) or SD 2.x (the same head size, linear projections)."""
@@ -78,14 +94,14 @@ def perturb(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torc
 def stable_diffusion_folder(
     folder: Path, *, v_prediction: bool = False, context_dim: int = 32,
     unet: dict[str, Any] | None = None, vae_channels: tuple[int, ...] = (16, 32),
-    text_layers: int = 2, max_length: int = 12,
+    text_layers: int = 2, max_length: int = 12, chinese: bool = False,
 ) -> Path:
     """Write a random-weight ``StableDiffusionPipeline`` (SD 1.x layout with a
     ``PNDMScheduler``, or with ``v_prediction`` SD 2.x's layout with a v-predicting
     ``DDIMScheduler``) into ``folder``: by default tiny (:func:`unet_kwargs`); ``unet`` gives
     another ``UNet2DConditionModel`` config, ``vae_channels`` the VAE's widths (one level
     each), ``text_layers`` / ``context_dim`` / ``max_length`` the CLIP text model's depth,
-    width and tokens."""
+    width and tokens; ``chinese`` swaps CLIP for Chinese-CLIP's text model."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -104,6 +120,9 @@ def stable_diffusion_folder(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config).eval()
+    if chinese:
+        text_encoder, tokenizer = chinese_clip_text(folder.parent / f"{folder.name}_zh",
+                                                    context_dim, max_length)
     config = unet or unet_kwargs(v_prediction, context_dim=context_dim)
     unet_model = perturb(UNet2DConditionModel(**config), seed=1)
     levels = len(vae_channels)

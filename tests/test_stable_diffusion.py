@@ -116,6 +116,21 @@ def test_pipeline_matches_stable_diffusion(folders, kind: str, scheduler: Any) -
     torch.testing.assert_close(images, theirs_images, atol=1e-4, rtol=0)
 
 
+def test_chinese_clip_text_encoder_pipeline_matches(tmp_path) -> None:
+    """A Chinese model: Chinese-CLIP's text model and BERT tokenizer in the folder."""
+    folder = stable_diffusion_folder(tmp_path / "zh", chinese=True)
+    reference = _reference(folder)
+    reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
+    pipe = DiffusionPipeline.from_diffusers(folder)
+    assert type(pipe.model.text_encoder.model).__name__ == "ChineseCLIPTextModel"
+    prompts, x_T = ["一个红色的立方体", "蓝色的球"], _x_T()
+    theirs = reference(prompts, num_inference_steps=3, guidance_scale=3.0, latents=x_T.clone(),
+                       output_type="latent").images
+    _, ours = pipe.sample(prompts=prompts, guidance_scale=3.0, num_steps=3, x_T=x_T,
+                          return_latents=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
+
+
 def _timesteps(scheduler: Any, steps: int) -> list[int]:
     scheduler.set_timesteps(steps)
     return scheduler.timesteps.tolist()
