@@ -74,8 +74,9 @@ def make_sampler(
     the channels. ``ddpm``
     defaults to 100 respaced steps; the others to their class's default. ``options`` go to the
     constructor (``eta``, ``order``, ``spacing``, ``method``...). ``steps_offset`` moves every
-    timestep of the sampler's grid up by that many (diffusers' ``steps_offset``, 1 in Stable
-    Diffusion's scheduler configs).
+    timestep of a ``spacing="leading"`` grid up by that many (diffusers' ``steps_offset``, 1 in
+    Stable Diffusion's scheduler configs; like diffusers, other grids and explicit
+    ``timesteps`` are left as they are).
     """
     from . import samplers
     from ._checks import check_int
@@ -95,14 +96,14 @@ def make_sampler(
             kwargs["variance"] = variance
         kwargs.update(num_steps=num_steps, learn_sigma=learn_sigma)
     sampler = cls(schedule, **kwargs, **options)
-    if not steps_offset:
+    if not steps_offset or options.get("timesteps") is not None \
+            or getattr(sampler, "spacing", None) != "leading":
         return sampler
     shifted = sampler.timesteps + steps_offset  # the same grid, moved up
     if int(shifted.max()) >= schedule.num_timesteps:
         raise ValueError(f"steps_offset={steps_offset} moves the first timestep of "
                          f"{sampler.timesteps.tolist()[:3]}... past T - 1 = "
-                         f"{schedule.num_timesteps - 1}; use a grid that starts lower "
-                         "(spacing='leading')")
+                         f"{schedule.num_timesteps - 1}; use fewer steps or a smaller offset")
     kwargs.pop("num_steps")
     options.pop("spacing", None)
     return cls(schedule, timesteps=shifted, **kwargs, **options)

@@ -142,7 +142,11 @@ def test_folder_defaults_follow_its_scheduler_config(folders) -> None:
     assert pipe.sampler_settings == {"name": "ddim", "spacing": "leading", "steps_offset": 1,
                                      "set_alpha_to_one": False, "clip_denoised": False}
     assert pipe.make_sampler(num_steps=5).timesteps.tolist() == [801, 601, 401, 201, 1]
+    # as in diffusers, the offset moves leading grids only
     config = json.loads((folders["sd1"] / "scheduler" / "scheduler_config.json").read_text())
+    trailing = DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    assert pipe.make_sampler(num_steps=5, spacing="trailing").timesteps.tolist() == \
+        _timesteps(trailing, 5)
     expected = DDIMScheduler.from_config(config)
     assert torch.allclose(pipe.schedule.alphas_cumprod.float(), expected.alphas_cumprod,
                           rtol=1e-6, atol=0)
