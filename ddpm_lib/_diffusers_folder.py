@@ -225,7 +225,7 @@ def _scheduler(pipeline: Any) -> Any:
             final_sigmas_type="zero" if settings.get("final_step") == "denoise"
             else "sigma_min",
             lower_order_final=bool(settings.get("lower_order_final", True)))
-    return DDIMScheduler(**common, clip_sample=False,
+    return DDIMScheduler(**common, clip_sample=bool(settings.get("clip_denoised", False)),
                          set_alpha_to_one=bool(settings.get("set_alpha_to_one", True)))
 
 
