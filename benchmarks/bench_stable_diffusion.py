@@ -56,13 +56,13 @@ CONTEXT_DIM, TOKENS = 768, 77
 
 def sd1_unet_config(width: int, latent_size: int) -> dict[str, Any]:
     """SD 1.x's ``UNet2DConditionModel`` config with ``width`` base channels."""
-    return dict(
-        sample_size=latent_size, in_channels=4, out_channels=4,
-        block_out_channels=(width, 2 * width, 4 * width, 4 * width), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=CONTEXT_DIM, attention_head_dim=8, norm_num_groups=32,
-    )
+    return {
+        "sample_size": latent_size, "in_channels": 4, "out_channels": 4,
+        "block_out_channels": (width, 2 * width, 4 * width, 4 * width), "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": CONTEXT_DIM, "attention_head_dim": 8, "norm_num_groups": 32,
+    }
 
 
 def peak_memory(step: Callable[[], Any], device: torch.device) -> int:
@@ -150,7 +150,7 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> None:
     outputs: dict[str, torch.Tensor] = {}
 
     def ours() -> None:
-        images, outputs["ours"] = pipe.sample(
+        _images, outputs["ours"] = pipe.sample(
             prompts=prompts, negative_prompts=negative, guidance_scale=7.5, sampler=sampler,
             x_T=x_T, compile=compile_mode, return_latents=True)
 

@@ -103,8 +103,8 @@ def sampler_settings(config: dict[str, Any], class_name: str | None = None) -> d
     its ``solver_order``, grid and final step); every other scheduler to DDIM on the grid
     diffusers' ``DDIMScheduler`` places with the same config (``timestep_spacing``,
     ``steps_offset``, ``set_alpha_to_one``, ``clip_sample``): for Stable Diffusion 1.x's
-    ``PNDMScheduler`` too, whose PLMS steps ddpm_lib's samplers do not take. The number of steps is left to the
-    sampler's default (set ``num_steps`` to choose it).
+    ``PNDMScheduler`` too, whose PLMS steps ddpm_lib's samplers do not take. The number of
+    steps is left to the sampler's default (set ``num_steps`` to choose it).
     """
     name = class_name or config.get("_class_name")
     if name == _DPM_SOLVER:

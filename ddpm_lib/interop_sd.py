@@ -251,20 +251,20 @@ def _diffusers_unet_config(unet: UNet) -> dict[str, Any]:
                  range(len(channels))]
     head = config["head_channels"]
     heads = [c // head if head else config["num_heads"] for c in channels]
-    return dict(
-        sample_size=size, in_channels=config["in_channels"],
-        out_channels=config["out_channels"] or config["in_channels"],
-        flip_sin_to_cos=config["flip_sin_to_cos"], freq_shift=config["freq_shift"],
-        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
-        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attention[::-1]],
-        block_out_channels=channels, layers_per_block=config["num_res_blocks"],
-        downsample_padding=config["downsample_padding"], dropout=config["dropout"],
-        norm_num_groups=config["norm_groups"], norm_eps=config["norm_eps"],
-        cross_attention_dim=config["context_dim"], attention_head_dim=heads,
-        transformer_layers_per_block=config["transformer_depth"],
-        use_linear_projection=config["transformer_linear_projection"],
-        time_embedding_dim=config["emb_channels"],
-    )
+    return {
+        "sample_size": size, "in_channels": config["in_channels"],
+        "out_channels": config["out_channels"] or config["in_channels"],
+        "flip_sin_to_cos": config["flip_sin_to_cos"], "freq_shift": config["freq_shift"],
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attention[::-1]],
+        "block_out_channels": channels, "layers_per_block": config["num_res_blocks"],
+        "downsample_padding": config["downsample_padding"], "dropout": config["dropout"],
+        "norm_num_groups": config["norm_groups"], "norm_eps": config["norm_eps"],
+        "cross_attention_dim": config["context_dim"], "attention_head_dim": heads,
+        "transformer_layers_per_block": config["transformer_depth"],
+        "use_linear_projection": config["transformer_linear_projection"],
+        "time_embedding_dim": config["emb_channels"],
+    }
 
 
 def unet_to_diffusers(unet: UNet) -> Any:
@@ -304,17 +304,17 @@ def autoencoder_to_diffusers(autoencoder: Any, *, scaling_factor: float | None =
     config = autoencoder.config
     channels = [config["base_channels"] * m for m in config["channel_mults"]]
     levels = len(channels)
-    kwargs: dict[str, Any] = dict(
-        in_channels=config["in_channels"],
-        out_channels=config.get("out_channels") or config["in_channels"],
-        down_block_types=["DownEncoderBlock2D"] * levels,
-        up_block_types=["UpDecoderBlock2D"] * levels, block_out_channels=channels,
-        layers_per_block=config["num_res_blocks"], latent_channels=config["latent_channels"],
-        norm_num_groups=config["norm_groups"],
-        use_quant_conv=config.get("use_quant_conv", True),
-        use_post_quant_conv=config.get("use_post_quant_conv", True),
-        mid_block_add_attention=config.get("attention", True),
-    )
+    kwargs: dict[str, Any] = {
+        "in_channels": config["in_channels"],
+        "out_channels": config.get("out_channels") or config["in_channels"],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels, "block_out_channels": channels,
+        "layers_per_block": config["num_res_blocks"], "latent_channels": config["latent_channels"],
+        "norm_num_groups": config["norm_groups"],
+        "use_quant_conv": config.get("use_quant_conv", True),
+        "use_post_quant_conv": config.get("use_post_quant_conv", True),
+        "mid_block_add_attention": config.get("attention", True),
+    }
     if scaling_factor is not None:
         kwargs["scaling_factor"] = float(scaling_factor)
     theirs: Any = DiffusersAutoencoderKL(**kwargs)

@@ -69,12 +69,13 @@ def chinese_clip_text(folder: Path, context_dim: int, max_length: int = 12) -> t
 def unet_kwargs(sd2: bool, width: int = 32, context_dim: int = 32) -> dict[str, Any]:
     """A two-level ``UNet2DConditionModel``: SD 1.x heads (the same count at every level, 1x1
     projections) or SD 2.x (the same head size, linear projections)."""
-    kwargs: dict[str, Any] = dict(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=context_dim,
-        norm_num_groups=8,
-    )
+    kwargs: dict[str, Any] = {
+        "sample_size": 8, "in_channels": 4, "out_channels": 4,
+        "block_out_channels": (width, 2 * width), "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": context_dim,
+        "norm_num_groups": 8,
+    }
     if sd2:
         kwargs.update(attention_head_dim=(2, 4), use_linear_projection=True)
     else:
@@ -133,8 +134,8 @@ def stable_diffusion_folder(
         sample_size=config["sample_size"] * 2 ** (levels - 1),
     )
     perturb(vae, seed=2)
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    num_train_timesteps=1000, steps_offset=1, set_alpha_to_one=False)
+    schedule = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                    "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": False}
     scheduler: Any
     if v_prediction:  # SD 2.1: DDIM, v-prediction
         scheduler = DDIMScheduler(**schedule, clip_sample=False, prediction_type="v_prediction")

@@ -51,7 +51,7 @@ def _x_T() -> torch.Tensor:
 
 def _diffusers_run(reference: Any, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """``(latents, images in [0, 1])`` of diffusers' pipeline from :func:`_x_T`."""
-    common = dict(negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=3.0)
+    common = {"negative_prompt": NEGATIVE, "num_inference_steps": steps, "guidance_scale": 3.0}
     latents = reference(PROMPTS, latents=_x_T(), output_type="latent", **common).images
     images = reference(PROMPTS, latents=_x_T(), output_type="pt", **common).images
     return latents, images
