@@ -17,3 +17,5 @@ timeout 60 python3 benchmarks/bench_text.py --part b --device cuda --batch 64 --
     2>&1 | tee "$out/bench_text_b.txt"
 timeout 60 python3 benchmarks/bench_latent.py --part c --device cuda --batch 16 --repeats 10 \
     2>&1 | tee "$out/bench_latent_c.txt"
+timeout 300 python3 benchmarks/bench_stable_diffusion.py --device cuda --compile --width 320 \
+    --latent-size 64 --repeats 10 --no-generation-memory 2>&1 | tee "$out/bench_stable_diffusion.txt"

@@ -46,6 +46,8 @@ _EXPORTS = {
     "AutoencoderKL": "ddpm_lib.models.autoencoder",
     "DiagonalGaussian": "ddpm_lib.models.autoencoder",
     "autoencoder_from_diffusers": "ddpm_lib.interop",
+    "unet_to_diffusers": "ddpm_lib.interop_sd",
+    "autoencoder_to_diffusers": "ddpm_lib.interop_sd",
     "DiffusersAdapter": "ddpm_lib.interop",
 
     "DDPMSampler": "ddpm_lib.samplers",
@@ -85,7 +87,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
-               "schedule", "score_losses", "training")
+               "schedule", "score_losses", "training", "interop_sd")
 
 
 def __getattr__(name: str) -> Any:

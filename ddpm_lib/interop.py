@@ -15,6 +15,8 @@ diffusers is imported only inside these functions; it is not a dependency of ddp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,7 +44,8 @@ def _unwrap_config(model: Any) -> Any:
     config = getattr(model, "config", None)
     if config is None or not isinstance(model, UNet2DModel):
         raise TypeError(
-            f"unet_from_diffusers expects a diffusers UNet2DModel; got {type(model).__name__}"
+            f"unet_from_diffusers expects a diffusers UNet2DModel; got {type(model).__name__} "
+            "(a UNet2DConditionModel is converted too)"
         )
     return config
 
@@ -133,20 +136,55 @@ def _unet_kwargs(config: Any) -> dict[str, Any]:
 # so both sides are typed Any.
 
 
-def _copy(dst: Any, src: Any) -> None:
-    """Copy ``src``'s weight/bias into ``dst`` (Linear, Conv2d, GroupNorm or Embedding)."""
+#: while a conversion runs under :func:`recording_copies`: every ``(ours, (theirs, ...))``
+#: layer pair copied, so that the same walk can copy weights back (``interop_sd.py``)
+_RECORD: list[tuple[Any, tuple[Any, ...]]] | None = None
+
+
+@contextmanager
+def recording_copies() -> Iterator[list[tuple[Any, tuple[Any, ...]]]]:
+    """Record the layer pairs that the conversions copy (``(ours, (theirs, ...))``: our layer
+    holds the weights of theirs stacked along the first dimension)."""
+    global _RECORD
+    previous, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = previous
+
+
+def _copy_group(dst: Any, sources: tuple[Any, ...]) -> None:
+    """Copy the weight/bias of ``sources`` (Linear, Conv2d, GroupNorm, LayerNorm or
+    Embedding), stacked along the first dimension, into ``dst``."""
+    if dst is None and all(src is None for src in sources):
+        return  # a layer neither side has (a residual block without a time embedding)
+    if _RECORD is not None:
+        _RECORD.append((dst, sources))
     with torch.no_grad():
         for name in ("weight", "bias"):
-            source = getattr(src, name, None)
-            if source is None:
+            parts: list[Any] = [getattr(src, name, None) for src in sources]
+            target: Any = getattr(dst, name, None)
+            if all(part is None for part in parts):
+                if target is not None:
+                    raise ValueError(f"{type(dst).__name__}.{name} has no diffusers counterpart")
                 continue
-            target = getattr(dst, name)
+            if target is None or any(part is None for part in parts):
+                raise ValueError(
+                    f"{name} present in only one of diffusers' {type(sources[0]).__name__} and "
+                    f"ddpm_lib's {type(dst).__name__}"
+                )
+            source = parts[0] if len(parts) == 1 else torch.cat(parts)
             if target.shape != source.shape:
                 raise ValueError(
-                    f"shape mismatch converting {type(src).__name__}.{name}: diffusers "
+                    f"shape mismatch converting {type(sources[0]).__name__}.{name}: diffusers "
                     f"{tuple(source.shape)} vs ddpm_lib {tuple(target.shape)}"
                 )
             target.copy_(source)
+
+
+def _copy(dst: Any, src: Any) -> None:
+    """Copy ``src``'s weight/bias into ``dst`` (Linear, Conv2d, GroupNorm or Embedding)."""
+    _copy_group(dst, (src,))
 
 
 def _copy_resnet(dst: Any, src: Any) -> None:
@@ -167,10 +205,7 @@ def _copy_attention(dst: Any, src: Any) -> None:
     if dst.num_heads != src.heads:
         raise ValueError(f"attention heads differ: diffusers {src.heads}, ddpm_lib {dst.num_heads}")
     _copy(dst.norm, src.group_norm)
-    with torch.no_grad():
-        # q, k, v projections stacked into one (3C, C) linear layer
-        dst.qkv.weight.copy_(torch.cat([src.to_q.weight, src.to_k.weight, src.to_v.weight]))
-        dst.qkv.bias.copy_(torch.cat([src.to_q.bias, src.to_k.bias, src.to_v.bias]))
+    _copy_group(dst.qkv, (src.to_q, src.to_k, src.to_v))  # one (3C, C) linear layer
     _copy(dst.proj_out, src.to_out[0])
 
 
@@ -204,10 +239,20 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
         from diffusers import UNet2DModel
         unet = unet_from_diffusers(UNet2DModel.from_pretrained("path/to/ddpm-cifar10-32"))
 
+    A ``UNet2DConditionModel`` (Stable Diffusion 1.x / 2.x) is converted by
+    :func:`ddpm_lib.interop_sd.unet_from_diffusers_sd` into a text UNet with Stable Diffusion's
+    transformer blocks (``text_attention="transformer"``).
+
     Args:
-        unet2dmodel: a ``diffusers.UNet2DModel``.
+        unet2dmodel: a ``diffusers.UNet2DModel`` or ``UNet2DConditionModel``.
         unet_class: the class to build (a subclass of :class:`UNet` with the same layout).
     """
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(unet2dmodel, UNet2DConditionModel):  # Stable Diffusion's layout
+        from .interop_sd import unet_from_diffusers_sd
+
+        return unet_from_diffusers_sd(unet2dmodel, unet_class=unet_class)
     config = _unwrap_config(unet2dmodel)
     kwargs = _unet_kwargs(config)
     reference = next(unet2dmodel.parameters())

@@ -64,6 +64,7 @@ def make_sampler(
     learn_sigma: bool = False,
     clip_denoised: bool = True,
     num_steps: int | None = None,
+    steps_offset: int = 0,
     **options: Any,
 ) -> Any:
     """A sampler by name (:data:`SAMPLER_NAMES`) for a model with these settings.
@@ -72,22 +73,40 @@ def make_sampler(
     also goes to ``"ddim"``. ``learn_sigma`` tells the others that the model's output has twice
     the channels. ``ddpm``
     defaults to 100 respaced steps; the others to their class's default. ``options`` go to the
-    constructor (``eta``, ``order``, ``spacing``, ``method``...).
+    constructor (``eta``, ``order``, ``spacing``, ``method``...). ``steps_offset`` moves every
+    timestep of a ``spacing="leading"`` grid up by that many (diffusers' ``steps_offset``, 1 in
+    Stable Diffusion's scheduler configs; like diffusers, other grids and explicit
+    ``timesteps`` are left as they are).
     """
     from . import samplers
+    from ._checks import check_int
 
     check_choice("sampler", name, SAMPLER_NAMES)
+    check_int("steps_offset", steps_offset, 0)
     cls = getattr(samplers, SAMPLER_NAMES[name])
-    common: dict[str, Any] = {"prediction": prediction, "clip_denoised": clip_denoised}
+    kwargs: dict[str, Any] = {"prediction": prediction, "clip_denoised": clip_denoised}
     if name == "ddpm":
         steps = num_steps if num_steps is not None else min(100, schedule.num_timesteps)
-        return cls(schedule, variance=variance, num_steps=steps, **common, **options)
-    if not isinstance(variance, str):  # an Analytic-DPM table (AnalyticVariance)
-        if name != "ddim":
-            raise ValueError(f"an Analytic-DPM variance table serves the ddpm and ddim samplers; "
-                             f"got sampler {name!r}")
-        common["variance"] = variance
-    return cls(schedule, num_steps=num_steps, learn_sigma=learn_sigma, **common, **options)
+        kwargs.update(variance=variance, num_steps=steps)
+    else:
+        if not isinstance(variance, str):  # an Analytic-DPM table (AnalyticVariance)
+            if name != "ddim":
+                raise ValueError(f"an Analytic-DPM variance table serves the ddpm and ddim "
+                                 f"samplers; got sampler {name!r}")
+            kwargs["variance"] = variance
+        kwargs.update(num_steps=num_steps, learn_sigma=learn_sigma)
+    sampler = cls(schedule, **kwargs, **options)
+    if not steps_offset or options.get("timesteps") is not None \
+            or getattr(sampler, "spacing", None) != "leading":
+        return sampler
+    shifted = sampler.timesteps + steps_offset  # the same grid, moved up
+    if int(shifted.max()) >= schedule.num_timesteps:
+        raise ValueError(f"steps_offset={steps_offset} moves the first timestep of "
+                         f"{sampler.timesteps.tolist()[:3]}... past T - 1 = "
+                         f"{schedule.num_timesteps - 1}; use fewer steps or a smaller offset")
+    kwargs.pop("num_steps")
+    options.pop("spacing", None)
+    return cls(schedule, timesteps=shifted, **kwargs, **options)
 
 
 class DiffusionPipeline:
@@ -349,6 +368,8 @@ class DiffusionPipeline:
         """
         from ._pipeline_formats import read_parts, schedule_of
 
+        if (Path(source) / "model_index.json").is_file():  # a diffusers pipeline folder
+            return cls.from_diffusers(source, device=device)
         parts = read_parts(Path(source), use_ema=use_ema, model_class=model_class,
                            autoencoder_class=autoencoder_class)
         if parts.model is None:
@@ -366,6 +387,47 @@ class DiffusionPipeline:
         if device is not None:
             pipeline.to(device)
         return pipeline.eval()
+
+    @classmethod
+    def from_diffusers(
+        cls, folder: str | os.PathLike, *, scheduler: Any = None,
+        sampler: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+    ) -> DiffusionPipeline:
+        """Load a diffusers Stable Diffusion folder (``model_index.json``, ``unet/``,
+        ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``; SD 1.x / 2.x layouts) as
+        one pipeline: the UNet and the VAE converted to ddpm_lib's (same outputs), the text
+        encoder wrapped by :class:`ddpm_lib.HFTextEncoder`, the scheduler config mapped to the
+        schedule, the prediction and a default sampler on diffusers' grid (see
+        ``ddpm_lib._diffusers_folder``). :meth:`from_pretrained` reads such a folder too.
+
+        Args:
+            folder: the diffusers folder (nothing is downloaded).
+            scheduler: a diffusers scheduler object whose trajectory the default sampler
+                should follow (``DDIMScheduler`` or ``DPMSolverMultistepScheduler``), instead
+                of the folder's.
+            sampler: default sampler settings instead of those derived from the scheduler.
+            device: where to put the models.
+
+        Raises:
+            FileNotFoundError: ``folder`` does not exist.
+            ValueError: a part is missing, or a setting cannot be converted (UNet blocks, beta
+                schedule, prediction type, a text encoder of another width); the message says
+                which.
+        """
+        from ._diffusers_folder import read_diffusers_folder
+
+        return read_diffusers_folder(folder, scheduler=scheduler,
+                                     sampler=None if sampler is None else dict(sampler),
+                                     device=device)
+
+    def save_diffusers(self, directory: str | os.PathLike) -> Path:
+        """Write the pipeline in the diffusers Stable Diffusion layout (for a latent text
+        model with an :class:`ddpm_lib.HFTextEncoder` and a ``text_attention="transformer"``
+        UNet, e.g. one read by :meth:`from_diffusers`); diffusers'
+        ``StableDiffusionPipeline.from_pretrained`` loads it. Returns the folder."""
+        from ._diffusers_folder import write_diffusers_folder
+
+        return write_diffusers_folder(self, directory)
 
     def __repr__(self) -> str:
         latent = (f", autoencoder={type(self.autoencoder).__name__}, "

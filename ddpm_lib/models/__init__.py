@@ -27,6 +27,7 @@ from .layers import (
     zero_module,
 )
 from .pretrained import PretrainedModel, register_model_class, resolve_model_class
+from .sd_transformer import GEGLUFeedForward, SpatialTransformer, TransformerLayer
 from .text import TextConditionedUNet, TextEncoder, TextEncoding
 from .transformer_layers import (
     DiTBlock,
@@ -50,6 +51,7 @@ __all__ = [
     "DiTFinalLayer",
     "DiagonalGaussian",
     "Downsample",
+    "GEGLUFeedForward",
     "GroupNormAct",
     "GuidedModel",
     "HFTextEncoder",
@@ -61,10 +63,12 @@ __all__ = [
     "ResAttnBlock",
     "ResBlock",
     "SelfAttention",
+    "SpatialTransformer",
     "TextConditionedUNet",
     "TextEncoder",
     "TextEncoding",
     "TimestepEmbedding",
+    "TransformerLayer",
     "UNet",
     "UNetLevel",
     "Upsample",

@@ -22,7 +22,7 @@ from ddpm_lib._checks import (
 __all__ = ["TEXT_ATTENTION_CHOICES", "UNetGeometry", "check_unet_arguments", "unet_geometry"]
 
 #: how the context tokens enter the attention layers (``UNet(text_attention=...)``)
-TEXT_ATTENTION_CHOICES = ("cross", "joint")
+TEXT_ATTENTION_CHOICES = ("cross", "joint", "transformer")
 
 
 class UNetGeometry(NamedTuple):
@@ -53,6 +53,8 @@ def check_unet_arguments(**arguments: Any) -> None:
         raise ValueError(f"downsample_padding must be 0 or 1; got {a['downsample_padding']!r}")
     check_real("freq_shift", a["freq_shift"])
     check_choice("text_attention", a["text_attention"], TEXT_ATTENTION_CHOICES)
+    check_int("transformer_depth", a["transformer_depth"], 1)
+    check_bool("transformer_linear_projection", a["transformer_linear_projection"])
     if a["base_channels"] // 2 - a["freq_shift"] == 0:
         raise ValueError(
             f"freq_shift={a['freq_shift']} equals base_channels // 2; the sinusoidal "

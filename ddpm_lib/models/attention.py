@@ -177,13 +177,17 @@ class CrossAttention(nn.Module):
     Args:
         channels: ``C`` of the query tokens; ``num_heads`` must divide it.
         context_dim: width ``D`` of the context tokens.
+        qkv_bias: whether the query and key/value projections have a bias (Stable
+            Diffusion's have none; the output projection always has one).
 
     Call: ``attn(h, context, context_mask=None)``: ``h`` ``(B, N, C)``, ``context``
     ``(B, L, D)``, ``context_mask`` ``(B, L)`` bool (``True`` = real token; ``None``: all
     real) -> ``(B, N, C)``.
     """
 
-    def __init__(self, channels: int, context_dim: int, *, num_heads: int = 1) -> None:
+    def __init__(
+        self, channels: int, context_dim: int, *, num_heads: int = 1, qkv_bias: bool = True
+    ) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(
@@ -191,8 +195,8 @@ class CrossAttention(nn.Module):
                 f"for {channels} channels"
             )
         self.channels, self.num_heads, self.context_dim = channels, num_heads, context_dim
-        self.q = nn.Linear(channels, channels)
-        self.context_kv = nn.Linear(context_dim, 2 * channels)
+        self.q = nn.Linear(channels, channels, bias=qkv_bias)
+        self.context_kv = nn.Linear(context_dim, 2 * channels, bias=qkv_bias)
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
     def forward(

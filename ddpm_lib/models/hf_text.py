@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm_lib._checks import check_int
+from ddpm_lib._checks import check_bool, check_int
 
 from .attention import masked_mean
 from .text import CONFIG_NAME, TextEncoding, _read_config, check_prompts
@@ -47,13 +47,23 @@ class HFTextEncoder(nn.Module):
         tokenizer: its tokenizer.
         max_length: tokens per prompt after padding; ``None``: the tokenizer's
             ``model_max_length`` when it is at most 512 (CLIP: 77), else 77.
+        use_attention_mask: ``True`` (default): the model reads the padding mask and the
+            UNet attends to the real tokens only. ``False``: the model is called without a
+            mask and every one of the ``max_length`` token states, padding included, is
+            attended to (the returned mask is all ``True``): what Stable Diffusion 1.x / 2.x
+            were trained with (its pipelines pass the mask only when the text encoder's
+            config sets ``use_attention_mask``).
     """
 
     model: Any
     tokenizer: Any
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, max_length: int | None = None, *,
+        use_attention_mask: bool = True,
+    ) -> None:
         super().__init__()
+        self.use_attention_mask = check_bool("use_attention_mask", use_attention_mask)
         if not isinstance(model, nn.Module) or not hasattr(model, "config"):
             raise TypeError(
                 f"model must be a transformers PreTrainedModel; got {type(model).__name__}"
@@ -96,7 +106,11 @@ class HFTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
         """Encode token ids ``(B, L)`` with their mask (``True`` = real token)."""
-        output = self.model(input_ids=ids, attention_mask=mask.long())
+        if self.use_attention_mask:
+            output = self.model(input_ids=ids, attention_mask=mask.long())
+        else:  # Stable Diffusion: no mask, every token state is attended to
+            output = self.model(input_ids=ids)
+            mask = torch.ones_like(mask, dtype=torch.bool)
         states = output.last_hidden_state  # (B, L, D)
         pooled = getattr(output, "pooler_output", None)
         if pooled is None or pooled.shape != (states.shape[0], states.shape[2]):
@@ -111,8 +125,10 @@ class HFTextEncoder(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """``model_class`` (the ``transformers`` class name) and ``max_length``."""
-        return dict(model_class=type(self.model).__name__, max_length=self.max_length)
+        """``model_class`` (the ``transformers`` class name), ``max_length`` and
+        ``use_attention_mask``."""
+        return dict(model_class=type(self.model).__name__, max_length=self.max_length,
+                    use_attention_mask=self.use_attention_mask)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, the model (``model/``, safetensors) and the tokenizer
@@ -162,7 +178,8 @@ class HFTextEncoder(nn.Module):
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             raise ValueError(f"{directory}: the transformers model or tokenizer cannot be "
                              f"loaded ({type(error).__name__}: {first})") from None
-        encoder = cls(model, tokenizer, max_length=config.get("max_length"))
+        encoder = cls(model, tokenizer, max_length=config.get("max_length"),
+                      use_attention_mask=config.get("use_attention_mask", True))
         _io.verify_folder(directory)  # refuses a folder that mixes parts of two saves
         if dtype is not None:
             encoder.to(dtype=dtype)

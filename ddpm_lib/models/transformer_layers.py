@@ -75,13 +75,14 @@ class SelfAttention(nn.Module):
 
     ``q, k, v = qkv(h)``; ``out = proj(softmax(q k^T / sqrt(d)) v)`` by
     :func:`ddpm_lib.models.multi_head_attention` (``scaled_dot_product_attention``, float32
-    softmax). Call: ``(B, N, D)`` -> ``(B, N, D)``.
+    softmax). ``qkv_bias=False`` drops the bias of ``qkv`` (Stable Diffusion's attention).
+    Call: ``(B, N, D)`` -> ``(B, N, D)``.
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

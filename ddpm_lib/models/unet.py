@@ -44,6 +44,7 @@ from .layers import (
     zero_module,
 )
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedModel  # noqa: F401 (re-exported)
+from .sd_transformer import SpatialTransformer
 
 __all__ = ["UNet", "UNetLevel"]
 
@@ -108,7 +109,15 @@ class UNet(PretrainedModel):
             self-attention (Latent Diffusion, :class:`ddpm_lib.models.CrossAttentionBlock`).
             Joint is the default because it measured faster and smaller than cross
             (``benchmarks/bench_text.py --part b``; the figures are in
-            ``docs/guides/text_to_image.md``).
+            ``docs/guides/text_to_image.md``). ``"transformer"``: Stable Diffusion's
+            transformer block (:class:`ddpm_lib.models.SpatialTransformer`: self-attention,
+            cross-attention and a gated-GELU feed-forward) in place of the self-attention;
+            the text then enters only there (no pooled text in the time embedding), as in
+            diffusers' ``UNet2DConditionModel``.
+        transformer_depth: transformer layers per block with ``text_attention="transformer"``
+            (diffusers' ``transformer_layers_per_block``).
+        transformer_linear_projection: with ``"transformer"``, linear input/output
+            projections (SD 2.x) instead of 1x1 convolutions (SD 1.x).
 
     Call ``model(x_t, t, y=None, *, context=None, context_mask=None, context_pooled=None)``:
         ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
@@ -158,6 +167,8 @@ class UNet(PretrainedModel):
         freq_shift: float = 1.0,
         context_dim: int | None = None,
         text_attention: str = "joint",
+        transformer_depth: int = 1,
+        transformer_linear_projection: bool = False,
     ) -> None:
         super().__init__()
         # ---- validation (models/_unet_config.py): errors name the argument and the fix -----
@@ -169,7 +180,9 @@ class UNet(PretrainedModel):
             norm_groups=norm_groups, gradient_checkpointing=gradient_checkpointing,
             head_channels=head_channels, emb_channels=emb_channels, norm_eps=norm_eps,
             downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
-            freq_shift=freq_shift, context_dim=context_dim, text_attention=text_attention)
+            freq_shift=freq_shift, context_dim=context_dim, text_attention=text_attention,
+            transformer_depth=transformer_depth,
+            transformer_linear_projection=transformer_linear_projection)
         geometry = unet_geometry(channel_mults, attention_resolutions, image_size, base_channels,
                                  norm_groups, num_heads, head_channels)
         channel_mults, attention_resolutions = geometry.channel_mults, geometry.attention_resolutions
@@ -188,7 +201,12 @@ class UNet(PretrainedModel):
         )
         if context_dim is not None:  # text options are saved only by text models
             self._config.update(context_dim=context_dim, text_attention=text_attention)
+        if text_attention == "transformer":  # saved only by Stable Diffusion-layout models
+            self._config.update(transformer_depth=transformer_depth,
+                                transformer_linear_projection=transformer_linear_projection)
         self._set_attributes(geometry, context_dim, text_attention)
+        self.transformer_depth = transformer_depth
+        self.transformer_linear_projection = transformer_linear_projection
 
         # ---- modules, each from an overridable factory -----------------------------------
         self.time_embed = self.make_time_embedding()
@@ -310,11 +328,14 @@ class UNet(PretrainedModel):
             return None
         return ClassEmbedding(self.num_classes, self.emb_channels)
 
-    def make_context_embedding(self) -> nn.Module:
+    def make_context_embedding(self) -> nn.Module | None:
         """Module mapping the pooled context ``(B, context_dim)`` to ``(B, emb_channels)``,
         added to the time embedding (GLIDE's ``transformer_proj``); built only when
         ``context_dim`` is set. Default: one linear layer initialised to zero, so that the
-        embedding starts independent of the text."""
+        embedding starts independent of the text; ``None`` (no pooled text) with
+        ``text_attention="transformer"``, as in Stable Diffusion."""
+        if self.text_attention == "transformer":
+            return None
         return zero_module(nn.Linear(self.context_dim or 0, self.emb_channels))
 
     def make_context_attention(self, channels: int, level: int) -> nn.Module:
@@ -327,7 +348,9 @@ class UNet(PretrainedModel):
         With ``text_attention="cross"`` it is a :class:`ddpm_lib.models.CrossAttentionBlock`
         placed after the self-attention of :meth:`make_attention`; with ``"joint"`` it is an
         :class:`ddpm_lib.models.AttentionBlock` whose keys and values also hold the text, used
-        instead of :meth:`make_attention`'s block. Both start as the identity.
+        instead of :meth:`make_attention`'s block; with ``"transformer"`` a
+        :class:`ddpm_lib.models.SpatialTransformer`, also instead of it. All start as the
+        identity.
         """
         heads = channels // self.head_channels if self.head_channels else self.num_heads
         context_dim = self.context_dim or 0
@@ -340,6 +363,12 @@ class UNet(PretrainedModel):
             return CrossAttentionBlock(
                 channels, context_dim, num_heads=heads, norm_groups=self.norm_groups,
                 norm_eps=self.norm_eps,
+            )
+        if self.text_attention == "transformer":
+            return SpatialTransformer(
+                channels, context_dim, num_heads=heads, depth=self.transformer_depth,
+                linear_projection=self.transformer_linear_projection,
+                norm_groups=self.norm_groups,
             )
         raise ValueError(
             f"text_attention must be one of {TEXT_ATTENTION_CHOICES}; got {self.text_attention!r}"
@@ -357,7 +386,7 @@ class UNet(PretrainedModel):
         else; extra keyword arguments of ``forward`` arrive here.
         """
         emb = self._embed_time_and_class(t, y, **kwargs)
-        if context_pooled is not None:
+        if context_pooled is not None and self.context_embed is not None:
             emb = emb + self.context_embed(context_pooled.to(emb.dtype)).to(emb.dtype)
         return emb
 
@@ -415,7 +444,7 @@ class UNet(PretrainedModel):
         """``(self-attention, context attention)`` of an attention position."""
         if self.context_dim is None:
             return self.make_attention(channels, level), None
-        if self.text_attention == "joint":  # the joint block is the self-attention too
+        if self.text_attention in ("joint", "transformer"):  # these hold the self-attention
             return None, self.make_context_attention(channels, level)
         return self.make_attention(channels, level), self.make_context_attention(channels, level)
 

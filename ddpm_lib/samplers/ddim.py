@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_floating, check_real
+from .._checks import check_bool, check_choice, check_floating, check_real
 from .._deprecation import keyword_only_after
 from ..schedule import NoiseSchedule, linear_combination, x0_eps_from_prediction
 from .analytic_variance import AnalyticVariance, analytic_table
@@ -88,11 +88,15 @@ class DDIMSampler(Sampler):
             the model: each step's noise is Analytic-DPM's optimal one for this ``eta`` (with
             ``eta = 0``, Analytic-DDIM: the direction of eq. 12 with ``sigma = 0`` plus the
             optimal noise); ``None`` for eq. 16's.
+        set_alpha_to_one: ``True`` (default): the last step lands on ``abar = 1``, the clean
+            sample; ``False``: on ``abar_0``, the level of ``t = 0`` (diffusers'
+            ``set_alpha_to_one=False``, the setting of Stable Diffusion's scheduler configs).
 
     Each step goes to the next timestep of :attr:`timesteps` and the last one to ``abar = 1``,
     so with ``eta = 0`` the trajectory is diffusers' ``DDIMScheduler`` with
-    ``set_alpha_to_one=True``. (diffusers steps to ``t - T // N``, which is the next timestep
-    only for "leading", and for "trailing" when ``N`` divides ``T``.)
+    ``set_alpha_to_one=True`` (with ``set_alpha_to_one=False`` here, its ``False``).
+    (diffusers steps to ``t - T // N``, which is the next timestep only for "leading", and for
+    "trailing" when ``N`` divides ``T``.)
     """
 
     eta: float
@@ -116,7 +120,9 @@ class DDIMSampler(Sampler):
         timesteps: Sequence[int] | torch.Tensor | None = None,
         variance: AnalyticVariance | None = None,
         use_clipped_model_output: bool = True,
+        set_alpha_to_one: bool = True,
     ) -> None:
+        self.set_alpha_to_one = check_bool("set_alpha_to_one", set_alpha_to_one)
         self.analytic = analytic_table(variance, schedule, allow_strings=False)
         self.eta = float(check_real("eta", eta, 0, 1))
         self.spacing = check_choice("spacing", spacing, SPACINGS)
@@ -132,7 +138,8 @@ class DDIMSampler(Sampler):
 
     def _coefficient_table(self) -> torch.Tensor:
         abar = self.schedule.alphas_cumprod.cpu()[self._timesteps]
-        abar_next = torch.cat([abar[1:], abar.new_ones(1)])  # the last step lands on abar = 1
+        final = abar.new_ones(1) if self.set_alpha_to_one else self.schedule.alphas_cumprod[:1]
+        abar_next = torch.cat([abar[1:], final.cpu().to(abar.dtype)])  # the last step's level
         table = ddim_coefficients(abar, abar_next, self.eta)
         if self.analytic is not None:  # the noise std becomes Analytic-DPM's optimal one
             variances = self.analytic.step_variances(
