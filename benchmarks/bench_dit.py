@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -141,15 +142,46 @@ def fd(features: torch.Tensor, reference: torch.Tensor) -> float:
     return frechet_distance(*stats[0], *stats[1])
 
 
-def quality(train_seconds: float, samples: int, seed: int) -> None:
+def train_and_sample(model: torch.nn.Module, data: Any, train_seconds: float, samples: int,
+                     seed: int, shape: tuple[int, int, int], clip: bool) -> tuple[Any, ...]:
+    """Train ``model`` with ``SimpleLoss`` for ``train_seconds`` of wall-clock, then draw
+    ``samples`` with 25-step DDIM from its EMA (labels cycling over the 4 classes).
+    Returns ``(samples, steps, wall seconds, CPU seconds)`` of the training."""
     schedule = NoiseSchedule.linear(1000)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=32, lr=1e-3,
+                          warmup_steps=100, ema_decay=0.999, out_dir=out, log_every=10**9,
+                          checkpoint_every=10**9, progress=False, tensorboard=False,
+                          seed=seed, class_dropout=0.0, random_flip=clip)
+        start, cpu = time.perf_counter(), time.process_time()
+        steps = trainer.train(10**9, max_seconds=train_seconds)
+        trained, cpu = time.perf_counter() - start, time.process_time() - cpu
+        sampler = DDIMSampler(schedule, 25, clip_denoised=clip)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            images = sampler.sample(trainer.ema_model.eval(), (samples, *shape),
+                                    model_kwargs={"y": torch.arange(samples) % 4},
+                                    generator=generator)
+    return images, steps, trained, cpu
+
+
+def shapes(size: int, image_size: int, seed: int) -> torch.Tensor:
+    data = ShapesDataset(size=size, image_size=image_size, seed=seed)
+    return torch.stack([data[i][0] for i in range(size)])
+
+
+def report(name: str, model: torch.nn.Module, result: tuple[Any, ...], score: float) -> None:
+    _, steps, trained, cpu = result
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{name:<5} {params:5.2f}M parameters, {steps} steps in {trained:.0f} s "
+          f"({cpu:.0f} s CPU): FD {score:.2f}", flush=True)
+
+
+def quality(train_seconds: float, samples: int, seed: int) -> None:
+    """Pixel space: 16 x 16 shapes."""
     data = ShapesDataset(size=8192, image_size=16, seed=seed)
-    real = torch.stack([data[i][0] for i in range(4096)])
-    held_out = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 1)[i][0]
-                            for i in range(samples)])
-    features = PCAFeatures(real)
-    floor_set = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 2)[i][0]
-                             for i in range(samples)])
+    features = PCAFeatures(shapes(4096, 16, seed))
+    reference = features(shapes(samples, 16, seed + 1))
     torch.manual_seed(seed)
     models = {
         # 0.72M and 0.70M parameters
@@ -159,35 +191,97 @@ def quality(train_seconds: float, samples: int, seed: int) -> None:
                      attention_resolutions=(8,), image_size=16, dropout=0.0, num_classes=4,
                      norm_groups=8),
     }
-    reference = features(held_out)
-    print(f"quality: {train_seconds:.0f} s of training each, {samples} samples (25-step DDIM), "
-          f"Fréchet distance on 32 PCA components of real 16x16 shapes; "
+    print(f"quality, pixels: {train_seconds:.0f} s of training each, {samples} samples "
+          f"(25-step DDIM), Fréchet distance on 32 PCA components of real 16x16 shapes; "
           f"{torch.get_num_threads()} thread(s)")
-    print(f"real vs real (floor): FD {fd(features(floor_set), reference):.2f}")
+    print(f"real vs real (floor): FD {fd(features(shapes(samples, 16, seed + 2)), reference):.2f}")
     for name, model in models.items():
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        with tempfile.TemporaryDirectory() as out:
-            trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=32, lr=1e-3,
-                              warmup_steps=100, ema_decay=0.999, out_dir=out, log_every=10**9,
-                              checkpoint_every=10**9, progress=False, tensorboard=False,
-                              seed=seed, class_dropout=0.0)
-            start = time.perf_counter()
-            steps = trainer.train(10**9, max_seconds=train_seconds)
-            trained = time.perf_counter() - start
-            sampler = DDIMSampler(schedule, 25)
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                images = sampler.sample(trainer.ema_model.eval(), (samples, 3, 16, 16),
-                                        model_kwargs={"y": torch.arange(samples) % 4},
-                                        generator=generator)
-        score = fd(features(images), reference)
-        print(f"{name:<5} {params:5.2f}M parameters, {steps} steps in {trained:.0f} s: "
-              f"FD {score:.2f}")
+        result = train_and_sample(model, data, train_seconds, samples, seed, (3, 16, 16), True)
+        report(name, model, result, fd(features(result[0]), reference))
+
+
+def train_autoencoder(images: torch.Tensor, steps: int, folder: Path) -> Any:
+    """An f=4 AutoencoderKL (4 latent channels) on 32 x 32 shapes, cached in ``folder``."""
+    from ddpm_lib import AutoencoderKL, AutoencoderLoss
+
+    if (folder / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    ae = AutoencoderKL(in_channels=3, latent_channels=4, base_channels=16,
+                       channel_mults=(1, 2, 2), num_res_blocks=1, norm_groups=8, attention=False)
+    loss_fn, optimizer = AutoencoderLoss(kl_weight=1e-6), torch.optim.Adam(ae.parameters(), 2e-3)
+    generator = torch.Generator().manual_seed(1)
+    start = time.process_time()
+    for _ in range(steps):
+        batch = images[torch.randint(len(images), (32,), generator=generator)]
+        loss = loss_fn(ae, batch, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    print(f"autoencoder: {steps} steps, {time.process_time() - start:.0f} s CPU", flush=True)
+    ae.eval().save_pretrained(folder)
+    return ae
+
+
+class Latents(torch.utils.data.Dataset):
+    """``(latent, label)`` items; ``unbounded_values`` tells the Trainer not to expect
+    ``[-1, 1]``."""
+
+    unbounded_values = True
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
+        self.latents, self.labels = latents, labels
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.latents[index], int(self.labels[index])
+
+
+def quality_latent(train_seconds: float, samples: int, seed: int, ae_steps: int,
+                   out: Path) -> None:
+    """Latent space (the paper's setting): 32 x 32 shapes through an f=4 autoencoder, 8 x 8 x 4
+    latents; the samples are decoded and scored as images."""
+    from ddpm_lib import LatentDiffusion
+
+    data = ShapesDataset(size=8192, image_size=32, seed=seed)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    ae = train_autoencoder(images, ae_steps, out / f"autoencoder_{ae_steps}")
+    latent = LatentDiffusion(ae)
+    latent.fit_scale_factor(images, num_samples=2048)
+    with torch.no_grad():
+        z = torch.cat([latent.encode(chunk) for chunk in images.split(256)])  # (N, 4, 8, 8)
+        rec = torch.cat([latent.decode(chunk) for chunk in z[:samples].split(256)]).clamp(-1, 1)
+    features = PCAFeatures(images[:4096])
+    reference = features(shapes(samples, 32, seed + 1))
+    torch.manual_seed(seed)
+    models = {
+        # 0.73M and 0.70M parameters
+        "DiT": DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=96, depth=4,
+                   num_heads=4, num_classes=4, learn_sigma=False),
+        "UNet": UNet(in_channels=4, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), image_size=8, dropout=0.0, num_classes=4,
+                     norm_groups=8),
+    }
+    print(f"quality, latents: {train_seconds:.0f} s of training each, {samples} samples "
+          f"(25-step DDIM, decoded), Fréchet distance on 32 PCA components of real 32x32 "
+          f"shapes; {torch.get_num_threads()} thread(s)")
+    print(f"real vs real (floor): FD {fd(features(shapes(samples, 32, seed + 2)), reference):.2f}"
+          f"; autoencoder reconstructions: FD {fd(features(rec), reference):.2f}")
+    for name, model in models.items():
+        result = train_and_sample(model, Latents(z, labels), train_seconds, samples, seed,
+                                  (4, 8, 8), False)
+        with torch.no_grad():
+            decoded = torch.cat([latent.decode(c) for c in result[0].split(256)]).clamp(-1, 1)
+        report(name, model, result, fd(features(decoded), reference))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "flops", "quality", "all"), default="all")
+    parser.add_argument("--part", choices=("speed", "flops", "quality", "latent", "all"),
+                        default="all")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", choices=("s", "b", "l", "xl"), default="s")
     parser.add_argument("--patch", type=int, choices=(2, 4, 8), default=2)
@@ -196,6 +290,9 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=150.0)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_dit",
+                        help="where the latent part caches its autoencoder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part in ("flops", "all"):
@@ -204,6 +301,8 @@ def main() -> None:
         speed(args.size, args.patch, args.batch, args.repeats)
     if args.part in ("quality", "all"):
         quality(args.train_seconds, args.samples, args.seed)
+    if args.part in ("latent", "all"):
+        quality_latent(args.train_seconds, args.samples, args.seed, args.ae_steps, args.out)
 
 
 if __name__ == "__main__":
