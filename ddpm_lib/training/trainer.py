@@ -121,7 +121,7 @@ class Trainer:
             (PyTorch's ``fully_shard``: weights, gradients, Adam moments and the EMA sharded
             over the processes, for models too large for one device; bf16 or no mixed
             precision). Checkpoints hold full tensors either way and resume under either, on
-            any number of processes (:mod:`ddpm_lib.training.fsdp`). One process ignores it.
+            any number of processes (``ddpm_lib.training.fsdp``). One process ignores it.
 
     Losses with trainable parts (a GAN discriminator) declare them; the Trainer trains them
     with the same device placement, mixed precision, DDP and checkpoints as the model:
