@@ -43,10 +43,10 @@ def main(out_dir: str, step_a: int, step_b: int) -> None:
     from ddpm_lib.training.fsdp import full_weights, is_sharded
 
     torch.set_num_threads(1)
-    first = make_dit_trainer(out_dir, parallel="fsdp")
+    first = make_dit_trainer(out_dir, parallel="fsdp", sample_every=4)  # a grid from rank 0
     assert is_sharded(first.model), "expected a sharded model under torchrun"
     first.train(step_a)
-    trainer = make_dit_trainer(out_dir, parallel="fsdp")
+    trainer = make_dit_trainer(out_dir, parallel="fsdp", sample_every=4)
     assert trainer.step == step_a, trainer.step
     trainer.train(step_b)
     weights = full_weights(trainer)  # every rank takes part; complete on rank 0

@@ -89,6 +89,9 @@ def test_fsdp_two_processes_equal_one_and_resume_at_any_world_size(tmp_path) -> 
         "step_000000002", "step_000000004", "step_000000006"]
     state = torch.load(checkpoints / "step_000000006" / "training_state.pt", weights_only=True)
     assert state["world_size"] == 2
+    # grids at step 4 and at the end, sampled on rank 0 from the gathered EMA
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step_000000004.png", "step_000000006.png"]
     _assert_close(_adam(checkpoints / "step_000000006"),
                   _adam(reference.latest_checkpoint()))  # full Adam moments, torch's layout
 

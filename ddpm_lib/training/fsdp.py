@@ -21,6 +21,11 @@ forward and backward. What this module does, and where the Trainer calls it:
   processes nor on the parallelism: an FSDP run resumes on another number of processes, under
   DDP or on one process, and the other way round.
 
+``trainer.model`` is the sharded model itself (its ``state_dict()`` holds ``DTensor`` shards):
+sample from ``trainer.ema_model`` on rank 0, as the Trainer's grids and export do. Tested on
+CPU with gloo (a class-conditional DiT: ``tests/test_training_fsdp.py``); a text model's
+encoder is sharded as a unit of its own but has not been run under FSDP in the tests.
+
 With one process there is nothing to shard over and ``parallel="fsdp"`` trains as one process.
 Every function here also takes an unsharded model (then it is ``state_dict()`` and
 ``load_state_dict``), so the Trainer calls them whatever its parallelism.
