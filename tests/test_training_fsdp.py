@@ -79,7 +79,8 @@ def test_fsdp_two_processes_equal_one_and_resume_at_any_world_size(tmp_path) -> 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resuming from step 2" in result.stderr and "resuming from step 4" in result.stderr
 
