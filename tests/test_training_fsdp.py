@@ -8,6 +8,7 @@ by 1 process to step 6: every weight, EMA weight and Adam moment equals an unint
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -90,6 +91,8 @@ def test_fsdp_two_processes_equal_one_and_resume_at_any_world_size(tmp_path) -> 
         "step_000000002", "step_000000004", "step_000000006"]
     state = torch.load(checkpoints / "step_000000006" / "training_state.pt", weights_only=True)
     assert state["world_size"] == 2
+    meta = json.loads((checkpoints / "step_000000006" / "meta.json").read_text())
+    assert meta["model_class"] == "ddpm_lib.models.dit.DiT"  # not the generated FSDPDiT
     # grids at step 4 and at the end, sampled on rank 0 from the gathered EMA
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "step_000000004.png", "step_000000006.png"]

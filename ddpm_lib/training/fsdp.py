@@ -51,6 +51,7 @@ __all__ = [
     "ShardedEMA",
     "full_optimizer_state",
     "full_value",
+    "described_model",
     "full_weights",
     "gather_ema",
     "is_sharded",
@@ -264,6 +265,17 @@ def gather_ema(trainer: Trainer) -> None:
     the Trainer shards)."""
     if isinstance(trainer.ema, ShardedEMA):
         trainer.ema.gather()
+
+
+def described_model(trainer: Trainer) -> nn.Module:
+    """The model whose class and ``config`` a checkpoint records: the trained model, or under
+    FSDP (on rank 0, where checkpoints are written) the plain EMA copy, since ``fully_shard``
+    turns the model's class into a generated ``FSDP<Class>`` that no loader knows."""
+    model = unwrap_model(trainer.model)
+    if is_sharded(model) and isinstance(trainer.ema, ShardedEMA) and not is_sharded(
+            trainer.ema.module):
+        return trainer.ema.module
+    return model
 
 
 def full_weights(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:

@@ -39,7 +39,7 @@ __all__ = ["training_meta", "save_training_state", "resume_latest", "restore_tra
 
 def training_meta(trainer: Trainer) -> dict[str, Any]:
     """``meta.json`` of a checkpoint: the model class and config, the diffusion, the settings."""
-    model = unwrap_model(trainer.model)
+    model = fsdp.described_model(trainer)  # under FSDP: the plain EMA copy, not FSDP<Class>
     config = getattr(model, "config", None)
     schedule = getattr(trainer.loss_fn, "schedule", None)
     diffusion: dict[str, Any] = {"loss": type(trainer.loss_fn).__name__}
