@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 __all__ = [
     "PARALLEL",
     "ShardedEMA",
+    "described_model",
     "full_optimizer_state",
     "full_value",
-    "described_model",
     "full_weights",
     "gather_ema",
     "is_sharded",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from ddpm_lib.training import fsdp
 from ddpm_lib.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -28,8 +29,6 @@ from ddpm_lib.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from ddpm_lib.training import fsdp
-from ddpm_lib.training.ema import unwrap_model
 
 if TYPE_CHECKING:
     from ddpm_lib.training.trainer import Trainer
