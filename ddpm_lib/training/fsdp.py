@@ -23,8 +23,10 @@ forward and backward. What this module does, and where the Trainer calls it:
 
 ``trainer.model`` is the sharded model itself (its ``state_dict()`` holds ``DTensor`` shards):
 sample from ``trainer.ema_model`` on rank 0, as the Trainer's grids and export do. Tested on
-CPU with gloo (a class-conditional DiT: ``tests/test_training_fsdp.py``); a text model's
-encoder is sharded as a unit of its own but has not been run under FSDP in the tests.
+CPU with gloo (a class-conditional DiT: ``tests/test_training_fsdp.py``). A text model's encoder
+is a unit of its own, called by ``encode_prompts`` before the model's forward; a text DiT
+trained, sampled and exported under ``torchrun --parallel fsdp`` (by hand, not in the tests,
+and its numbers were not compared with one process).
 
 With one process there is nothing to shard over and ``parallel="fsdp"`` trains as one process.
 Every function here also takes an unsharded model (then it is ``state_dict()`` and
@@ -114,6 +116,12 @@ def shard_model(model: nn.Module, *, broadcast: bool = True) -> nn.Module:
     for unit in _units(model):
         fully_shard(unit)
     fully_shard(model)
+    # Settle now which unit is the root (FSDP does it at the first forward otherwise): a text
+    # model's encoder runs by itself in encode_prompts, before the model's forward, and would
+    # make itself a root. (A private hook of FSDP2, checked to exist.)
+    state = getattr(model, "_get_fsdp_state", None)
+    if callable(state):
+        state()._lazy_init()
     return model
 
 
