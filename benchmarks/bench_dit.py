@@ -1,7 +1,7 @@
 """Benchmark: ddpm_lib.DiT against diffusers' DiTTransformer2DModel, the paper's Gflops, and DiT
 against a UNet trained for the same time.
 
-Three parts (``--part speed | flops | quality | all``):
+Four parts (``--part speed | flops | quality | latent | all``):
 
 * **speed**: one DiT configuration (default DiT-S/2 at 32 x 32 x 4, batch 2) built in diffusers
   with random weights and converted with :func:`ddpm_lib.dit_from_diffusers` (outputs checked
@@ -11,17 +11,24 @@ Three parts (``--part speed | flops | quality | all``):
 * **flops**: forward multiply-adds of every preset at the paper's input (32 x 32 x 4, one
   image) from ``torch.utils.flop_counter`` on the meta device (no memory), against Table 4
   (the paper counts a multiply-add as one flop, as fvcore does; the counter counts two).
-* **quality**: a DiT and a UNet of about the same size, class-conditional, trained with
-  ``SimpleLoss`` for the same wall-clock budget each (``--train-seconds``) on the built-in
-  shapes (16 x 16 pixels, 4 classes), then ``--samples`` images each with 25-step DDIM. The
-  Fréchet distance (:func:`ddpm_lib.frechet_distance`) is computed on features defined here:
-  the 32 leading principal components of real images (fitted on 4096 of them). The floor is
-  the distance between two disjoint sets of real images of the same size.
+* **quality** (pixel space): a DiT and a UNet of about the same size, class-conditional,
+  trained with ``SimpleLoss`` for the same CPU time each (``--train-seconds`` of this
+  process's CPU time, not wall-clock, since the machine is shared) on the built-in shapes
+  (16 x 16 pixels, 4 classes), then ``--samples`` images each with 25-step DDIM. The Fréchet
+  distance (:func:`ddpm_lib.frechet_distance`) is computed on features defined here: the 32
+  leading principal components of real images (fitted on 4096 of them). The floor is the
+  distance between two disjoint sets of real images of the same size.
+* **latent** (the paper's setting): the same on 32 x 32 shapes in the latent space of an f=4
+  :class:`ddpm_lib.AutoencoderKL` (4 channels, 8 x 8 latents; trained here for
+  ``--ae-steps`` and cached in ``--out``; LDM's scale factor): a DiT (patch 2, 16 tokens) and
+  a UNet of the same size on the latents, samples decoded and scored as images (PCA of real
+  32 x 32 images). The autoencoder's reconstructions give a second floor.
 
 Usage::
 
-    python benchmarks/bench_dit.py --threads 1     # all parts, ~10 minutes (quality ~6)
+    python benchmarks/bench_dit.py --threads 1     # all parts, ~25 minutes (quality ~6)
     python benchmarks/bench_dit.py --part quality --train-seconds 600 --samples 1024
+    python benchmarks/bench_dit.py --part latent --train-seconds 150 --samples 512
     python benchmarks/bench_dit.py --part speed --size b --patch 4 --repeats 10
 """
 
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -141,15 +149,48 @@ def fd(features: torch.Tensor, reference: torch.Tensor) -> float:
     return frechet_distance(*stats[0], *stats[1])
 
 
-def quality(train_seconds: float, samples: int, seed: int) -> None:
+def train_and_sample(model: torch.nn.Module, data: Any, train_seconds: float, samples: int,
+                     seed: int, shape: tuple[int, int, int], clip: bool) -> tuple[Any, ...]:
+    """Train ``model`` with ``SimpleLoss`` for ``train_seconds`` of CPU time, then draw
+    ``samples`` with 25-step DDIM from its EMA (labels cycling over the 4 classes).
+    Returns ``(samples, steps, wall seconds, CPU seconds)`` of the training."""
     schedule = NoiseSchedule.linear(1000)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=32, lr=1e-3,
+                          warmup_steps=100, ema_decay=0.999, out_dir=out, log_every=10**9,
+                          checkpoint_every=10**9, progress=False, tensorboard=False,
+                          seed=seed, class_dropout=0.0, random_flip=clip)
+        start, cpu = time.perf_counter(), time.process_time()
+        # equal CPU time (this process's), not wall-clock: the machine is shared
+        while time.process_time() - cpu < train_seconds:
+            steps = trainer.train(trainer.step + 25)
+        trained, cpu = time.perf_counter() - start, time.process_time() - cpu
+        sampler = DDIMSampler(schedule, 25, clip_denoised=clip)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            images = sampler.sample(trainer.ema_model.eval(), (samples, *shape),
+                                    model_kwargs={"y": torch.arange(samples) % 4},
+                                    generator=generator)
+    return images, steps, trained, cpu
+
+
+def shapes(size: int, image_size: int, seed: int) -> torch.Tensor:
+    data = ShapesDataset(size=size, image_size=image_size, seed=seed)
+    return torch.stack([data[i][0] for i in range(size)])
+
+
+def report(name: str, model: torch.nn.Module, result: tuple[Any, ...], score: float) -> None:
+    _, steps, trained, cpu = result
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{name:<5} {params:5.2f}M parameters, {steps} steps in {trained:.0f} s "
+          f"({cpu:.0f} s CPU): FD {score:.2f}", flush=True)
+
+
+def quality(train_seconds: float, samples: int, seed: int) -> None:
+    """Pixel space: 16 x 16 shapes."""
     data = ShapesDataset(size=8192, image_size=16, seed=seed)
-    real = torch.stack([data[i][0] for i in range(4096)])
-    held_out = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 1)[i][0]
-                            for i in range(samples)])
-    features = PCAFeatures(real)
-    floor_set = torch.stack([ShapesDataset(size=samples, image_size=16, seed=seed + 2)[i][0]
-                             for i in range(samples)])
+    features = PCAFeatures(shapes(4096, 16, seed))
+    reference = features(shapes(samples, 16, seed + 1))
     torch.manual_seed(seed)
     models = {
         # 0.72M and 0.70M parameters
@@ -159,35 +200,97 @@ def quality(train_seconds: float, samples: int, seed: int) -> None:
                      attention_resolutions=(8,), image_size=16, dropout=0.0, num_classes=4,
                      norm_groups=8),
     }
-    reference = features(held_out)
-    print(f"quality: {train_seconds:.0f} s of training each, {samples} samples (25-step DDIM), "
-          f"Fréchet distance on 32 PCA components of real 16x16 shapes; "
+    print(f"quality, pixels: {train_seconds:.0f} CPU seconds of training each, {samples} samples "
+          f"(25-step DDIM), Fréchet distance on 32 PCA components of real 16x16 shapes; "
           f"{torch.get_num_threads()} thread(s)")
-    print(f"real vs real (floor): FD {fd(features(floor_set), reference):.2f}")
+    print(f"real vs real (floor): FD {fd(features(shapes(samples, 16, seed + 2)), reference):.2f}")
     for name, model in models.items():
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        with tempfile.TemporaryDirectory() as out:
-            trainer = Trainer(model, SimpleLoss(schedule), data, batch_size=32, lr=1e-3,
-                              warmup_steps=100, ema_decay=0.999, out_dir=out, log_every=10**9,
-                              checkpoint_every=10**9, progress=False, tensorboard=False,
-                              seed=seed, class_dropout=0.0)
-            start = time.perf_counter()
-            steps = trainer.train(10**9, max_seconds=train_seconds)
-            trained = time.perf_counter() - start
-            sampler = DDIMSampler(schedule, 25)
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                images = sampler.sample(trainer.ema_model.eval(), (samples, 3, 16, 16),
-                                        model_kwargs={"y": torch.arange(samples) % 4},
-                                        generator=generator)
-        score = fd(features(images), reference)
-        print(f"{name:<5} {params:5.2f}M parameters, {steps} steps in {trained:.0f} s: "
-              f"FD {score:.2f}")
+        result = train_and_sample(model, data, train_seconds, samples, seed, (3, 16, 16), True)
+        report(name, model, result, fd(features(result[0]), reference))
+
+
+def train_autoencoder(images: torch.Tensor, steps: int, folder: Path) -> Any:
+    """An f=4 AutoencoderKL (4 latent channels) on 32 x 32 shapes, cached in ``folder``."""
+    from ddpm_lib import AutoencoderKL, AutoencoderLoss
+
+    if (folder / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    ae = AutoencoderKL(in_channels=3, latent_channels=4, base_channels=16,
+                       channel_mults=(1, 2, 2), num_res_blocks=1, norm_groups=8, attention=False)
+    loss_fn, optimizer = AutoencoderLoss(kl_weight=1e-6), torch.optim.Adam(ae.parameters(), 2e-3)
+    generator = torch.Generator().manual_seed(1)
+    start = time.process_time()
+    for _ in range(steps):
+        batch = images[torch.randint(len(images), (32,), generator=generator)]
+        loss = loss_fn(ae, batch, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    print(f"autoencoder: {steps} steps, {time.process_time() - start:.0f} s CPU", flush=True)
+    ae.eval().save_pretrained(folder)
+    return ae
+
+
+class Latents(torch.utils.data.Dataset):
+    """``(latent, label)`` items; ``unbounded_values`` tells the Trainer not to expect
+    ``[-1, 1]``."""
+
+    unbounded_values = True
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
+        self.latents, self.labels = latents, labels
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.latents[index], int(self.labels[index])
+
+
+def quality_latent(train_seconds: float, samples: int, seed: int, ae_steps: int,
+                   out: Path) -> None:
+    """Latent space (the paper's setting): 32 x 32 shapes through an f=4 autoencoder, 8 x 8 x 4
+    latents; the samples are decoded and scored as images."""
+    from ddpm_lib import LatentDiffusion
+
+    data = ShapesDataset(size=8192, image_size=32, seed=seed)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    ae = train_autoencoder(images, ae_steps, out / f"autoencoder_{ae_steps}")
+    latent = LatentDiffusion(ae)
+    latent.fit_scale_factor(images, num_samples=2048)
+    with torch.no_grad():
+        z = torch.cat([latent.encode(chunk) for chunk in images.split(256)])  # (N, 4, 8, 8)
+        rec = torch.cat([latent.decode(chunk) for chunk in z[:samples].split(256)]).clamp(-1, 1)
+    features = PCAFeatures(images[:4096])
+    reference = features(shapes(samples, 32, seed + 1))
+    torch.manual_seed(seed)
+    models = {
+        # 0.73M and 0.70M parameters
+        "DiT": DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=96, depth=4,
+                   num_heads=4, num_classes=4, learn_sigma=False),
+        "UNet": UNet(in_channels=4, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), image_size=8, dropout=0.0, num_classes=4,
+                     norm_groups=8),
+    }
+    print(f"quality, latents: {train_seconds:.0f} CPU seconds of training each, {samples} samples "
+          f"(25-step DDIM, decoded), Fréchet distance on 32 PCA components of real 32x32 "
+          f"shapes; {torch.get_num_threads()} thread(s)")
+    print(f"real vs real (floor): FD {fd(features(shapes(samples, 32, seed + 2)), reference):.2f}"
+          f"; autoencoder reconstructions: FD {fd(features(rec), reference):.2f}")
+    for name, model in models.items():
+        result = train_and_sample(model, Latents(z, labels), train_seconds, samples, seed,
+                                  (4, 8, 8), False)
+        with torch.no_grad():
+            decoded = torch.cat([latent.decode(c) for c in result[0].split(256)]).clamp(-1, 1)
+        report(name, model, result, fd(features(decoded), reference))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "flops", "quality", "all"), default="all")
+    parser.add_argument("--part", choices=("speed", "flops", "quality", "latent", "all"),
+                        default="all")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", choices=("s", "b", "l", "xl"), default="s")
     parser.add_argument("--patch", type=int, choices=(2, 4, 8), default=2)
@@ -196,6 +299,9 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=150.0)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench_dit",
+                        help="where the latent part caches its autoencoder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part in ("flops", "all"):
@@ -204,6 +310,8 @@ def main() -> None:
         speed(args.size, args.patch, args.batch, args.repeats)
     if args.part in ("quality", "all"):
         quality(args.train_seconds, args.samples, args.seed)
+    if args.part in ("latent", "all"):
+        quality_latent(args.train_seconds, args.samples, args.seed, args.ae_steps, args.out)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ RANGES: dict[str, Range] = {
     "base_channels": AT_LEAST_ONE, "num_res_blocks": AT_LEAST_ONE, "dropout": FRACTION,
     "text_dim": AT_LEAST_ONE, "text_layers": AT_LEAST_ONE, "text_heads": AT_LEAST_ONE,
     "text_max_length": AT_LEAST_ONE, "num_timesteps": Range(2), "timesteps": Range(2),
-    "min_snr_gamma": POSITIVE, "latent_channels": AT_LEAST_ONE, "kl_weight": Range(0.0),
+    "min_snr_gamma": POSITIVE, "hidden_size": AT_LEAST_ONE, "depth": AT_LEAST_ONE,
+    "num_heads": AT_LEAST_ONE, "patch_size": AT_LEAST_ONE, "latent_channels": AT_LEAST_ONE, "kl_weight": Range(0.0),
     "l2_weight": Range(0.0), "adversarial_start": AT_LEAST_ZERO,
     # output
     "log_every": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,
@@ -172,7 +173,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_timesteps": 1000, "prediction": "eps", "loss": "simple", "min_snr_gamma": None,
     "log_every": 1000, "checkpoint_every": 5000, "keep_checkpoints": 3, "sample_every": 10_000,
     "num_samples": 16, "guidance_scale": None, "seed": 0, "num_workers": None, "autoencoder": None,
+    # the backbone (issue 29): a UNet, or a DiT preset whose size a few options override
+    "model": "unet", "hidden_size": None, "depth": None, "num_heads": None, "patch_size": None,
+    "parallel": "ddp",
 }
+#: ``--model`` choices: the UNet and the DiT presets of Peebles & Xie (``dit-s/2`` ...).
+MODELS = ("unet", *(f"dit-{size}/{patch}" for size in ("s", "b", "l", "xl") for patch in (2, 4, 8)))
+#: Options of the UNet only, and of the DiT only (refused with the other backbone).
+UNET_OPTIONS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
+                "dropout", "text_attention")
+DIT_OPTIONS = ("hidden_size", "depth", "num_heads", "patch_size")
 TRAIN_ARGS_FILE = "cli_args.json"
 BUILTIN_DATA = ("shapes", "captioned-shapes", "cifar10", "mnist")
 
@@ -237,7 +247,22 @@ def _check_train(args: argparse.Namespace) -> None:
     if not int_list("channel_mults", options["channel_mults"]):
         raise CLIError("--channel-mults needs at least one multiplier; got ''")
     int_list("attention_resolutions", options["attention_resolutions"])
+    _check_backbone(args, options)
     args.resolved = options
+
+
+def _check_backbone(args: argparse.Namespace, options: Mapping[str, Any]) -> None:
+    """The options of the other backbone than ``--model``'s, given on this command line."""
+    dit = str(options["model"]).startswith("dit-")
+    for dest in UNET_OPTIONS if dit else DIT_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            which = f"--model {options['model']}" if dit else "a DiT (--model dit-s/2 ...)"
+            raise CLIError(f"{flag(dest)} is an option of the "
+                           f"{'UNet' if dit else 'DiT'}; not of {which}")
+    if dit and options["hidden_size"] is not None and options["num_heads"] is not None and (
+            options["hidden_size"] % options["num_heads"]):
+        raise CLIError(f"--hidden-size {options['hidden_size']} must be divisible by "
+                       f"--num-heads {options['num_heads']}")
 
 
 def _check_train_autoencoder(args: argparse.Namespace) -> None:

@@ -85,14 +85,36 @@ def _num_classes(options: dict[str, Any], dataset: Any) -> int | None:
     return len(classes)
 
 
+def _build_dit(options: dict[str, Any], channels: int, image_size: int,
+               num_classes: int | None, text: bool) -> Any:
+    """``--model dit-s/2`` ...: the paper's preset, its size overridden by ``--hidden-size``,
+    ``--depth``, ``--num-heads``, ``--patch-size`` (a tiny DiT for a demo)."""
+    from ddpm_lib.models.dit import DiT
+
+    size, patch = str(options["model"])[len("dit-"):].split("/")
+    overrides = {key: options[key] for key in ("hidden_size", "depth", "num_heads", "patch_size")
+                 if options[key] is not None}
+    try:
+        return getattr(DiT, f"{size}{patch}")(
+            input_size=image_size, in_channels=channels, num_classes=num_classes,
+            learn_sigma=options["loss"] == "hybrid",
+            context_dim=options["text_dim"] if text else None, **overrides,
+        )
+    except ValueError as error:  # e.g. an image size the patch size does not divide
+        raise CLIError(f"--model {options['model']}: {error}") from None
+
+
 def _build_model(options: dict[str, Any], channels: int, image_size: int,
                  num_classes: int | None, text: bool) -> Any:
-    """The UNet of the run; for captions, GLIDE's: a byte-level transformer reads the caption,
-    trained jointly (:class:`ddpm_lib.TextConditionedUNet`)."""
+    """The UNet (or ``--model``'s DiT) of the run; for captions, GLIDE's: a byte-level
+    transformer reads the caption, trained jointly (:class:`ddpm_lib.TextConditionedUNet`)."""
     import math
 
     from ddpm_lib.models.unet import UNet
 
+    if str(options.get("model", "unet")).startswith("dit-"):
+        dit = _build_dit(options, channels, image_size, num_classes, text)
+        return _with_text_encoder(options, dit) if text else dit
     base_channels = options["base_channels"]
     model = UNet(
         in_channels=channels,
@@ -108,8 +130,11 @@ def _build_model(options: dict[str, Any], channels: int, image_size: int,
         **({"context_dim": options["text_dim"], "text_attention": options["text_attention"]}
            if text else {}),
     )
-    if not text:
-        return model
+    return _with_text_encoder(options, model) if text else model
+
+
+def _with_text_encoder(options: dict[str, Any], model: Any) -> Any:
+    """GLIDE's text model: a byte-level transformer beside ``model``, trained jointly."""
     from ddpm_lib.models.text import TextConditionedUNet, TextEncoder
 
     return TextConditionedUNet(model, TextEncoder(
@@ -149,7 +174,7 @@ def _build_trainer(options: dict[str, Any], model: Any, schedule: Any, dataset: 
         class_dropout=options["class_dropout"], caption_dropout=options["caption_dropout"],
         num_samples=options["num_samples"],
         guidance_scale=options["guidance_scale"], keep_checkpoints=options["keep_checkpoints"],
-        progress=not no_progress,
+        progress=not no_progress, parallel=options.get("parallel", "ddp"),
     )
 
 
@@ -242,7 +267,12 @@ def add_parser(subparsers: Any) -> None:
             "  ddpm-lib train --data ~/pictures/captioned --captions metadata --image-size 64 \\\n"
             "      --out runs/captioned\n"
             "  torchrun --nproc_per_node 8 -m ddpm_lib.cli train --data cifar10 --data-root ~/data \\\n"
-            "      --out runs/cifar10"
+            "      --out runs/cifar10\n"
+            "  ddpm-lib train --out runs/dit --model dit-s/2 --hidden-size 96 --depth 4 \\\n"
+            "      --num-heads 4 --image-size 16 --class-conditional --loss hybrid\n"
+            "  torchrun --nproc_per_node 8 -m ddpm_lib.cli train --model dit-xl/2 --parallel fsdp \\\n"
+            "      --autoencoder runs/ae --data ~/imagenet --image-size 256 --class-conditional \\\n"
+            "      --out runs/dit-xl"
         ),
     )
     _add_data_options(parser.add_argument_group("data"))
@@ -250,6 +280,7 @@ def add_parser(subparsers: Any) -> None:
     _add_optimisation_options(optim)
     add_threads_option(optim)
     _add_diffusion_options(parser.add_argument_group("model and diffusion"))
+    _add_dit_options(parser.add_argument_group("transformer backbone (DiT)"))
     _add_output_options(parser.add_argument_group("output"))
     parser.set_defaults(func=run)
 
@@ -349,6 +380,26 @@ def _add_diffusion_options(model: Any) -> None:
     model.add_argument("--min-snr-gamma", type=float, default=None, metavar="GAMMA",
                        help="min-SNR loss weighting (Hang et al. 2023; 5 in the paper) for "
                        "--loss simple (default: none)")
+
+
+def _add_dit_options(group: Any) -> None:
+    from .checks import MODELS
+
+    group.add_argument("--model", choices=MODELS, default=None, metavar="NAME",
+                       help="the network: 'unet' (default) or a DiT preset of Peebles & Xie, "
+                       "dit-{s,b,l,xl}/{2,4,8} (dit-xl/2: 28 blocks, width 1152, 16 heads, "
+                       "patch 2); the UNet's options do not apply to a DiT")
+    group.add_argument("--hidden-size", type=int, default=None, metavar="D",
+                       help="DiT: width, overriding the preset's (a multiple of 4 and of "
+                       "--num-heads)")
+    group.add_argument("--depth", type=int, default=None, help="DiT: number of blocks")
+    group.add_argument("--num-heads", type=int, default=None, help="DiT: attention heads")
+    group.add_argument("--patch-size", type=int, default=None, metavar="P",
+                       help="DiT: patch size, overriding the preset's (must divide the image "
+                       "or latent size)")
+    group.add_argument("--parallel", choices=("ddp", "fsdp"), default=None,
+                       help="under torchrun: replicate the model on every process (ddp, "
+                       "default) or shard weights, gradients and optimizer state (fsdp)")
 
 
 def _add_output_options(output: Any) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from ddpm_lib.training import fsdp
 from ddpm_lib.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -28,7 +29,6 @@ from ddpm_lib.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from ddpm_lib.training.ema import unwrap_model
 
 if TYPE_CHECKING:
     from ddpm_lib.training.trainer import Trainer
@@ -38,7 +38,7 @@ __all__ = ["training_meta", "save_training_state", "resume_latest", "restore_tra
 
 def training_meta(trainer: Trainer) -> dict[str, Any]:
     """``meta.json`` of a checkpoint: the model class and config, the diffusion, the settings."""
-    model = unwrap_model(trainer.model)
+    model = fsdp.described_model(trainer)  # under FSDP: the plain EMA copy, not FSDP<Class>
     config = getattr(model, "config", None)
     schedule = getattr(trainer.loss_fn, "schedule", None)
     diffusion: dict[str, Any] = {"loss": type(trainer.loss_fn).__name__}
@@ -78,6 +78,8 @@ def save_training_state(trainer: Trainer) -> Path | None:
     rng = rng_state(trainer.device)
     rng["loss_generator"] = trainer.batches.loss_generator.get_state()
     loss_log = trainer.monitor.state()  # the same on every rank from here on
+    weights = fsdp.full_weights(trainer)  # collectives under FSDP: every rank takes part
+    optimizer_state = fsdp.full_optimizer_state(trainer)
     if trainer.dist.enabled:
         gathered: list[Any] = [None] * trainer.dist.world_size
         dist.all_gather_object(gathered, rng)
@@ -93,7 +95,7 @@ def save_training_state(trainer: Trainer) -> Path | None:
         "global_batch_size": trainer.batch_size,
         "world_size": trainer.dist.world_size,
         "seed": trainer.seed,
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scaler": trainer.scaler.state_dict(),
         "ema_num_updates": trainer.ema.num_updates,
         "generator": trainer.batches.generator.get_state(),
@@ -106,10 +108,6 @@ def save_training_state(trainer: Trainer) -> Path | None:
         state["loss_fn"] = loss_state()
     if trainer._auxiliary:
         state["auxiliary"] = trainer._auxiliary.state_dict()
-    weights = {
-        "model": unwrap_model(trainer.model).state_dict(),
-        "ema": trainer.ema.module.state_dict(),
-    }
     path = save_checkpoint(trainer.checkpoint_dir, trainer.step, weights, state, training_meta(trainer))
     prune_checkpoints(trainer.checkpoint_dir, trainer.keep_checkpoints)
     return path
@@ -145,16 +143,13 @@ def restore_training_state(trainer: Trainer, checkpoint: Checkpoint | str | os.P
             f"got batch_size={trainer.batch_size} (resume with the same batch size or use a "
             "new out_dir)"
         )
-    for name, module in (("model", unwrap_model(trainer.model)), ("ema", trainer.ema.module)):
-        try:
-            module.load_state_dict(checkpoint.weights[name])
-        except (RuntimeError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ValueError(
-                f"checkpoint {path} does not fit this model ({name} weights): {first_line}"
-            ) from error
     try:
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        fsdp.load_weights(trainer, checkpoint.weights)
+    except (RuntimeError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"checkpoint {path} does not fit this model: {first_line}") from error
+    try:
+        fsdp.load_optimizer_state(trainer, state["optimizer"])
     except ValueError as error:
         raise ValueError(f"checkpoint {path}: optimizer state does not fit: {error}") from error
     if state["scaler"]:

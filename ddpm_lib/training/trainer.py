@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from ddpm_lib._checks import check_choice, check_int, check_probability, check_real
 from ddpm_lib.conditioning import ClassLabel, Prompt, conditions_for
-from ddpm_lib.training import monitor
+from ddpm_lib.training import fsdp, monitor
 from ddpm_lib.training.auxiliary import AuxiliaryParts
 from ddpm_lib.training.batches import Batches, inspect_items
 from ddpm_lib.training.checkpoint import Checkpoint, list_checkpoints, remove_stale_temporaries
@@ -116,6 +116,12 @@ class Trainer:
         tensorboard: write TensorBoard events; ``None``: when tensorboard is installed.
         adam_betas, weight_decay: passed to ``torch.optim.Adam`` (its fused implementation
             on a CPU or a CUDA device).
+        parallel: how several processes (``torchrun``) share the work: ``"ddp"`` (default:
+            a full copy of the model on every process, gradients all-reduced) or ``"fsdp"``
+            (PyTorch's ``fully_shard``: weights, gradients, Adam moments and the EMA sharded
+            over the processes, for models too large for one device; bf16 or no mixed
+            precision). Checkpoints hold full tensors either way and resume under either, on
+            any number of processes (``ddpm_lib.training.fsdp``). One process ignores it.
 
     Losses with trainable parts (a GAN discriminator) declare them; the Trainer trains them
     with the same device placement, mixed precision, DDP and checkpoints as the model:
@@ -170,6 +176,7 @@ class Trainer:
         tensorboard: bool | None = None,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
+        parallel: str = "ddp",
     ) -> None:
         self._check_arguments(
             model, loss_fn, dataset, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -181,6 +188,10 @@ class Trainer:
         )
         self.guidance_scale = guidance_scale
         self.sampler = sampler
+        self.parallel = check_choice("parallel", parallel, fsdp.PARALLEL)
+        if self.parallel == "fsdp" and self.mixed_precision == "fp16":
+            raise ValueError("mixed_precision='fp16' is not supported with parallel='fsdp' "
+                             "(its grad scaler does not handle sharded gradients); use 'bf16'")
 
         self._inspect_data(model, dataset)
 
@@ -283,15 +294,19 @@ class Trainer:
             )
         self.local_batch_size = self.batch_size // self.dist.world_size
         self.model = model.to(self.device)
-        if self.dist.enabled:
+        if self.dist.enabled and self.parallel == "fsdp":  # sharded in place (training/fsdp.py)
+            self.ema: EMA = fsdp.shard_for_training(self.model, ema_decay=ema_decay)
+            self._train_model: nn.Module = self.model
+        elif self.dist.enabled:
             device_ids = [self.device] if self.device.type == "cuda" else None
             # DDP broadcasts rank 0's weights here, before the EMA copies them.
-            self._train_model: nn.Module = nn.parallel.DistributedDataParallel(
+            self._train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids
             )
         else:
             self._train_model = self.model
-        self.ema = EMA(self.model, decay=ema_decay)
+        if not fsdp.is_sharded(self.model):
+            self.ema = EMA(self.model, decay=ema_decay)
         params = list(self.model.parameters())
         # PyTorch's fused Adam (one kernel over all tensors) where it has one: on a CPU it
         # takes a quarter of the per-tensor loop's time, which small models feel on every step.
@@ -421,9 +436,9 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            self._last_grad_norm = torch.nn.utils.clip_grad_norm_(
+            self._last_grad_norm = fsdp.full_value(torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), self.grad_clip
-            )
+            ))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -484,6 +499,7 @@ class Trainer:
     def save_samples(self) -> Path | None:
         """Sample a grid from the EMA model into ``out_dir/samples/step_<step>.png`` (rank 0);
         a text model's prompts go beside it (``.txt``), the grid to TensorBoard too."""
+        fsdp.gather_ema(self)  # every rank: the full EMA model on rank 0
         return monitor.save_samples(self)
 
     # ------------------------------------------------------------------ checkpoints
@@ -515,6 +531,7 @@ class Trainer:
         (an autoencoder) are written by their ``save_pretrained`` alone. Models without
         ``save_pretrained`` are not exported (``None``).
         """
+        fsdp.gather_ema(self)  # every rank: the full EMA model on rank 0
         model = self.ema_model
         if not self.dist.is_main or not callable(getattr(model, "save_pretrained", None)):
             return None
