@@ -58,6 +58,9 @@ _EXPORTS = {
     "SampleTrajectory": "ddpm_lib.samplers",
     "SDESampler": "ddpm_lib.samplers",
     "VPSDE": "ddpm_lib.samplers",
+    "AnnealedLangevinSampler": "ddpm_lib.samplers",
+    "VESDESampler": "ddpm_lib.samplers",
+    "EDMSampler": "ddpm_lib.samplers",
     "AnalyticVariance": "ddpm_lib.samplers",
     "optimal_timesteps": "ddpm_lib.samplers",
 
