@@ -33,6 +33,7 @@ _EXPORTS = {
     "ScoreDenoiser": "ddpm_lib.denoisers",
     "DenoiserScore": "ddpm_lib.denoisers",
     "as_denoiser": "ddpm_lib.denoisers",
+    "ScoreBasedModel": "ddpm_lib.score_model",
 
     "UNet": "ddpm_lib.models.unet",
     "DiT": "ddpm_lib.models.dit",
@@ -88,7 +89,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
-               "schedule", "score_losses", "training")
+               "schedule", "score_losses", "score_model", "training")
 
 
 def __getattr__(name: str) -> Any:

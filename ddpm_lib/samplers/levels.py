@@ -213,9 +213,14 @@ class NoiseLevelSampler(Sampler):
 
     def denoiser(self, model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """The model as the denoiser ``D(x, sigma, **model_kwargs)`` the sampler calls: a DDPM
-        model converted by :class:`~ddpm_lib.VPDenoiser`; any other model as it is."""
+        model converted by :class:`~ddpm_lib.VPDenoiser`; any other model as it is. A model
+        that converts a denoiser to a DDPM model (a :class:`~ddpm_lib.VPModel`, a
+        :class:`~ddpm_lib.ScoreBasedModel`) gives its own ``denoiser``: exact at every level."""
         if not callable(model):
             raise TypeError(f"model must be callable; got {type(model).__name__}")
+        own = getattr(model, "denoiser", None)
+        if isinstance(model, nn.Module) and callable(own):
+            return own
         if not isinstance(self.noise_levels, NoiseSchedule):
             return model
         inner = _PredictionHalf(model) if self.learn_sigma else model
