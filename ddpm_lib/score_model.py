@@ -33,7 +33,7 @@ from .models.registry import build_model, resolve_model_class
 from .noise_levels import EDMNoiseLevels, VENoiseLevels
 from .schedule import NoiseSchedule
 
-__all__ = ["OBJECTIVES", "ScoreBasedModel"]
+__all__ = ["ScoreBasedModel"]
 
 #: the formulations a ScoreBasedModel is trained in
 OBJECTIVES = ("edm", "dsm")

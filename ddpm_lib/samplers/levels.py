@@ -42,6 +42,9 @@ from ..schedule import PREDICTION_TYPES, NoiseSchedule
 from .base import Sampler
 from .loop import RunOptions, RunSpec, SampleTrajectory, _DeviceTables, randn, starting_noise
 
+__all__ = ["NoiseLevelSampler", "SIGMA_SPACINGS", "check_sigmas", "level_range",
+           "sampling_sigmas"]
+
 #: how a sampler places ``num_steps`` levels between the smallest and the largest
 SIGMA_SPACINGS = ("karras", "geometric")
 LevelSource = NoiseSchedule | VENoiseLevels | EDMNoiseLevels
