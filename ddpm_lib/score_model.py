@@ -13,7 +13,7 @@ needs, and every consumer of a DDPM model can use it:
 * ``model(x_t, t)`` with an **integer** ``(B,)`` ``t``: the DDPM ``eps`` prediction over its VP
   ``schedule`` (:class:`~ddpm_lib.VPModel`), so that every DDPM sampler, the Trainer's sample
   grids and ``ddpm-lib sample / fid`` run on it;
-* :meth:`ScoreBasedModel.denoiser` and :attr:`ScoreBasedModel.noise_levels`: the denoiser and
+* :meth:`ScoreBasedModel.denoiser` and ``ScoreBasedModel.noise_levels``: the denoiser and
   levels that the noise-level samplers (EDM, annealed Langevin, VE SDE) use directly, exact
   at every level.
 """

@@ -73,7 +73,7 @@ for objective in ("dsm", "edm"):
 
 # %%
 # A judge: a small CNN that tells the four shapes apart
-# ----------------------------------------------------
+# -----------------------------------------------------
 def classifier() -> torch.nn.Module:
     torch.manual_seed(0)
     nn = torch.nn

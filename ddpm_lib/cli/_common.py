@@ -292,6 +292,7 @@ def build_sampler(args: argparse.Namespace, pipe: Any,
         args.sampler, schedule, prediction=pipe.prediction, variance=variance,
         learn_sigma=pipe.learn_sigma, clip_denoised=clip,
         num_steps=args.steps or min(default or num_timesteps, num_timesteps), **keywords,
+        noise_levels=getattr(pipe.model, "noise_levels", None),  # a ScoreBasedModel's own
     )
 
 

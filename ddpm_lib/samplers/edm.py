@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_real
+from ..noise_levels import EDMNoiseLevels, VENoiseLevels
 from ..schedule import NoiseSchedule
-from .levels import LevelSource, NoiseLevelSampler, level_range
+from .levels import NoiseLevelSampler, level_range
 from .loop import _DeviceTables, randn
 from .sde import _where
 
@@ -65,7 +66,7 @@ class EDMSampler(NoiseLevelSampler):
 
     def __init__(
         self,
-        schedule: LevelSource,
+        schedule: NoiseSchedule | VENoiseLevels | EDMNoiseLevels,
         num_steps: int | None = None,
         *,
         method: str = "heun",

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from .._checks import check_bool, check_int, check_real
-from .levels import LevelSource, NoiseLevelSampler
+from ..noise_levels import EDMNoiseLevels, VENoiseLevels
+from ..schedule import NoiseSchedule
+from .levels import NoiseLevelSampler
 from .loop import _DeviceTables
 from .sde import _sqrt, _where
 
@@ -50,7 +52,7 @@ class AnnealedLangevinSampler(NoiseLevelSampler):
 
     def __init__(
         self,
-        schedule: LevelSource,
+        schedule: NoiseSchedule | VENoiseLevels | EDMNoiseLevels,
         num_steps: int | None = None,
         *,
         steps_per_level: int = 100,

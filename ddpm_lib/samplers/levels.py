@@ -47,10 +47,9 @@ __all__ = ["NoiseLevelSampler", "SIGMA_SPACINGS", "check_sigmas", "level_range",
 
 #: how a sampler places ``num_steps`` levels between the smallest and the largest
 SIGMA_SPACINGS = ("karras", "geometric")
-LevelSource = NoiseSchedule | VENoiseLevels | EDMNoiseLevels
 
 
-def level_range(source: LevelSource) -> tuple[float, float]:
+def level_range(source: NoiseSchedule | VENoiseLevels | EDMNoiseLevels) -> tuple[float, float]:
     """``(sigma_min, sigma_max)`` of a level source (a VP schedule: its first and last level)."""
     if isinstance(source, NoiseSchedule):
         sigmas = schedule_sigmas(source)
@@ -65,7 +64,7 @@ def level_range(source: LevelSource) -> tuple[float, float]:
 
 
 def sampling_sigmas(
-    source: LevelSource, num_steps: int, spacing: str, rho: float | None = None
+    source: NoiseSchedule | VENoiseLevels | EDMNoiseLevels, num_steps: int, spacing: str, rho: float | None = None
 ) -> torch.Tensor:
     r"""The float64 ``(num_steps,)`` decreasing levels a sampler visits (the final 0 excluded).
 
@@ -84,7 +83,7 @@ def sampling_sigmas(
     return EDMNoiseLevels(sigma_min, sigma_max, rho).grid(num_steps)[:-1]
 
 
-def check_sigmas(sigmas: Any, source: LevelSource) -> torch.Tensor:
+def check_sigmas(sigmas: Any, source: NoiseSchedule | VENoiseLevels | EDMNoiseLevels) -> torch.Tensor:
     """An explicit grid: a 1-D strictly decreasing sequence of finite levels ``> 0``."""
     values = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     if values.ndim != 1 or values.numel() < 1:
@@ -124,7 +123,8 @@ class NoiseLevelSampler(Sampler):
             that makes).
         sigmas: an explicit strictly decreasing grid of levels instead (``num_steps`` is then
             its length); with a ``NoiseSchedule`` within its range.
-        spacing: ``"karras"`` or ``"geometric"`` (:func:`sampling_sigmas`).
+        spacing: ``"karras"`` or ``"geometric"``
+            (:func:`~ddpm_lib.samplers.levels.sampling_sigmas`).
         rho: the ``"karras"`` grid's exponent (default: the source's, else 7).
         prediction: what a DDPM model predicts (``"eps"``, ``"x0"``, ``"v"``); with a
             ``NoiseSchedule`` only.
@@ -144,7 +144,7 @@ class NoiseLevelSampler(Sampler):
 
     def __init__(
         self,
-        schedule: LevelSource,
+        schedule: NoiseSchedule | VENoiseLevels | EDMNoiseLevels,
         num_steps: int | None = None,
         *,
         sigmas: Sequence[float] | torch.Tensor | None = None,

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from .levels import LevelSource, NoiseLevelSampler
+from ..noise_levels import EDMNoiseLevels, VENoiseLevels
+from ..schedule import NoiseSchedule
+from .levels import NoiseLevelSampler
 from .loop import _DeviceTables
 from .sde import _langevin, _where
 
@@ -57,7 +59,7 @@ class VESDESampler(NoiseLevelSampler):
 
     def __init__(
         self,
-        schedule: LevelSource,
+        schedule: NoiseSchedule | VENoiseLevels | EDMNoiseLevels,
         num_steps: int | None = None,
         *,
         method: str = "predictor_corrector",
