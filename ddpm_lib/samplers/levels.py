@@ -42,8 +42,13 @@ from ..schedule import PREDICTION_TYPES, NoiseSchedule
 from .base import Sampler
 from .loop import RunOptions, RunSpec, SampleTrajectory, _DeviceTables, randn, starting_noise
 
-__all__ = ["NoiseLevelSampler", "SIGMA_SPACINGS", "check_sigmas", "level_range",
-           "sampling_sigmas"]
+__all__ = [
+    "SIGMA_SPACINGS",
+    "NoiseLevelSampler",
+    "check_sigmas",
+    "level_range",
+    "sampling_sigmas",
+]
 
 #: how a sampler places ``num_steps`` levels between the smallest and the largest
 SIGMA_SPACINGS = ("karras", "geometric")
