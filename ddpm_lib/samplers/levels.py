@@ -129,7 +129,7 @@ class NoiseLevelSampler(Sampler):
         sigmas: an explicit strictly decreasing grid of levels instead (``num_steps`` is then
             its length); with a ``NoiseSchedule`` within its range.
         spacing: ``"karras"`` or ``"geometric"``
-            (:func:`~ddpm_lib.samplers.levels.sampling_sigmas`).
+            (``ddpm_lib.samplers.levels.sampling_sigmas``).
         rho: the ``"karras"`` grid's exponent (default: the source's, else 7).
         prediction: what a DDPM model predicts (``"eps"``, ``"x0"``, ``"v"``); with a
             ``NoiseSchedule`` only.
