@@ -203,6 +203,15 @@ def test_prediction_reaches_the_vp_adapter(small_schedule) -> None:
         results.append(sampler.sample(oracle, None, x_T=x_T))
     torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(results[0], results[2], rtol=1e-9, atol=1e-9)
+    # a model that also returns variance values: they are sliced off
+    oracle = GaussianOracle(small_schedule, mean=MU, std=STD)
+
+    def with_variance(x_t, t):
+        return torch.cat([oracle(x_t, t), torch.full_like(x_t, 7.0)], dim=1)
+
+    sampler = EDMSampler(small_schedule, sigmas=sigmas, learn_sigma=True, clip_denoised=False)
+    torch.testing.assert_close(sampler.sample(with_variance, None, x_T=x_T), results[0],
+                               rtol=1e-9, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------- references
