@@ -33,6 +33,7 @@ _EXPORTS = {
     "ScoreDenoiser": "ddpm_lib.denoisers",
     "DenoiserScore": "ddpm_lib.denoisers",
     "as_denoiser": "ddpm_lib.denoisers",
+    "ScoreBasedModel": "ddpm_lib.score_model",
 
     "UNet": "ddpm_lib.models.unet",
     "DiT": "ddpm_lib.models.dit",
@@ -60,6 +61,9 @@ _EXPORTS = {
     "SampleTrajectory": "ddpm_lib.samplers",
     "SDESampler": "ddpm_lib.samplers",
     "VPSDE": "ddpm_lib.samplers",
+    "AnnealedLangevinSampler": "ddpm_lib.samplers",
+    "VESDESampler": "ddpm_lib.samplers",
+    "EDMSampler": "ddpm_lib.samplers",
     "AnalyticVariance": "ddpm_lib.samplers",
     "optimal_timesteps": "ddpm_lib.samplers",
 
@@ -87,7 +91,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
-               "schedule", "score_losses", "training", "interop_sd")
+               "schedule", "score_losses", "score_model", "training", "interop_sd")
 
 
 def __getattr__(name: str) -> Any:

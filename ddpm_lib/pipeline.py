@@ -52,7 +52,12 @@ SAMPLER_NAMES = {
     "pndm": "PNDMSampler",
     "deis": "DEISSampler",
     "sde": "SDESampler",
+    "edm": "EDMSampler",
+    "langevin": "AnnealedLangevinSampler",
+    "ve-sde": "VESDESampler",
 }
+#: the samplers over noise levels: they take a model's own levels (``noise_levels=``)
+LEVEL_SAMPLER_NAMES = ("edm", "langevin", "ve-sde")
 
 
 def make_sampler(
@@ -76,7 +81,9 @@ def make_sampler(
     constructor (``eta``, ``order``, ``spacing``, ``method``...). ``steps_offset`` moves every
     timestep of a ``spacing="leading"`` grid up by that many (diffusers' ``steps_offset``, 1 in
     Stable Diffusion's scheduler configs; like diffusers, other grids and explicit
-    ``timesteps`` are left as they are).
+    ``timesteps`` are left as they are). ``noise_levels`` (a
+    :class:`ddpm_lib.ScoreBasedModel`'s) replaces ``schedule`` for the samplers over noise
+    levels (``edm``, ``langevin``, ``ve-sde``) and is ignored by the others.
     """
     from . import samplers
     from ._checks import check_int
@@ -85,6 +92,10 @@ def make_sampler(
     check_int("steps_offset", steps_offset, 0)
     cls = getattr(samplers, SAMPLER_NAMES[name])
     kwargs: dict[str, Any] = {"prediction": prediction, "clip_denoised": clip_denoised}
+    if name in LEVEL_SAMPLER_NAMES:  # over a score-based model's levels, else the schedule's
+        source = options.pop("noise_levels", None) or schedule
+        return cls(source, num_steps=num_steps, learn_sigma=learn_sigma, **kwargs, **options)
+    options.pop("noise_levels", None)
     if name == "ddpm":
         steps = num_steps if num_steps is not None else min(100, schedule.num_timesteps)
         kwargs.update(variance=variance, num_steps=steps)
@@ -244,6 +255,7 @@ class DiffusionPipeline:
             settings = {}  # the saved options belong to the saved sampler
         settings.update(options)
         settings.setdefault("clip_denoised", self.latent is None)
+        settings.setdefault("noise_levels", getattr(self.model, "noise_levels", None))
         return make_sampler(
             name or saved_name, self.schedule, prediction=self.prediction,
             variance=self.variance, learn_sigma=self.learn_sigma, **settings,
@@ -376,8 +388,10 @@ class DiffusionPipeline:
             raise ValueError(f"{source} holds no denoising model (only an autoencoder); "
                              "load it with ddpm_lib.LatentDiffusion.from_pretrained")
         diffusion = parts.diffusion
+        own = getattr(parts.model, "schedule", None)  # a ScoreBasedModel's VP view
         pipeline = cls(
-            parts.model, schedule_of(parts, default_schedule),
+            parts.model,
+            schedule_of(parts, own if isinstance(own, NoiseSchedule) else default_schedule),
             prediction=diffusion.get("prediction", "eps"), variance=diffusion.get("variance"),
             autoencoder=parts.autoencoder, scale_factor=parts.scale_factor,
             sampler=parts.sampler, latent_shift=(parts.channel_stats or (None, None))[0],

@@ -11,6 +11,8 @@ Notation (Ho et al. 2020, with 0-based timesteps ``t`` in ``[0, T-1]``; the pape
 ``posterior_variance[t]``   :math:`\tilde\beta_t = \beta_t (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t)` (eq. 7)
 ``posterior_mean_coef1``    :math:`\sqrt{\bar\alpha_{t-1}}\, \beta_t / (1 - \bar\alpha_t)` (eq. 7)
 ``posterior_mean_coef2``    :math:`\sqrt{\alpha_t}\, (1 - \bar\alpha_{t-1}) / (1 - \bar\alpha_t)` (eq. 7)
+``sigma[t]``                :math:`\sigma_t = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}`, the noise level of
+                            :math:`x_t / \sqrt{\bar\alpha_t} = x_0 + \sigma_t \epsilon` (Karras et al. 2022)
 ==========================  ================================================================
 
 Every array is computed once in float64 and cast to the input's dtype only when gathered,
@@ -50,6 +52,7 @@ _ARRAY_NAMES = (
     "alphas",
     "alphas_cumprod",
     "alphas_cumprod_prev",
+    "sigma",
     "alphas_cumprod_next",
     "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod",
@@ -185,6 +188,8 @@ class NoiseSchedule:
         self.log_one_minus_alphas_cumprod = torch.log1p(-alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = alphas_cumprod.rsqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / alphas_cumprod - 1.0).sqrt()
+        # the noise level of the EDM view (ddpm_lib.noise_levels): inf where abar_t = 0
+        self.sigma = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
         # beta-tilde_t (eq. 7); 0 at t = 0, where the reverse step is deterministic.
         posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         self.posterior_variance = posterior_variance

@@ -204,7 +204,8 @@ def test_every_sampler_and_its_options_reach_the_sampler(argv, cls, expected, ru
 
 
 def test_every_sampler_samples_from_the_command_line(run, tmp_path, capsys) -> None:
-    assert set(SAMPLER_STEPS) == {"ddpm", "ddim", "dpm-solver", "unipc", "pndm", "deis", "sde"}
+    assert set(SAMPLER_STEPS) == {"ddpm", "ddim", "dpm-solver", "unipc", "pndm", "deis", "sde",
+                                  "edm", "langevin", "ve-sde"}
     assert set(MAX_ORDER) == set(SAMPLER_OPTIONS["order"])
     for sampler in SAMPLER_STEPS:
         out = tmp_path / f"{sampler}.npz"

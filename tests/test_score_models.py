@@ -70,6 +70,10 @@ def test_schedule_sigmas_are_the_vp_noise_levels(schedule) -> None:
     t = torch.tensor([0, 17, 39])
     x_t = schedule.q_sample(x0, t, eps)
     torch.testing.assert_close(x_t / abar[t, None].sqrt(), x0 + sigmas[t, None] * eps)
+    # the schedule's own attribute, kept in float64 and moved with it
+    assert schedule.sigma.dtype == torch.float64
+    torch.testing.assert_close(schedule.sigma, sigmas, rtol=1e-12, atol=0)
+    assert schedule.to("cpu").sigma.device.type == "cpu"
 
 
 def test_timesteps_for_sigmas_brackets_and_refuses_outside(schedule) -> None:

@@ -218,7 +218,10 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
         "deterministic with --eta 0; dpm-solver (or dpm_solver): DPM-Solver++ multistep; unipc: "
         "UniPC predictor-corrector (15-25 steps); pndm: iPNDM / PLMS (5-10 steps with --spacing "
         "quadratic --final-step denoise); deis: DEIS multistep; sde: the score-SDE samplers "
-        f"(--method) (default: {default})")
+        "(--method); edm: Karras et al.'s Heun / Euler (--method, --s-churn); langevin: annealed "
+        "Langevin dynamics (NCSN); ve-sde: the VE SDE's predictor-corrector; the last three "
+        "walk a score-based model's own noise levels, or a DDPM model's "
+        f"(default: {default})")
     group.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps, at most T (default: {steps}; ddpm with --steps T is "
                        "the paper's full chain)")
@@ -235,10 +238,21 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
                        help="ddim: noise, 0 deterministic, 1 like DDPM (default: 0)")
     group.add_argument("--variant", choices=VARIANTS, default=None,
                        help="unipc: the B(h) of the update (default: bh2)")
-    group.add_argument("--method", choices=METHODS, default=None,
+    from ddpm_lib.samplers.edm import EDM_METHODS
+    from ddpm_lib.samplers.sde_ve import VE_METHODS
+
+    group.add_argument("--method", choices=(*METHODS, *EDM_METHODS, *VE_METHODS), default=None,
                        help="sde: euler_maruyama (the reverse SDE), predictor_corrector (with "
                        "Langevin corrector steps), heun (the probability-flow ODE, Karras et "
-                       "al.), adaptive (Jolicoeur-Martineau et al.) (default: euler_maruyama)")
+                       "al.), adaptive (Jolicoeur-Martineau et al.) (default: euler_maruyama); "
+                       "edm: heun (default) or euler; ve-sde: predictor_corrector (default) or "
+                       "reverse_diffusion")
+    group.add_argument("--s-churn", type=float, default=None, metavar="S",
+                       help="edm: Karras et al.'s S_churn, the stochasticity (default: 0)")
+    group.add_argument("--steps-per-level", type=int, default=None, metavar="T",
+                       help="langevin: Langevin steps per noise level (default: 100)")
+    group.add_argument("--step-size", type=float, default=None, metavar="EPS",
+                       help="langevin: the step size at the smallest level (default: 2e-5)")
     group.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
                        help="clamp the predicted x0 to [-1, 1] at every step (default: on for "
                        "pixel runs, off for latent runs)")
@@ -278,6 +292,7 @@ def build_sampler(args: argparse.Namespace, pipe: Any,
         args.sampler, schedule, prediction=pipe.prediction, variance=variance,
         learn_sigma=pipe.learn_sigma, clip_denoised=clip,
         num_steps=args.steps or min(default or num_timesteps, num_timesteps), **keywords,
+        noise_levels=getattr(pipe.model, "noise_levels", None),  # a ScoreBasedModel's own
     )
 
 

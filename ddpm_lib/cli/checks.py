@@ -94,6 +94,7 @@ RANGES: dict[str, Range] = {
     "guidance_scale": Range(0.0), "guidance_rescale": Range(0.0, 1.0), "eta": Range(0.0, 1.0),
     "order": Range(1, 4), "dynamic_threshold": Range(0.0, 1.0, low_open=True, high_open=True),
     "label": AT_LEAST_ZERO, "resample": AT_LEAST_ONE, "jump_length": AT_LEAST_ONE,
+    "s_churn": Range(0.0), "steps_per_level": AT_LEAST_ONE, "step_size": POSITIVE,
     # evaluation
     "kid_subsets": AT_LEAST_ONE, "kid_subset_size": Range(2), "groups": AT_LEAST_ONE,
     "class_label": Range(-1),
@@ -109,7 +110,7 @@ FLAGS = {"label": "--class"}
 
 #: Default ``--steps`` of each sampler (``ddpm``: capped at T).
 SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm-solver": 20, "unipc": 20, "pndm": 20, "deis": 20,
-                 "sde": 100}
+                 "sde": 100, "edm": 18, "langevin": 10, "ve-sde": 100}
 MULTISTEP = ("dpm-solver", "unipc", "pndm", "deis")
 
 #: Which ``--sampler`` accepts which sampler option (``dest -> samplers``).
@@ -118,7 +119,10 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "final_step": MULTISTEP,
     "eta": ("ddim",),
     "variant": ("unipc",),
-    "method": ("sde",),
+    "method": ("sde", "edm", "ve-sde"),
+    "s_churn": ("edm",),
+    "steps_per_level": ("langevin",),
+    "step_size": ("langevin",),
     "analytic_variance": ("ddpm", "ddim"),
 }
 #: The largest ``--order`` of each multistep sampler (iPNDM goes to 4).
@@ -171,6 +175,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "text_attention": "joint", "no_flip": False, "base_channels": 128, "channel_mults": "1,2,2,2",
     "num_res_blocks": 2, "attention_resolutions": "16", "dropout": 0.1, "schedule": "linear",
     "num_timesteps": 1000, "prediction": "eps", "loss": "simple", "min_snr_gamma": None,
+    "objective": "ddpm",
     "log_every": 1000, "checkpoint_every": 5000, "keep_checkpoints": 3, "sample_every": 10_000,
     "num_samples": 16, "guidance_scale": None, "seed": 0, "num_workers": None, "autoencoder": None,
     # the backbone (issue 29): a UNet, or a DiT preset whose size a few options override
@@ -217,6 +222,22 @@ def resolve_train_args(args: argparse.Namespace) -> dict[str, Any]:
     return resolved
 
 
+def _check_objective(options: dict[str, Any], text: bool) -> None:
+    """``--objective edm | dsm`` trains a score-based model: the DDPM loss options do not apply."""
+    objective = options["objective"]
+    if objective == "ddpm":
+        return
+    clashes = [(options["loss"] != "simple", f"--loss {options['loss']}"),
+               (options["prediction"] != "eps", f"--prediction {options['prediction']}"),
+               (options["min_snr_gamma"] is not None, "--min-snr-gamma"),
+               (options["autoencoder"] is not None, "--autoencoder"),
+               (text, "a captioned dataset")]
+    for clash, what in clashes:
+        if clash:
+            raise CLIError(f"--objective {objective} trains a score-based model (its own loss, "
+                           f"pixel space, labels or none); it cannot be combined with {what}")
+
+
 def _check_train(args: argparse.Namespace) -> None:
     """``train``: the resolved options (saved ones included) and how they combine.
 
@@ -242,6 +263,7 @@ def _check_train(args: argparse.Namespace) -> None:
                        "--data captioned-shapes or a folder with --captions")
     if options["min_snr_gamma"] is not None and options["loss"] != "simple":
         raise CLIError(f"--min-snr-gamma weighs --loss simple; got --loss {options['loss']}")
+    _check_objective(options, text)
     if options["autoencoder"] is not None and not Path(options["autoencoder"]).exists():
         raise FileNotFoundError(f"--autoencoder {options['autoencoder']!r} does not exist")
     if not int_list("channel_mults", options["channel_mults"]):
@@ -358,6 +380,11 @@ def sampler_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         value = getattr(args, dest)
         if value is not None:
             keywords[dest] = value
+    for dest, keyword in (("s_churn", "S_churn"), ("steps_per_level", "steps_per_level"),
+                          ("step_size", "step_size")):  # the samplers over noise levels
+        value = getattr(args, dest, None)
+        if value is not None:
+            keywords[keyword] = value
     return SAMPLER_NAMES[args.sampler], keywords
 
 

@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> None:
     model = _build_model(options, channels, height, _num_classes(options, dataset), text)
     build = NoiseSchedule.cosine if options["schedule"] == "cosine" else NoiseSchedule.linear
     schedule = build(options["num_timesteps"])
+    if options["objective"] != "ddpm":  # the UNet inside its formulation, with the VP view
+        from ddpm_lib.score_model import ScoreBasedModel
+
+        model = ScoreBasedModel(model, options["objective"], schedule=schedule)
     torch.manual_seed(options["seed"])  # the model's dropout; the Trainer seeds everything else
     trainer = _build_trainer(options, model, schedule, dataset, latent, text, out,
                              args.no_progress)
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> None:
               f"device {trainer.device}, {trainer.dist.world_size} process(es) -> {out}",
               file=sys.stderr)
     trainer.train(options["steps"])
+    if options["objective"] != "ddpm" and trainer.dist.is_main:
+        _export_score_model(trainer, schedule, out)
     if latent is not None and trainer.dist.is_main:
         latent.unet, latent.schedule = trainer.ema_model, schedule
         latent.prediction = options["prediction"]
@@ -53,6 +59,15 @@ def run(args: argparse.Namespace) -> None:
         print(f"ddpm-lib train: done at step {trainer.step}; checkpoint "
               f"{trainer.latest_checkpoint()}, EMA model {out / 'ema_model'}, "
               f"samples in {out / 'samples'}", file=sys.stderr)
+
+
+def _export_score_model(trainer: Any, schedule: Any, out: Any) -> None:
+    """A score-based run's bundle (``out/ema_model``): its losses have no schedule, so the
+    Trainer exported the model alone; the pipeline records the VP view and the EDM sampler."""
+    from ddpm_lib.pipeline import DiffusionPipeline
+
+    DiffusionPipeline(trainer.ema_model, schedule, sampler={"name": "edm"}).save_pretrained(
+        out / "ema_model")
 
 
 def _dataset(options: dict[str, Any], out: Any, no_progress: bool) -> tuple[Any, Any, bool]:
@@ -151,15 +166,23 @@ def _build_trainer(options: dict[str, Any], model: Any, schedule: Any, dataset: 
     from ddpm_lib.training import Trainer
 
     learn_sigma = options["loss"] == "hybrid"
-    loss_fn: HybridLoss | SimpleLoss
+    loss_fn: Any
     if learn_sigma:
         loss_fn = HybridLoss(schedule, prediction=options["prediction"])
     else:
         loss_fn = SimpleLoss(schedule, prediction=options["prediction"],
                              min_snr_gamma=options["min_snr_gamma"])
-    sampler = DDPMSampler(schedule, variance="learned_range" if learn_sigma else "fixed_small",
-                          prediction=options["prediction"],
-                          num_steps=min(100, options["num_timesteps"]), clip_denoised=latent is None)
+    sampler: Any = DDPMSampler(
+        schedule, variance="learned_range" if learn_sigma else "fixed_small",
+        prediction=options["prediction"], num_steps=min(100, options["num_timesteps"]),
+        clip_denoised=latent is None)
+    if options["objective"] != "ddpm":  # EDM's loss or NCSN's; grids by EDM Heun, 35 calls
+        from ddpm_lib.samplers import EDMSampler
+        from ddpm_lib.score_losses import DenoisingScoreMatchingLoss, EDMLoss
+
+        loss_fn = (EDMLoss(model.sigma_data) if options["objective"] == "edm"
+                   else DenoisingScoreMatchingLoss(model.noise_levels))
+        sampler = EDMSampler(model.noise_levels, 18)
     if latent is not None:
         sampler = latent.decoding_sampler(sampler)  # sample grids show decoded images
     return Trainer(
@@ -377,6 +400,11 @@ def _add_diffusion_options(model: Any) -> None:
     model.add_argument("--loss", choices=("simple", "hybrid"), default=None,
                        help="simple: L_simple (DDPM); hybrid: L_simple + VLB with learned variances "
                        "(Nichol & Dhariwal) (default: simple)")
+    model.add_argument("--objective", choices=("ddpm", "edm", "dsm"), default=None,
+                       help="ddpm: the DDPM losses (--loss, --prediction); edm: Karras et al.'s "
+                       "preconditioned denoiser and loss; dsm: NCSN's denoising score matching "
+                       "over a geometric ladder of levels; edm and dsm runs sample with "
+                       "--sampler edm, langevin, ve-sde or any DDPM sampler (default: ddpm)")
     model.add_argument("--min-snr-gamma", type=float, default=None, metavar="GAMMA",
                        help="min-SNR loss weighting (Hang et al. 2023; 5 in the paper) for "
                        "--loss simple (default: none)")

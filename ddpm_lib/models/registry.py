@@ -27,6 +27,7 @@ _BUILTIN = {
     "TextConditionedUNet": "ddpm_lib.models.text",
     "PatchDiscriminator": "ddpm_lib.models.discriminator",
     "DiT": "ddpm_lib.models.dit",
+    "ScoreBasedModel": "ddpm_lib.score_model",
 }
 _REGISTERED: dict[str, type] = {}
 

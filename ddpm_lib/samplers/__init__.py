@@ -1,5 +1,6 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM, DEIS and the score-SDE samplers; step grids in ``ddpm_lib.samplers.grids``;
+PLMS / iPNDM, DEIS and the score-SDE samplers; over noise levels (``ddpm_lib.samplers.levels``)
+annealed Langevin dynamics, the VE SDE and EDM's Euler / Heun; step grids in ``ddpm_lib.samplers.grids``;
 Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
@@ -18,9 +19,17 @@ from .multistep import MultistepSampler
 from .pndm import PNDMSampler
 from .sde import SDESampler, VPSDE
 from .unipc import UniPCSampler
+from .edm import EDMSampler
+from .langevin import AnnealedLangevinSampler
+from .levels import NoiseLevelSampler
+from .sde_ve import VESDESampler
 from .grids import grid_timesteps
 
 __all__ = [
+    "AnnealedLangevinSampler",
+    "EDMSampler",
+    "NoiseLevelSampler",
+    "VESDESampler",
     "AnalyticVariance",
     "SPACINGS",
     "DDIMSampler",
