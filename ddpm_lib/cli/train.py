@@ -11,7 +11,13 @@ import sys
 from typing import Any
 
 from ._common import CLIError, add_threads_option
-from .checks import LATENT_NORMALIZATIONS, TRAIN_ARGS_FILE, TRAIN_DEFAULTS, int_list
+from .checks import (
+    LATENT_NORMALIZATIONS,
+    TRAIN_ARGS_FILE,
+    TRAIN_DEFAULTS,
+    int_list,
+    latent_train_defaults,
+)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -207,7 +213,8 @@ def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress
                                  latent_shift=saved.latent_shift, latent_scale=saved.latent_scale)
     else:
         latent = LatentDiffusion(autoencoder, prediction=options["prediction"])
-        options["latent_normalization"] = options["latent_normalization"] or "channel"
+        options["latent_normalization"] = (options["latent_normalization"]
+                                           or latent_train_defaults()["latent_normalization"])
         latent.fit_scale_factor(dataset, batch_size=options["batch_size"],
                                 progress=not no_progress,
                                 normalization=LATENT_NORMALIZATIONS[options["latent_normalization"]])
