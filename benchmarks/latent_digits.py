@@ -49,12 +49,12 @@ from ddpm_lib.training.ema import EMA
 #: The latent recipes trained; the first is the library's default (:class:`LatentRecipe`),
 #: the second the pixel defaults that latent runs had before issue 32.
 LATENT_VARIANTS: dict[str, LatentRecipe] = {
-    "latent, defaults (LatentRecipe: channel norm, v, min-SNR 5, lr 1e-3)": LatentRecipe(),
+    "latent, defaults (LatentRecipe: global scale, v, min-SNR 5, lr 1e-3)": LatentRecipe(),
     "latent, before (global scale, eps, lr 2e-4)": LatentRecipe("eps", None, 2e-4, "global"),
-    "latent, channel norm, eps, lr 2e-4": LatentRecipe("eps", None, 2e-4),
-    "latent, channel norm, eps, min-SNR 5, lr 1e-3": LatentRecipe("eps", 5.0, 1e-3),
-    "latent, channel norm, eps, lr 1e-3": LatentRecipe("eps", None, 1e-3),
-    "latent, global scale, v, min-SNR 5, lr 1e-3": LatentRecipe(normalization="global"),
+    "latent, channel norm, eps, lr 2e-4": LatentRecipe("eps", None, 2e-4, "channel"),
+    "latent, channel norm, eps, min-SNR 5, lr 1e-3": LatentRecipe("eps", 5.0, 1e-3, "channel"),
+    "latent, channel norm, eps, lr 1e-3": LatentRecipe("eps", None, 1e-3, "channel"),
+    "latent, channel norm, v, min-SNR 5, lr 1e-3": LatentRecipe(normalization="channel"),
 }
 #: The pixel models trained (``normalization`` unused): the pixel defaults (``ddpm-lib train``,
 #: ``SimpleLoss``), and the latent recipe applied to pixels.

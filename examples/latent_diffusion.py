@@ -5,8 +5,8 @@ Trains a KL autoencoder that compresses 32x32 shapes by f=4 per side (3x32x32 ->
 latents), encodes the dataset once into a latent cache, trains a class-conditional UNet on the
 latents, and samples images by running DDPM in latent space and decoding (Rombach et al. 2022).
 The latent stages follow :class:`ddpm_lib.LatentRecipe`, the settings measured best on real
-data in the latent guide: a shift and a scale per latent channel, v-prediction, min-SNR-5 loss
-weighting, Adam at 1e-3.
+data in the latent guide: v-prediction, min-SNR-5 loss weighting, Adam at 1e-3, LDM's scale
+factor.
 On two CPU cores it takes about ten minutes in all (each stage has a time budget, so a busy
 machine stops training early instead of running long). Outputs, under ``runs/latent_diffusion``
 (``runs/latent_diffusion-quick`` in quick mode):
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ae_trainer.train(args.ae_steps, max_seconds=args.ae_minutes * 60)
     ae_seconds = time.perf_counter() - begin
 
-    # 2. Latents: a shift and a scale per channel (every channel mean 0, variance 1; LDM's
-    #    single scale factor is LatentRecipe(normalization="global")), then the whole dataset
+    # 2. Latents: LDM's scale factor (a shift and a scale per channel, every channel mean 0
+    #    and variance 1, is LatentRecipe(normalization="channel")), then the whole dataset
     #    encoded once (cached).
     recipe = LatentRecipe()
     latents = LatentDiffusion(ae_trainer.ema_model.eval())

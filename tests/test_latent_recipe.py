@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from test_latent import TinyAutoencoder, _images, _real_autoencoder
 from torch.utils.data import TensorDataset
 
 from ddpm_lib import (
@@ -21,7 +22,6 @@ from ddpm_lib import (
 )
 from ddpm_lib.cli import build_parser, main
 from ddpm_lib.cli.checks import validate
-from test_latent import TinyAutoencoder, _images, _real_autoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ TINY = ["--image-size", "8", "--dataset-size", "12", "--batch-size", "4", "--bas
 def test_recipe_defaults_are_the_measured_best_and_build_loss_and_sampler():
     recipe = LatentRecipe()
     assert (recipe.prediction, recipe.min_snr_gamma, recipe.lr, recipe.normalization) == (
-        "v", 5.0, 1e-3, "channel")
+        "v", 5.0, 1e-3, "global")
     schedule = NoiseSchedule.linear(50)
     loss = recipe.loss(schedule)
     assert isinstance(loss, SimpleLoss) and loss.prediction == "v"
@@ -62,10 +62,11 @@ def test_recipe_defaults_are_the_measured_best_and_build_loss_and_sampler():
 
 def test_recipe_fit_normalises_per_channel_and_records_the_prediction():
     latents = LatentDiffusion(TinyAutoencoder())
-    scale = LatentRecipe().fit(latents, TensorDataset(_images(10)), batch_size=4)
+    recipe = LatentRecipe(normalization="channel")
+    scale = recipe.fit(latents, TensorDataset(_images(10)), batch_size=4)
     assert latents.normalization == "channel" and latents.prediction == "v"
     assert scale == latents.scale_factor
-    LatentRecipe(prediction="eps", normalization="global").fit(latents, _images(10))
+    LatentRecipe(prediction="eps").fit(latents, _images(10))
     assert latents.normalization == "global" and latents.prediction == "eps"
 
 
@@ -95,7 +96,7 @@ def test_cli_latent_runs_default_to_the_recipe_and_pixel_runs_do_not(tmp_path):
     _real_autoencoder().save_pretrained(ae)
     latent = _resolved(["train", "--out", str(tmp_path / "l"), "--autoencoder", str(ae)])
     assert (latent["prediction"], latent["min_snr_gamma"], latent["lr"],
-            latent["latent_normalization"]) == ("v", 5.0, 1e-3, "channel")
+            latent["latent_normalization"]) == ("v", 5.0, 1e-3, "scale")
     pixel = _resolved(["train", "--out", str(tmp_path / "p")])
     assert (pixel["prediction"], pixel["min_snr_gamma"], pixel["lr"],
             pixel["latent_normalization"]) == ("eps", None, 2e-4, None)
@@ -129,7 +130,8 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 def test_cli_channel_run_resumes_exactly_with_its_shift_and_scale(tmp_path, capsys):
     ae = tmp_path / "ae"
     _real_autoencoder().save_pretrained(ae)
-    common = ["train", "--autoencoder", str(ae), "--class-conditional", *TINY]
+    common = ["train", "--autoencoder", str(ae), "--class-conditional", *TINY,
+              "--latent-normalization", "channel"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main([*common, "--out", str(straight), "--steps", "4"]) == 0
     assert "shift and scale per channel" in capsys.readouterr().err
@@ -139,10 +141,10 @@ def test_cli_channel_run_resumes_exactly_with_its_shift_and_scale(tmp_path, caps
     record = json.loads((resumed / "pipeline.json").read_text())["latent"]
     assert len(record["shift"]) == len(record["scale"]) == 4
     # changing the normalisation of a started run is refused; resuming keeps it
-    assert main([*common, "--out", str(resumed), "--steps", "4",
+    assert main([*common[:-2], "--out", str(resumed), "--steps", "4",
                  "--latent-normalization", "scale"]) == 2
     assert "started with --latent-normalization channel" in capsys.readouterr().err
-    assert main([*common, "--out", str(resumed), "--steps", "4"]) == 0
+    assert main([*common[:-2], "--out", str(resumed), "--steps", "4"]) == 0  # kept without it
     assert "latents read from" in capsys.readouterr().err
     again = LatentDiffusion.from_pretrained(resumed)
     assert torch.equal(again.latent_shift, first.latent_shift)

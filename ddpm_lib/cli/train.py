@@ -326,13 +326,14 @@ def _add_data_options(data: Any) -> None:
                       "--out folder or a pretrained autoencoder folder): the dataset is encoded "
                       "once into OUT/latents/, no flips. Latent runs default to the measured "
                       "recipe (ddpm_lib.LatentRecipe): --prediction v, --min-snr-gamma 5, "
-                      "--lr 1e-3, --latent-normalization channel")
+                      "--lr 1e-3, --latent-normalization scale")
     data.add_argument("--latent-normalization", choices=tuple(LATENT_NORMALIZATIONS),
                       default=None,
-                      help="with --autoencoder: 'channel' gives every latent channel mean 0 and "
-                      "variance 1 (a shift and a scale per channel), 'scale' one scale factor "
+                      help="with --autoencoder: 'scale' one scale factor for all channels "
+                      "(LDM's rule), 'channel' gives every latent channel mean 0 and variance 1 "
+                      "(a shift and a scale per channel) "
                       "for all (LDM's rule); saved in OUT/pipeline.json, kept on resume "
-                      "(default: channel)")
+                      "(default: scale)")
 
 
 def _add_optimisation_options(optim: Any) -> None:
