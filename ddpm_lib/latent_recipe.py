@@ -4,7 +4,7 @@ On real data (scikit-learn's digits upscaled to 32x32, ``benchmarks/bench_latent
 a latent UNet trained with the pixel defaults (eps-prediction, Adam at 2e-4, no weighting) was
 1.69x farther from the data than the pixel UNet at equal steps; v-prediction (Salimans & Ho
 2022) with min-SNR-5 weighting (Hang et al. 2023) at a learning rate of 1e-3 brought it to
-0.35x of the pixel model trained the same way (0.14x at equal CPU time). LDM's single scale
+0.35x of the pixel model trained the same way (0.12x at equal CPU time). LDM's single scale
 factor measured slightly better than the per-channel normalisation (SD3 / FLUX's shift
 factor, per channel) over three seeds, so it stays the default; ``normalization="channel"``
 is the option.
