@@ -23,6 +23,7 @@ Everything is trained here, on one process, so that the CPU times compare:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -32,20 +33,34 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ddpm_lib import (AutoencoderKL, AutoencoderLoss, DDIMSampler, LatentDiffusion, NoiseSchedule,
-                      SimpleLoss, UNet)
+from ddpm_lib import (
+    AutoencoderKL,
+    AutoencoderLoss,
+    DDIMSampler,
+    LatentDiffusion,
+    LatentRecipe,
+    NoiseSchedule,
+    UNet,
+)
 from ddpm_lib.metrics import FeatureStatistics
 from ddpm_lib.metrics import psnr as image_psnr
 from ddpm_lib.training.ema import EMA
 
-#: name -> (normalisation, prediction, learning rate, min-SNR gamma)
-LATENT_VARIANTS: dict[str, tuple[str, str, float, float | None]] = {
-    "latent, global scale, eps, lr 2e-4": ("global", "eps", 2e-4, None),
-    "latent, channel norm, eps, lr 2e-4": ("channel", "eps", 2e-4, None),
-    "latent, channel norm, v, min-SNR 5, lr 1e-3": ("channel", "v", 1e-3, 5.0),
-    "latent, channel norm, eps, min-SNR 5, lr 1e-3": ("channel", "eps", 1e-3, 5.0),
-    "latent, channel norm, eps, lr 1e-3": ("channel", "eps", 1e-3, None),
-    "latent, global scale, v, min-SNR 5, lr 1e-3": ("global", "v", 1e-3, 5.0),
+#: The latent recipes trained; the first is the library's default (:class:`LatentRecipe`),
+#: the second the pixel defaults that latent runs had before issue 32.
+LATENT_VARIANTS: dict[str, LatentRecipe] = {
+    "latent, defaults (LatentRecipe: global scale, v, min-SNR 5, lr 1e-3)": LatentRecipe(),
+    "latent, before (global scale, eps, lr 2e-4)": LatentRecipe("eps", None, 2e-4, "global"),
+    "latent, channel norm, eps, lr 2e-4": LatentRecipe("eps", None, 2e-4, "channel"),
+    "latent, channel norm, eps, min-SNR 5, lr 1e-3": LatentRecipe("eps", 5.0, 1e-3, "channel"),
+    "latent, channel norm, eps, lr 1e-3": LatentRecipe("eps", None, 1e-3, "channel"),
+    "latent, channel norm, v, min-SNR 5, lr 1e-3": LatentRecipe(normalization="channel"),
+}
+#: The pixel models trained (``normalization`` unused): the pixel defaults (``ddpm-lib train``,
+#: ``SimpleLoss``), and the latent recipe applied to pixels.
+PIXEL_VARIANTS: dict[str, LatentRecipe] = {
+    "pixel, defaults (eps, lr 2e-4)": LatentRecipe("eps", None, 2e-4),
+    "pixel, latent recipe (v, min-SNR 5, lr 1e-3)": LatentRecipe(),
 }
 
 
@@ -91,9 +106,17 @@ class Judge:
                 "confidence": float(probabilities.max(axis=1).mean())}
 
 
-def train_autoencoder(images: torch.Tensor, args: argparse.Namespace) -> tuple[Any, float]:
+def autoencoder_folder(args: argparse.Namespace, kl_weight: float | None = None) -> Path:
+    """Where the autoencoder of ``kl_weight`` (default ``--kl-weight``) is cached."""
+    kl_weight = args.kl_weight if kl_weight is None else kl_weight
+    return Path(args.out) / f"autoencoder_kl{kl_weight:g}_{args.ae_steps}"
+
+
+def train_autoencoder(images: torch.Tensor, args: argparse.Namespace,
+                      kl_weight: float | None = None) -> tuple[Any, float]:
     """The autoencoder (cached in ``--out``) and the CPU seconds its training took."""
-    folder = Path(args.out) / f"autoencoder_kl{args.kl_weight:g}_{args.ae_steps}"
+    kl_weight = args.kl_weight if kl_weight is None else kl_weight
+    folder = autoencoder_folder(args, kl_weight)
     if (folder / "config.json").is_file():
         cpu = float((folder / "cpu_seconds.txt").read_text())
         return AutoencoderKL.from_pretrained(folder).eval(), cpu
@@ -101,7 +124,7 @@ def train_autoencoder(images: torch.Tensor, args: argparse.Namespace) -> tuple[A
     ae = AutoencoderKL(in_channels=1, latent_channels=4, base_channels=16,
                        channel_mults=(1, 2, 2), num_res_blocks=1, norm_groups=8,
                        attention=False)
-    loss_fn = AutoencoderLoss(kl_weight=args.kl_weight)
+    loss_fn = AutoencoderLoss(kl_weight=kl_weight)
     optimizer = torch.optim.Adam(ae.parameters(), lr=args.ae_lr)
     generator = torch.Generator().manual_seed(1)
     start = time.process_time()
@@ -136,51 +159,6 @@ def make_unet(in_channels: int, image_size: int) -> UNet:
                 image_size=image_size, dropout=0.0, num_classes=10, norm_groups=8)
 
 
-def train_unet(data: torch.Tensor, labels: torch.Tensor, recipe: tuple[str, float, float | None],
-               steps: int | None, seconds: float | None,
-               args: argparse.Namespace) -> tuple[Any, int, float, float]:
-    """``(EMA model, steps, CPU seconds, mean loss of the last 10%)``: ``steps`` steps, or as
-    many as fit into ``seconds`` of process CPU time."""
-    prediction, lr, gamma = recipe
-    torch.manual_seed(0)
-    unet = make_unet(data.shape[1], data.shape[-1])
-    schedule = NoiseSchedule.linear(1000)
-    loss_fn = SimpleLoss(schedule, prediction=prediction, min_snr_gamma=gamma)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=lr)
-    ema = EMA(unet, decay=0.999)
-    generator = torch.Generator().manual_seed(2)
-    losses: list[float] = []
-    start, done = time.process_time(), 0
-    unet.train()
-    while (steps is not None and done < steps) or (
-            seconds is not None and time.process_time() - start < seconds):
-        index = torch.randint(len(data), (args.d_batch,), generator=generator)
-        loss = loss_fn(unet, data[index], generator=generator, y=labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(unet)
-        losses.append(float(loss.detach()))
-        done += 1
-    cpu = time.process_time() - start
-    tail = losses[-max(1, len(losses) // 10):]
-    return ema.module, done, cpu, float(np.mean(tail))
-
-
-@torch.no_grad()
-def draw(model: Any, prediction: str, shape: tuple[int, ...], clip: bool,
-         args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(samples, their labels)``: ``shape[0]`` samples, the same number of each digit."""
-    sampler = DDIMSampler(NoiseSchedule.linear(1000), num_steps=args.d_sample_steps,
-                          clip_denoised=clip, prediction=prediction)
-    labels = torch.arange(shape[0]) % 10
-    generator = torch.Generator().manual_seed(3)
-    out = [sampler.sample(model, (len(chunk), *shape[1:]), generator=generator,
-                          model_kwargs={"y": chunk})
-           for chunk in labels.split(100)]
-    return torch.cat(out), labels
-
-
 def diagnose(ae: Any, images: torch.Tensor) -> dict[str, LatentDiffusion]:
     """Print the latents' statistics under each normalisation; return the two models."""
     models = {}
@@ -199,6 +177,95 @@ def diagnose(ae: Any, images: torch.Tensor) -> dict[str, LatentDiffusion]:
     return models
 
 
+def train_unet(data: torch.Tensor, labels: torch.Tensor, recipe: LatentRecipe,
+               steps: int | None, seconds: float | None, args: argparse.Namespace,
+               seed: int = 0) -> tuple[Any, int, float, float]:
+    """``(EMA model, steps, CPU seconds, mean loss of the last 10%)``: ``steps`` steps, or as
+    many as fit into ``seconds`` of process CPU time, with ``recipe``'s loss and learning
+    rate; ``seed`` sets the initialisation and the batches."""
+    torch.manual_seed(seed)
+    unet = make_unet(data.shape[1], data.shape[-1])
+    loss_fn = recipe.loss(NoiseSchedule.linear(1000))
+    optimizer = torch.optim.Adam(unet.parameters(), lr=recipe.lr)
+    ema = EMA(unet, decay=0.999)
+    generator = torch.Generator().manual_seed(2 + 1000 * seed)
+    losses: list[float] = []
+    start, done = time.process_time(), 0
+    unet.train()
+    while (steps is not None and done < steps) or (
+            seconds is not None and time.process_time() - start < seconds):
+        index = torch.randint(len(data), (args.d_batch,), generator=generator)
+        loss = loss_fn(unet, data[index], generator=generator, y=labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update(unet)
+        losses.append(float(loss.detach()))
+        done += 1
+    cpu = time.process_time() - start
+    tail = losses[-max(1, len(losses) // 10):]
+    return ema.module, done, cpu, float(np.mean(tail))
+
+
+def cached_unet(data: torch.Tensor, labels: torch.Tensor, recipe: LatentRecipe,
+                steps: int | None, seconds: float | None, args: argparse.Namespace,
+                space: str, seed: int = 0) -> tuple[Any, int, float, float]:
+    """:func:`train_unet`, its EMA model and figures cached in ``--out/unets/`` under a name
+    made of ``space`` (``"pixel"`` or the autoencoder and normalisation) and the settings,
+    so that a rerun (and ``latent_diagnosis.py``) reuses the models part d trained."""
+    budget = f"steps{steps}" if steps is not None else f"cpu{seconds:.0f}"
+    name = (f"{space}_{recipe.prediction}_lr{recipe.lr:g}_snr{recipe.min_snr_gamma}_{budget}"
+            f"_batch{args.d_batch}_seed{seed}")
+    folder = Path(args.out) / "unets" / name
+    if (folder / "result.json").is_file():
+        result = json.loads((folder / "result.json").read_text())
+        model = UNet.from_pretrained(folder).eval()
+        return model, result["steps"], result["cpu"], result["loss"]
+    model, done, cpu, loss = train_unet(data, labels, recipe, steps, seconds, args, seed)
+    model.save_pretrained(folder)
+    (folder / "result.json").write_text(json.dumps({"steps": done, "cpu": cpu, "loss": loss}))
+    return model, done, cpu, loss
+
+
+@torch.no_grad()
+def draw(model: Any, sampler: Any, shape: tuple[int, ...],
+         seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(samples, their labels)``: ``shape[0]`` samples with ``sampler``, the same number of
+    each digit."""
+    labels = torch.arange(shape[0]) % 10
+    generator = torch.Generator().manual_seed(seed)
+    out = [sampler.sample(model, (len(chunk), *shape[1:]), generator=generator,
+                          model_kwargs={"y": chunk})
+           for chunk in labels.split(100)]
+    return torch.cat(out), labels
+
+
+def ddim(recipe: LatentRecipe, clip: bool, args: argparse.Namespace) -> DDIMSampler:
+    """The benchmark's sampler: DDIM, ``--d-sample-steps``, clipped in pixel space only."""
+    return DDIMSampler(NoiseSchedule.linear(1000), args.d_sample_steps, clip_denoised=clip,
+                       prediction=recipe.prediction)
+
+
+def score_samples(judge: Judge, model: Any, sampler: Any, latent: LatentDiffusion | None,
+                  args: argparse.Namespace) -> dict[str, float]:
+    """``judge.score`` of ``--num-eval`` samples of ``model`` (decoded if ``latent``)."""
+    if latent is None:
+        samples, asked = draw(model, sampler, (args.num_eval, 1, 32, 32))
+    else:
+        shape = (args.num_eval, latent.latent_channels, 8, 8)
+        z, asked = draw(model, sampler, shape)
+        samples = torch.cat([latent.decode(chunk) for chunk in z.split(256)])
+    return judge.score(samples, asked)
+
+
+def encode_all(latent: LatentDiffusion, images: torch.Tensor) -> torch.Tensor:
+    """The latents of every image, in chunks."""
+    return torch.cat([latent.encode(chunk) for chunk in images.split(256)])
+
+
+Row = tuple[str, int, float, float, dict[str, float], LatentRecipe]
+
+
 def run(args: argparse.Namespace) -> None:
     images, labels = digits_images()
     judge = Judge(images, labels, args.pca)
@@ -209,68 +276,70 @@ def run(args: argparse.Namespace) -> None:
     print(f"  autoencoder: {args.ae_steps} steps, kl_weight {args.kl_weight:g}, "
           f"{ae_cpu:.0f} CPU s")
     models = diagnose(ae, images)
-    rows: list[tuple[str, int, float, float, dict[str, float]]] = []
+    ae_name = autoencoder_folder(args).name
+    rows: list[Row] = []
 
-    def evaluate(name: str, model: Any, prediction: str, latent: LatentDiffusion | None,
-                 done: int, cpu: float, loss: float) -> None:
+    def evaluate(name: str, recipe: LatentRecipe, latent: LatentDiffusion | None,
+                 steps: int | None, seconds: float | None) -> float:
         if latent is None:
-            samples, asked = draw(model, prediction, (args.num_eval, 1, 32, 32), True, args)
+            data, space = images, "pixel"
         else:
-            z, asked = draw(model, prediction, (args.num_eval, 4, 8, 8), False, args)
-            samples = torch.cat([latent.decode(chunk) for chunk in z.split(256)])
-        scores = judge.score(samples, asked)
-        rows.append((name, done, cpu, loss, scores))
+            data, space = encode_all(latent, images), f"{ae_name}_{recipe.normalization}"
+        model, done, cpu, loss = cached_unet(data, labels, recipe, steps, seconds, args, space)
+        scores = score_samples(judge, model, ddim(recipe, latent is None, args), latent, args)
+        rows.append((name, done, cpu, loss, scores, recipe))
         print(f"  {name:48s} {done:6d} steps {cpu:7.0f} CPU s  loss {loss:.4f}  "
               f"FD {scores['fd']:.4f}  acc {scores['accuracy']:.3f}  "
               f"conf {scores['confidence']:.3f}", flush=True)
+        return cpu
 
-    recipe = (args.pixel_prediction, args.pixel_lr, args.pixel_min_snr)
-    pixel, done, pixel_cpu, loss = train_unet(images, labels, recipe, args.steps, None, args)
-    snr = f", min-SNR {args.pixel_min_snr:g}" if args.pixel_min_snr else ""
-    evaluate(f"pixel, {args.pixel_prediction}{snr}, lr {args.pixel_lr:g}", pixel,
-             args.pixel_prediction, None, done, pixel_cpu, loss)
-    if args.variants == []:  # the pixel side alone
-        print_table(rows, pixel_cpu, ae_cpu)
-        return
-    best: tuple[str, float] | None = None
-    for index, (name, (normalization, prediction, lr, gamma)) in enumerate(
-            LATENT_VARIANTS.items()):
-        if args.variants is not None and index not in args.variants:
-            continue
-        latent = models[normalization]
-        z = torch.cat([latent.encode(chunk) for chunk in images.split(256)])
-        model, done, cpu, loss = train_unet(z, labels, (prediction, lr, gamma), args.steps,
-                                            None, args)
-        evaluate(name, model, prediction, latent, done, cpu, loss)
-        if best is None or rows[-1][4]["fd"] < best[1]:
-            best = (name, rows[-1][4]["fd"])
-    assert best is not None
-    normalization, prediction, lr, gamma = LATENT_VARIANTS[best[0]]
-    latent = models[normalization]
-    z = torch.cat([latent.encode(chunk) for chunk in images.split(256)])
-    model, done, cpu, loss = train_unet(z, labels, (prediction, lr, gamma), None, pixel_cpu,
-                                        args)
-    evaluate(best[0] + " (equal CPU)", model, prediction, latent, done, cpu, loss)
-    print_table(rows, pixel_cpu, ae_cpu)
+    pixel_cpu = None
+    for index, (name, recipe) in enumerate(PIXEL_VARIANTS.items()):
+        if args.pixel_variants is None or index in args.pixel_variants:
+            cpu = evaluate(name, recipe, None, args.steps, None)
+            pixel_cpu = cpu if pixel_cpu is None else pixel_cpu
+    for index, (name, recipe) in enumerate(LATENT_VARIANTS.items()):
+        if args.variants is None or index in args.variants:
+            evaluate(name, recipe, models[recipe.normalization], args.steps, None)
+    if pixel_cpu is not None and args.variants != []:  # the defaults at the pixel model's CPU
+        recipe = LatentRecipe()
+        evaluate("latent, defaults, equal CPU", recipe, models[recipe.normalization], None,
+                 pixel_cpu)
+    print_table(rows, ae_cpu)
 
 
-def print_table(rows: list, pixel_cpu: float, ae_cpu: float) -> None:
-    pixel_fd = rows[0][4]["fd"]
-    print("\n| model | steps | CPU s | loss | Fréchet (PCA) | / pixel | accuracy | confidence |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, done, cpu, loss, s in rows:
-        print(f"| {name} | {done} | {cpu:.0f} | {loss:.4f} | {s['fd']:.4f} | "
-              f"{s['fd'] / pixel_fd:.2f}x | {s['accuracy']:.3f} | {s['confidence']:.3f} |")
+def print_table(rows: list[Row], ae_cpu: float) -> None:
+    """The markdown table; "/ pixel" is the distance over the first pixel model's, "/ same"
+    over the pixel model's trained with the same prediction, learning rate and weighting."""
+    pixels = [row for row in rows if row[0].startswith("pixel")]
+    first = pixels[0][4]["fd"] if pixels else math.nan
+
+    def same(recipe: LatentRecipe) -> float:
+        for row in pixels:
+            if (row[5].prediction, row[5].lr, row[5].min_snr_gamma) == (
+                    recipe.prediction, recipe.lr, recipe.min_snr_gamma):
+                return row[4]["fd"]
+        return math.nan
+
+    print("\n| model | steps | CPU s | loss | Fréchet (PCA) | / pixel | / pixel, same recipe "
+          "| accuracy | confidence |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    def ratio(fd: float, reference: float) -> str:
+        return "" if math.isnan(reference) else f"{fd / reference:.2f}x"
+
+    for name, done, cpu, loss, s, recipe in rows:
+        print(f"| {name} | {done} | {cpu:.0f} | {loss:.4f} | {s['fd']:.2f} | "
+              f"{ratio(s['fd'], first)} | {ratio(s['fd'], same(recipe))} | "
+              f"{s['accuracy']:.3f} | {s['confidence']:.3f} |")
     print(f"(the autoencoder's training took {ae_cpu:.0f} CPU s once, not counted above; the "
-          f"pixel model's {pixel_cpu:.0f} CPU s are the equal-CPU budget)")
-    if math.isnan(pixel_fd):
-        print("warning: the pixel model's distance is not a number")
+          "first pixel model's CPU seconds are the equal-CPU budget)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("part d (digits, latent vs pixel)")
     group.add_argument("--out", default="runs/bench_latent_digits",
-                       help="part d: folder caching the autoencoder")
+                       help="part d: folder caching the autoencoder and the trained UNets "
+                       "(use a new one for fresh CPU times)")
     group.add_argument("--ae-steps", type=int, default=600)
     group.add_argument("--ae-lr", type=float, default=1e-3)
     group.add_argument("--kl-weight", type=float, default=1e-6)
@@ -279,12 +348,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-eval", type=int, default=300, help="part d: samples scored")
     group.add_argument("--d-sample-steps", type=int, default=25, help="part d: DDIM steps")
     group.add_argument("--pca", type=int, default=32, help="part d: PCA components")
-    group.add_argument("--pixel-prediction", default="eps", help="part d: the pixel UNet's")
-    group.add_argument("--pixel-lr", type=float, default=2e-4)
-    group.add_argument("--pixel-min-snr", type=float, default=None)
+    group.add_argument("--pixel-variants", type=int, nargs="*", default=None,
+                       help="part d: indices of PIXEL_VARIANTS to train (default: all)")
     group.add_argument("--variants", type=int, nargs="*", default=None,
                        help="part d: indices of LATENT_VARIANTS to train (default: all; "
-                       "none: the pixel model alone)")
+                       "none: the pixel models alone)")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ _EXPORTS = {
 
     "LatentDiffusion": "ddpm_lib.latent",
     "LatentDataset": "ddpm_lib.latent",
+    "LatentRecipe": "ddpm_lib.latent_recipe",
 
     "frechet_distance": "ddpm_lib.metrics",
     "nll_bits_per_dim": "ddpm_lib.metrics",

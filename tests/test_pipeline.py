@@ -310,7 +310,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                      "--text-layers", "1", "--text-heads", "2", "--text-max-length", "48"]) == 0
         tiny_autoencoder().save_pretrained(root / "ae")
         assert main(["train", "--out", str(root / "latent"), "--steps", "2", "--autoencoder",
-                     str(root / "ae"), *TINY]) == 0
+                     str(root / "ae"), "--prediction", "eps", *TINY]) == 0  # eps, as latent runs were
     finally:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(0)

@@ -181,6 +181,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # the backbone (issue 29): a UNet, or a DiT preset whose size a few options override
     "model": "unet", "hidden_size": None, "depth": None, "num_heads": None, "patch_size": None,
     "parallel": "ddp",
+    "latent_normalization": None,
 }
 #: ``--model`` choices: the UNet and the DiT presets of Peebles & Xie (``dit-s/2`` ...).
 MODELS = ("unet", *(f"dit-{size}/{patch}" for size in ("s", "b", "l", "xl") for patch in (2, 4, 8)))
@@ -188,6 +189,21 @@ MODELS = ("unet", *(f"dit-{size}/{patch}" for size in ("s", "b", "l", "xl") for 
 UNET_OPTIONS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
                 "dropout", "text_attention")
 DIT_OPTIONS = ("hidden_size", "depth", "num_heads", "patch_size")
+#: ``--latent-normalization`` -> ``LatentDiffusion.fit_scale_factor(normalization=...)``.
+LATENT_NORMALIZATIONS = {"channel": "channel", "scale": "global"}
+
+
+def latent_train_defaults() -> dict[str, Any]:
+    """The defaults of a latent run (``--autoencoder``) where they differ from the pixel ones:
+    the measured recipe, :class:`ddpm_lib.LatentRecipe` (latent guide, issue 32).
+    ``min_snr_gamma`` applies to ``--loss simple`` only; ``latent_normalization`` to a new run
+    only (a resumed one keeps the normalisation its ``pipeline.json`` records)."""
+    from ddpm_lib.latent_recipe import LatentRecipe
+
+    recipe = LatentRecipe()
+    flags = {value: key for key, value in LATENT_NORMALIZATIONS.items()}
+    return {"prediction": recipe.prediction, "min_snr_gamma": recipe.min_snr_gamma,
+            "lr": recipe.lr, "latent_normalization": flags[recipe.normalization]}
 TRAIN_ARGS_FILE = "cli_args.json"
 BUILTIN_DATA = ("shapes", "captioned-shapes", "cifar10", "mnist")
 
@@ -219,6 +235,8 @@ def resolve_train_args(args: argparse.Namespace) -> dict[str, Any]:
     for key, default in TRAIN_DEFAULTS.items():
         given = getattr(args, key)
         resolved[key] = given if given is not None else saved.get(key, default)
+    if resolved["autoencoder"] is not None:
+        _latent_defaults(args, saved, resolved, resuming=saved_file.is_file())
     return resolved
 
 
@@ -238,12 +256,27 @@ def _check_objective(options: dict[str, Any], text: bool) -> None:
                            f"pixel space, labels or none); it cannot be combined with {what}")
 
 
+def _latent_defaults(args: argparse.Namespace, saved: Mapping[str, Any],
+                     resolved: dict[str, Any], resuming: bool) -> None:
+    """A latent run's options neither given nor saved take :func:`latent_train_defaults`."""
+    for key, default in latent_train_defaults().items():
+        if getattr(args, key) is not None or key in saved:
+            continue
+        if key == "min_snr_gamma" and resolved["loss"] != "simple":
+            continue
+        if key == "latent_normalization" and resuming:
+            continue  # a run started before the option: its pipeline.json says (scale-only)
+        resolved[key] = default
+
+
 def _check_train(args: argparse.Namespace) -> None:
     """``train``: the resolved options (saved ones included) and how they combine.
 
     Stores them as ``args.resolved`` for the command to use.
     """
     options = resolve_train_args(args)
+    if options["min_snr_gamma"] == "none":  # --min-snr-gamma none: no weighting
+        options["min_snr_gamma"] = None
     check_ranges("train", options)
     data = options["data"]
     if data in ("cifar10", "mnist") and options["data_root"] is None:
@@ -266,6 +299,9 @@ def _check_train(args: argparse.Namespace) -> None:
     _check_objective(options, text)
     if options["autoencoder"] is not None and not Path(options["autoencoder"]).exists():
         raise FileNotFoundError(f"--autoencoder {options['autoencoder']!r} does not exist")
+    if options["latent_normalization"] is not None and options["autoencoder"] is None:
+        raise CLIError("--latent-normalization normalises the latents of --autoencoder; give "
+                       "--autoencoder RUN, or leave it out for a pixel-space run")
     if not int_list("channel_mults", options["channel_mults"]):
         raise CLIError("--channel-mults needs at least one multiplier; got ''")
     int_list("attention_resolutions", options["attention_resolutions"])

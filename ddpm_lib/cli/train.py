@@ -11,7 +11,13 @@ import sys
 from typing import Any
 
 from ._common import CLIError, add_threads_option
-from .checks import TRAIN_ARGS_FILE, TRAIN_DEFAULTS, int_list
+from .checks import (
+    LATENT_NORMALIZATIONS,
+    TRAIN_ARGS_FILE,
+    TRAIN_DEFAULTS,
+    int_list,
+    latent_train_defaults,
+)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -29,6 +35,8 @@ def run(args: argparse.Namespace) -> None:
     first = dataset[0]
     image = first[0] if isinstance(first, (tuple, list)) else first
     channels, height, width = image.shape
+    torch.manual_seed(options["seed"])  # the model's initialisation and dropout; the Trainer
+    # seeds everything else, so --seed reproduces a run
     model = _build_model(options, channels, height, _num_classes(options, dataset), text)
     build = NoiseSchedule.cosine if options["schedule"] == "cosine" else NoiseSchedule.linear
     schedule = build(options["num_timesteps"])
@@ -36,7 +44,6 @@ def run(args: argparse.Namespace) -> None:
         from ddpm_lib.score_model import ScoreBasedModel
 
         model = ScoreBasedModel(model, options["objective"], schedule=schedule)
-    torch.manual_seed(options["seed"])  # the model's dropout; the Trainer seeds everything else
     trainer = _build_trainer(options, model, schedule, dataset, latent, text, out,
                              args.no_progress)
     if trainer.dist.is_main:
@@ -228,10 +235,12 @@ def _load_autoencoder(source: str) -> Any:
 def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress: bool) -> Any:
     """``(LatentDiffusion, latent dataset)`` for ``train --autoencoder``.
 
-    The scale factor is fitted once and saved with the autoencoder in ``out``
-    (``latent_diffusion.json``, ``autoencoder/``); a resumed run reuses both, and refuses an
-    ``--autoencoder`` that differs from the one the run started with. The latents are cached in
-    ``out/latents/``.
+    The normalisation (``--latent-normalization``: a shift and a scale per channel, or one
+    scale factor) is fitted once and saved with the autoencoder in ``out`` (``pipeline.json``,
+    ``autoencoder/``); a resumed run reuses both (a run saved before per-channel statistics
+    existed stays scale-only), and refuses an ``--autoencoder`` or an explicit
+    ``--latent-normalization`` that differs from the one the run started with. The latents
+    are cached in ``out/latents/``.
     """
     import torch
 
@@ -247,20 +256,45 @@ def _latent_dataset(options: dict[str, Any], dataset: Any, out: Any, no_progress
                 f"{out} was started with another autoencoder than {options['autoencoder']}; "
                 "use a new --out to train on this one"
             )
-        latent = LatentDiffusion(autoencoder, saved.scale_factor)
+        _check_resumed_normalization(options, saved, out)
+        latent = LatentDiffusion(autoencoder, saved.scale_factor, prediction=options["prediction"],
+                                 latent_shift=saved.latent_shift, latent_scale=saved.latent_scale)
     else:
-        latent = LatentDiffusion(autoencoder)
+        latent = LatentDiffusion(autoencoder, prediction=options["prediction"])
+        options["latent_normalization"] = (options["latent_normalization"]
+                                           or latent_train_defaults()["latent_normalization"])
         latent.fit_scale_factor(dataset, batch_size=options["batch_size"],
-                                progress=not no_progress)
+                                progress=not no_progress,
+                                normalization=LATENT_NORMALIZATIONS[options["latent_normalization"]])
         latent.save_pretrained(out)
     print(f"ddpm-lib train: latent space of {options['autoencoder']} (f="
           f"{latent.downsampling_factor}, {latent.latent_channels} channels), scale factor "
-          f"{latent.scale_factor:.5f}", file=sys.stderr)
+          f"{latent.scale_factor:.5f}{_stats_text(latent)}", file=sys.stderr)
     data = latent.encode_dataset(dataset, out / "latents", batch_size=options["batch_size"],
                                  progress=not no_progress)
     if data.from_cache:
         print(f"ddpm-lib train: latents read from {data.cache_path}", file=sys.stderr)
     return latent, data
+
+
+def _check_resumed_normalization(options: dict[str, Any], saved: Any, out: Any) -> None:
+    """A resumed latent run keeps the normalisation it was started with (``pipeline.json``);
+    an explicit ``--latent-normalization`` that differs is refused."""
+    started = "channel" if saved.normalization == "channel" else "scale"
+    wanted = options["latent_normalization"]
+    if wanted is not None and wanted != started:
+        raise CLIError(f"{out} was started with --latent-normalization {started}; its latents "
+                       f"cannot change to {wanted}: use a new --out")
+    options["latent_normalization"] = started  # recorded in cli_args.json
+
+
+def _stats_text(latent: Any) -> str:
+    """``", shift and scale per channel (...)"`` for a channel-normalised run, else ``""``."""
+    if latent.channel_stats is None:
+        return ""
+    shift, scale = latent.channel_stats
+    return (f", shift and scale per channel (shift {', '.join(f'{v:.3f}' for v in shift)}; "
+            f"scale {', '.join(f'{v:.3f}' for v in scale)})")
 
 
 # ----------------------------------------------------------------------------- options
@@ -344,7 +378,16 @@ def _add_data_options(data: Any) -> None:
     data.add_argument("--autoencoder", default=None, metavar="RUN",
                       help="train in the latent space of this autoencoder (a train-autoencoder "
                       "--out folder or a pretrained autoencoder folder): the dataset is encoded "
-                      "once into OUT/latents/, no flips")
+                      "once into OUT/latents/, no flips. Latent runs default to the measured "
+                      "recipe (ddpm_lib.LatentRecipe): --prediction v, --min-snr-gamma 5, "
+                      "--lr 1e-3, --latent-normalization scale")
+    data.add_argument("--latent-normalization", choices=tuple(LATENT_NORMALIZATIONS),
+                      default=None,
+                      help="with --autoencoder: 'scale' one scale factor for all channels "
+                      "(LDM's rule), 'channel' gives every latent channel mean 0 and variance 1 "
+                      "(a shift and a scale per channel) "
+                      "for all (LDM's rule); saved in OUT/pipeline.json, kept on resume "
+                      "(default: scale)")
 
 
 def _add_optimisation_options(optim: Any) -> None:
@@ -355,7 +398,8 @@ def _add_optimisation_options(optim: Any) -> None:
                        help=f"train until this many optimizer steps in total (default: {d['steps']})")
     optim.add_argument("--batch-size", type=int, default=None,
                        help=f"global batch size over all processes (default: {d['batch_size']})")
-    optim.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default: {d['lr']})")
+    optim.add_argument("--lr", type=float, default=None,
+                       help=f"Adam learning rate (default: {d['lr']}; 1e-3 with --autoencoder)")
     optim.add_argument("--warmup-steps", type=int, default=None,
                        help=f"linear learning-rate warm-up (default: {d['warmup_steps']})")
     optim.add_argument("--grad-clip", type=float, default=None,
@@ -396,7 +440,7 @@ def _add_diffusion_options(model: Any) -> None:
     model.add_argument("--num-timesteps", type=int, default=None,
                        help=f"diffusion steps T (default: {d['num_timesteps']})")
     model.add_argument("--prediction", choices=("eps", "x0", "v"), default=None,
-                       help="what the network predicts (default: eps)")
+                       help="what the network predicts (default: eps; v with --autoencoder)")
     model.add_argument("--loss", choices=("simple", "hybrid"), default=None,
                        help="simple: L_simple (DDPM); hybrid: L_simple + VLB with learned variances "
                        "(Nichol & Dhariwal) (default: simple)")
@@ -405,9 +449,19 @@ def _add_diffusion_options(model: Any) -> None:
                        "preconditioned denoiser and loss; dsm: NCSN's denoising score matching "
                        "over a geometric ladder of levels; edm and dsm runs sample with "
                        "--sampler edm, langevin, ve-sde or any DDPM sampler (default: ddpm)")
-    model.add_argument("--min-snr-gamma", type=float, default=None, metavar="GAMMA",
+    model.add_argument("--min-snr-gamma", type=_gamma, default=None, metavar="GAMMA",
                        help="min-SNR loss weighting (Hang et al. 2023; 5 in the paper) for "
-                       "--loss simple (default: none)")
+                       "--loss simple, 'none' for none (default: none; 5 with --autoencoder)")
+
+
+def _gamma(text: str) -> float | str:
+    """``--min-snr-gamma``: a number, or ``none`` (no weighting; checked in ``checks``)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'none'; got {text!r}") from None
 
 
 def _add_dit_options(group: Any) -> None:
