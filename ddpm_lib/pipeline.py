@@ -52,6 +52,7 @@ SAMPLER_NAMES = {
     "pndm": "PNDMSampler",
     "deis": "DEISSampler",
     "sde": "SDESampler",
+    "consistency": "ConsistencySampler",  # a consistency-distilled model (ddpm_lib.distillation)
 }
 
 

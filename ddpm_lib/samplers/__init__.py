@@ -1,5 +1,5 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM, DEIS and the score-SDE samplers; step grids in ``ddpm_lib.samplers.grids``;
+PLMS / iPNDM, DEIS, the score-SDE samplers and consistency sampling; step grids in ``ddpm_lib.samplers.grids``;
 Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
@@ -7,6 +7,7 @@ guidance, progress, trajectory and compilation live once in :class:`Sampler`.
 """
 
 from .analytic_variance import AnalyticVariance, optimal_timesteps
+from .consistency import ConsistencySampler, consistency_coefficients
 from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced_timesteps
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
@@ -22,6 +23,8 @@ from .grids import grid_timesteps
 
 __all__ = [
     "AnalyticVariance",
+    "ConsistencySampler",
+    "consistency_coefficients",
     "SPACINGS",
     "DDIMSampler",
     "DEISSampler",

@@ -1,0 +1,41 @@
+"""Learned fast sampling: progressive distillation and consistency distillation.
+
+- :class:`ProgressiveDistillation` (Salimans & Ho 2022): the loss of one round, a student
+  that takes one DDIM step for two of its teacher's; :func:`distill_progressive` runs the
+  rounds ``N -> N/2 -> ... -> 1`` through the :class:`ddpm_lib.Trainer`.
+- :class:`ConsistencyDistillation` (Song et al. 2023): the loss of consistency distillation
+  (boundary parameterisation, EMA target network, a solver step of the teacher, a distance);
+  :func:`distill_consistency` trains it; :class:`ddpm_lib.ConsistencySampler` samples the
+  student in one step or a few.
+- :class:`GuidanceConditionedUNet`: a UNet that reads the guidance scale, for guided
+  distillation (Meng et al. 2023; latent consistency models, Luo et al. 2023).
+
+Modules: ``progressive``, ``consistency``, ``guidance``, ``rounds`` (the drivers) and
+``_common`` (the guided teacher, the grids, the student check).
+"""
+
+from .consistency import DISTANCES, ConsistencyDistillation, pseudo_huber
+from .guidance import GuidanceConditionedUNet, GuidanceEmbedding, with_guidance_embedding
+from .progressive import WEIGHTINGS, ProgressiveDistillation, two_step_target
+from .rounds import (
+    DISTILL_TRAINER_DEFAULTS,
+    DistillationRun,
+    distill_consistency,
+    distill_progressive,
+)
+
+__all__ = [
+    "DISTANCES",
+    "DISTILL_TRAINER_DEFAULTS",
+    "WEIGHTINGS",
+    "ConsistencyDistillation",
+    "DistillationRun",
+    "GuidanceConditionedUNet",
+    "GuidanceEmbedding",
+    "ProgressiveDistillation",
+    "distill_consistency",
+    "distill_progressive",
+    "pseudo_huber",
+    "two_step_target",
+    "with_guidance_embedding",
+]
