@@ -39,6 +39,7 @@ from ._common import (
     draw_t_and_noise,
     grid_positions,
     level_grid,
+    level_scales,
     mean_flat,
     prediction_half,
     reduce,
@@ -71,11 +72,13 @@ class ConsistencyDistillation:
         prediction: what the student predicts (its ``x0`` estimate enters ``f``); default the
             teacher's.
         spacing: the grid of the levels (default ``"trailing"``), or give ``timesteps``.
-        solver: the ODE solver between adjacent levels: a name of
-            :data:`ddpm_lib.pipeline.SAMPLER_NAMES` (a deterministic one: ``"ddim"``,
-            default, ``"dpm-solver"``, ``"unipc"``, ``"deis"``, ``"pndm"``) or a sampler class;
-            it is built on the levels, unclipped. A step is one solver step from a fresh start
-            (multistep solvers take their first, single-step update).
+        solver: the ODE solver between adjacent levels: ``"heun"`` (Heun's second-order
+            method in ``x / alpha`` against ``sigma / alpha``, Karras et al. 2022, Algorithm 1:
+            two teacher calls a step, one for the step onto clean data), or a name of
+            :data:`ddpm_lib.pipeline.SAMPLER_NAMES` (a deterministic one: ``"ddim"``, the
+            default, which is Heun's Euler half, ``"dpm-solver"``, ``"unipc"``, ``"deis"``,
+            ``"pndm"``) or a sampler class, built on the levels, unclipped, and taking one
+            step from a fresh start (multistep solvers take their first, single-step update).
         distance: ``"l2"``, ``"pseudo_huber"`` or a callable ``d(a, b) -> (B,)`` (a feature
             distance).
         huber_c: the ``c`` of the pseudo-Huber distance (default ``0.00054 sqrt(dim)``).
@@ -124,6 +127,8 @@ class ConsistencyDistillation:
             "prediction", teacher_prediction if prediction is None else prediction)
         self._grid = level_grid(schedule, self.num_levels, spacing, timesteps, "the ODE grid")
         self._next = torch.cat([self._grid[1:], torch.tensor([-1])])  # -1: clean data
+        self._position_of = torch.full((schedule.num_timesteps,), -1, dtype=torch.long)
+        self._position_of[self._grid] = torch.arange(self.num_levels)
         if isinstance(distance, str):
             if distance not in DISTANCES:
                 raise ValueError(f"distance must be one of {DISTANCES} or a callable; got "
@@ -147,10 +152,13 @@ class ConsistencyDistillation:
         from ..pipeline import SAMPLER_NAMES
         from ..samplers import Sampler
 
+        if isinstance(solver, str) and solver == "heun":
+            return "heun"
         if isinstance(solver, str):
             if solver not in SAMPLER_NAMES or solver == "consistency":
-                raise ValueError(f"solver must be a sampler name of {tuple(SAMPLER_NAMES)} "
-                                 f"(not 'consistency') or a Sampler class; got {solver!r}")
+                raise ValueError(f"solver must be 'heun', a sampler name of "
+                                 f"{tuple(SAMPLER_NAMES)} (not 'consistency') or a Sampler "
+                                 f"class; got {solver!r}")
             from .. import samplers
 
             solver = getattr(samplers, SAMPLER_NAMES[solver])
@@ -214,9 +222,30 @@ class ConsistencyDistillation:
         """``x^`` at the next level: one solver step with the (guided) teacher from ``x`` at
         levels ``t`` ``(B,)`` (each one of :attr:`timesteps`)."""
         self.teacher.to(x.device)
+        if self.solver == "heun":
+            return self._heun_step(x, t, model_kwargs, scales)
         output = self.teacher.output(x, t, model_kwargs, scales)
         self.solver._step_memory = None  # a fresh start: no history of another batch
         return self.solver.step(output, t, x)
+
+    def _heun_step(self, x: torch.Tensor, t: torch.Tensor, model_kwargs: Mapping[str, Any],
+                   scales: torch.Tensor | None) -> torch.Tensor:
+        """Heun's step in ``x^ = x / alpha``, ``s = sigma / alpha``: ``d = (x^ - x0) / s``,
+        Euler ``x^' = x^ + (s' - s) d`` (= DDIM), then the average slope unless ``s' = 0``."""
+        position = self._position_of.to(t.device)[t]
+        t_next = self._next.to(t.device)[position]
+        alpha, sigma = level_scales(self.schedule, t, x)
+        alpha_next, sigma_next = level_scales(self.schedule, t_next, x)
+        x0 = self.teacher.x0(x, t, alpha, sigma, model_kwargs, scales)
+        slope = (x / alpha - x0) / (sigma / alpha)
+        step = sigma_next / alpha_next - sigma / alpha
+        euler = x / alpha + step * slope
+        x_next = alpha_next * euler
+        x0_next = self.teacher.x0(x_next, t_next.clamp(min=0), alpha_next, sigma_next.clamp(
+            min=1e-12), model_kwargs, scales)
+        slope_next = (euler - x0_next) / (sigma_next / alpha_next).clamp(min=1e-12)
+        heun = alpha_next * (x / alpha + step * 0.5 * (slope + slope_next))
+        return torch.where((t_next < 0).reshape(alpha.shape), x_next, heun)
 
     # ------------------------------------------------------------------ the loss
     def __call__(

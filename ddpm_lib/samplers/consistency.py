@@ -116,8 +116,9 @@ class ConsistencySampler(Sampler):
         abar = self.schedule.alphas_cumprod.cpu()[self._timesteps].double()
         abar_next = torch.cat([abar[1:], abar.new_ones(1)])  # the last step lands on clean data
         c_skip, c_out = consistency_coefficients(abar, self.sigma_data, self.timestep_scaling)
-        return torch.stack([abar.sqrt(), (1 - abar).sqrt(), c_skip, c_out, abar_next.sqrt(),
-                            (1 - abar_next).sqrt()], dim=1)
+        # c_skip / alpha as one float64 constant: x_t / alpha alone is large at the first step
+        return torch.stack([abar.sqrt(), (1 - abar).sqrt(), c_skip / abar.sqrt(), c_out,
+                            abar_next.sqrt(), (1 - abar_next).sqrt()], dim=1)
 
     def _update(
         self,
@@ -130,9 +131,9 @@ class ConsistencySampler(Sampler):
         state: tuple[torch.Tensor, ...],
         continuing: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-        alpha, sigma, c_skip, c_out, alpha_next, sigma_next = coefficients
+        alpha, sigma, skip, c_out, alpha_next, sigma_next = coefficients
         x0_model, _ = self._split(model_output, x_t, alpha, sigma)
-        x0 = self._process_x0(c_skip * (x_t / alpha) + c_out * x0_model)  # f(x_t, t)
+        x0 = self._process_x0(skip * x_t + c_out * x0_model)  # f(x_t, t), skip = c_skip / alpha
         x_next = alpha_next * x0
         if noise is not None:
             x_next = x_next + sigma_next * noise
