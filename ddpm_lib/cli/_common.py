@@ -218,7 +218,8 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
         "deterministic with --eta 0; dpm-solver (or dpm_solver): DPM-Solver++ multistep; unipc: "
         "UniPC predictor-corrector (15-25 steps); pndm: iPNDM / PLMS (5-10 steps with --spacing "
         "quadratic --final-step denoise); deis: DEIS multistep; sde: the score-SDE samplers "
-        f"(--method) (default: {default})")
+        "(--method); consistency: a consistency-distilled model (1-4 steps); saved: the sampler "
+        f"the model's folder records (a distilled student's) (default: {default})")
     group.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps, at most T (default: {steps}; ddpm with --steps T is "
                        "the paper's full chain)")
@@ -266,6 +267,11 @@ def build_sampler(args: argparse.Namespace, pipe: Any,
 
     schedule = pipe.schedule
     num_timesteps = schedule.num_timesteps
+    if args.sampler == "saved":  # the sampler the model's folder records (a distilled student's)
+        _, given = sampler_options(args)
+        if args.clip_denoised is not None:
+            given["clip_denoised"] = args.clip_denoised
+        return pipe.make_sampler(**({"num_steps": args.steps} if args.steps else {}), **given)
     if args.steps is not None and args.steps > num_timesteps:
         raise CLIError(f"--steps must be at most the model's T = {num_timesteps}; got {args.steps}")
     default = (SAMPLER_STEPS if default_steps is None else default_steps)[args.sampler]

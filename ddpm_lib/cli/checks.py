@@ -107,7 +107,8 @@ FLAGS = {"label": "--class"}
 
 #: Default ``--steps`` of each sampler (``ddpm``: capped at T).
 SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm-solver": 20, "unipc": 20, "pndm": 20, "deis": 20,
-                 "sde": 100}
+                 "sde": 100, "consistency": 1,
+                 "saved": None}  # saved: the model's recorded sampler (a distilled one)
 MULTISTEP = ("dpm-solver", "unipc", "pndm", "deis")
 
 #: Which ``--sampler`` accepts which sampler option (``dest -> samplers``).
@@ -332,7 +333,7 @@ def sampler_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         value = getattr(args, dest)
         if value is not None:
             keywords[dest] = value
-    return SAMPLER_NAMES[args.sampler], keywords
+    return SAMPLER_NAMES.get(args.sampler, args.sampler), keywords
 
 
 # ----------------------------------------------------------------------------- fid / bpd

@@ -89,15 +89,22 @@ def _initial_student(teacher: Any, student: nn.Module | None, guided: bool) -> n
         check_student(student, teacher)
         if isinstance(teacher, nn.Module):
             student.load_state_dict(teacher.state_dict(), strict=False)
+    # a text model's encoder stays frozen: the Trainer encodes the captions with the student's
+    # encoder and the teacher reads the same encoding
+    encoder = getattr(student, "text_encoder", None)
     if not callable(getattr(student, "save_pretrained", None)):
         raise TypeError(f"the student must have save_pretrained (a ddpm_lib model) so that each "
                         f"round is saved; got {type(student).__name__}")
-    return student.train().requires_grad_(True)
+    student.train().requires_grad_(True)
+    if isinstance(encoder, nn.Module):
+        encoder.requires_grad_(False)
+    return student
 
 
 def _train_round(
     student: nn.Module, loss: Any, dataset: Any, folder: Path, num_steps: int, seed: int,
     options: Mapping[str, Any], sampler: Mapping[str, Any], done: Mapping[str, Any],
+    bundle: Mapping[str, Any],
 ) -> int:
     """Train one round in ``folder`` (resuming there) and save its student; returns the
     optimizer steps of the round."""
@@ -113,8 +120,8 @@ def _train_round(
         trainer = Trainer(student, loss, dataset, out_dir=folder, seed=seed, **settings)
         trainer.train(num_steps)
     trained = trainer.ema_model if use_ema else trainer.model
-    DiffusionPipeline(trained, loss.schedule, prediction=loss.prediction,
-                      sampler=sampler).save_pretrained(folder / STUDENT_DIR)
+    DiffusionPipeline(trained, loss.schedule, prediction=loss.prediction, sampler=sampler,
+                      **bundle).save_pretrained(folder / STUDENT_DIR)
     _io.write_json(folder / DONE_FILE, {**done, "training_steps": trainer.step})
     return trainer.step
 
@@ -148,6 +155,7 @@ def distill_progressive(
     prediction: str | None = None,
     student: nn.Module | None = None,
     trainer_options: Mapping[str, Any] | None = None,
+    bundle_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     **loss_options: Any,
 ) -> DistillationRun:
@@ -169,6 +177,8 @@ def distill_progressive(
             parameters, whose values it receives.
         trainer_options: :class:`ddpm_lib.Trainer` settings over
             :data:`DISTILL_TRAINER_DEFAULTS`, and ``use_ema`` (save the EMA student, default).
+        bundle_options: more arguments of each student's :class:`ddpm_lib.DiffusionPipeline`
+            (a latent model's ``autoencoder`` and ``scale_factor``).
         seed: seeds each round's Trainer (``seed + round``) and dropout.
         loss_options: :class:`ProgressiveDistillation` options (``spacing``, ``weighting``,
             ``guidance_scale``, ``unconditional_kwargs``).
@@ -210,7 +220,7 @@ def distill_progressive(
             done = _train_round(round_student, loss, dataset, folder, steps_per_round,
                                 seed + round_index, trainer_options or {},
                                 loss.sampler_settings(),
-                                {"method": "progressive", "steps": steps})
+                                {"method": "progressive", "steps": steps}, bundle_options or {})
         device = next(iter(getattr(current_teacher, "parameters", lambda: iter(()))()), None)
         pipe = _load_student(folder, device.device if device is not None else None)
         run.students.append(folder / STUDENT_DIR)
@@ -235,6 +245,7 @@ def distill_consistency(
     prediction: str | None = None,
     student: nn.Module | None = None,
     trainer_options: Mapping[str, Any] | None = None,
+    bundle_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     **loss_options: Any,
 ) -> DistillationRun:
@@ -243,7 +254,7 @@ def distill_consistency(
 
     Args:
         teacher, schedule, dataset, out_dir, teacher_prediction, prediction, student,
-            trainer_options, seed: as in :func:`distill_progressive`.
+            trainer_options, bundle_options, seed: as in :func:`distill_progressive`.
         train_steps: optimizer steps.
         num_steps: the sampling steps recorded in the student's pipeline (1: one-step).
         loss_options: :class:`ConsistencyDistillation` options (``num_levels``, ``solver``,
@@ -260,7 +271,7 @@ def distill_consistency(
         done = _train_round(_initial_student(teacher, student, guided), loss, dataset, out,
                             train_steps, seed, trainer_options or {},
                             loss.sampler_settings(num_steps),
-                            {"method": "consistency", "steps": num_steps})
+                            {"method": "consistency", "steps": num_steps}, bundle_options or {})
     parameter = next(iter(getattr(teacher, "parameters", lambda: iter(()))()), None)
     pipe = _load_student(out, parameter.device if parameter is not None else None)
     return DistillationRun([out / STUDENT_DIR], [num_steps], [done], pipe)
