@@ -103,16 +103,16 @@ def run(args: argparse.Namespace) -> None:
         "checkpoint_every": args.checkpoint_every, "progress": not args.no_progress,
         "device": device, "random_flip": False if pipe.latent is not None else None,
     }
-    bundle = {}
+    bundle: dict[str, Any] = {}
     if pipe.latent is not None:
         latent = pipe.latent
         bundle = {"autoencoder": latent.autoencoder, "scale_factor": latent.scale_factor}
         shift_scale = latent.channel_stats
         if shift_scale is not None:
             bundle.update(latent_shift=shift_scale[0], latent_scale=shift_scale[1])
-    common = dict(teacher_prediction=pipe.prediction, prediction=args.prediction,
-                  trainer_options=trainer_options, seed=args.seed, bundle_options=bundle,
-                  guidance_scale=_guidance(args.guidance_scale))
+    common = {"teacher_prediction": pipe.prediction, "prediction": args.prediction,
+              "trainer_options": trainer_options, "seed": args.seed, "bundle_options": bundle,
+              "guidance_scale": _guidance(args.guidance_scale)}
     print(f"ddpm-lib distill: {args.method} distillation of {pipe.source} to {args.steps} "
           f"step(s) -> {out}", file=sys.stderr)
     if args.method == "progressive":
