@@ -54,7 +54,8 @@ def assert_same_weights(first: Path, second: Path) -> None:
 
 def test_progressive_rounds_resume_exactly_inside_and_between_rounds(tmp_path, data):
     schedule = NoiseSchedule.linear(100)
-    options = dict(teacher_steps=4, steps_per_round=4, prediction="v", trainer_options=TRAINER)
+    options = {"teacher_steps": 4, "steps_per_round": 4, "prediction": "v",
+               "trainer_options": TRAINER}
     run = distill_progressive(tiny_unet(), schedule, data, out_dir=tmp_path / "a", **options)
     assert run.steps == [2, 1] and run.training_steps == [4, 4]
     assert run.students == [tmp_path / "a" / "steps_2" / "student",
@@ -89,8 +90,8 @@ def test_progressive_rounds_resume_exactly_inside_and_between_rounds(tmp_path, d
 
 def test_consistency_run_resumes_exactly_with_its_target_network(tmp_path, data):
     schedule = NoiseSchedule.linear(100)
-    options = dict(train_steps=4, num_steps=2, num_levels=8, trainer_options=TRAINER,
-                   solver="heun", distance="pseudo_huber")
+    options = {"train_steps": 4, "num_steps": 2, "num_levels": 8, "trainer_options": TRAINER,
+               "solver": "heun", "distance": "pseudo_huber"}
     run = distill_consistency(tiny_unet(), schedule, data, out_dir=tmp_path / "a", **options)
     sampler = run.pipeline.make_sampler()
     assert isinstance(sampler, ConsistencySampler)

@@ -164,8 +164,8 @@ class ConsistencyDistillation:
             solver = getattr(samplers, SAMPLER_NAMES[solver])
         if not (isinstance(solver, type) and issubclass(solver, Sampler)):
             raise TypeError(f"solver must be a sampler name or a Sampler class; got {solver!r}")
-        built = solver(self.schedule, timesteps=self._grid, prediction=self.teacher.prediction,
-                       clip_denoised=False)
+        built = solver(self.schedule, num_steps=None, timesteps=self._grid,
+                       prediction=self.teacher.prediction, clip_denoised=False)
         if built._uses_noise:
             raise ValueError(f"solver must be a deterministic ODE solver; {solver.__name__} adds "
                              "noise at every step (use ddim, dpm-solver, unipc, deis or pndm)")
@@ -309,8 +309,8 @@ class ConsistencyDistillation:
             return
         for mine, theirs in zip(self.target_network.parameters(), self._student.parameters()):
             mine.lerp_(theirs.detach().to(mine.dtype), 1.0 - self.target_decay)
-        for mine, theirs in zip(self.target_network.buffers(), self._student.buffers()):
-            mine.copy_(theirs)
+        for buffer, source in zip(self.target_network.buffers(), self._student.buffers()):
+            buffer.copy_(source)
 
     def state_dict(self) -> dict[str, Any]:
         """The target network's weights and the guidance generator (saved with checkpoints)."""

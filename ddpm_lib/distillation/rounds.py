@@ -211,12 +211,14 @@ def distill_progressive(
             prediction=prediction, teacher_reads_guidance=guided and round_index > 0,
             seed=seed + round_index, **loss_options)
         done = _finished(folder)
+        round_student: nn.Module
         if done is None:
             if round_index == 0:
                 round_student = _initial_student(teacher, student, guided)
             else:
-                round_student = copy.deepcopy(current_teacher)
-                round_student.train().requires_grad_(True)
+                copied = copy.deepcopy(current_teacher)  # a saved student: a module
+                assert isinstance(copied, nn.Module)
+                round_student = copied.train().requires_grad_(True)
             done = _train_round(round_student, loss, dataset, folder, steps_per_round,
                                 seed + round_index, trainer_options or {},
                                 loss.sampler_settings(),
