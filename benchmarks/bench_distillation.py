@@ -36,11 +36,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_guidance import DigitDenoiser, Scorer, load_digits, train  # noqa: E402
+from bench_guidance import DigitDenoiser, Scorer, load_digits, train
 
-from ddpm_lib import (  # noqa: E402
+from ddpm_lib import (
     ConsistencyDistillation,
-    ConsistencySampler,
     DDIMSampler,
     DEISSampler,
     DPMSolverSampler,
@@ -49,7 +48,7 @@ from ddpm_lib import (  # noqa: E402
     ProgressiveDistillation,
     UniPCSampler,
 )
-from ddpm_lib.distillation import GuidanceEmbedding  # noqa: E402
+from ddpm_lib.distillation import GuidanceEmbedding
 
 CALLS = (1, 2, 4, 8)
 SOLVERS = {

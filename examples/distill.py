@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
+from _common import parser as example_parser
 
 from ddpm_lib import DDIMSampler, NoiseSchedule, SimpleLoss, Trainer, UNet, distill_progressive
 from ddpm_lib.data import ShapesDataset, save_grid
-
-from _common import QUICK, run_folder  # the examples' quick mode (DDPM_LIB_QUICK=1)
-from _common import parser as example_parser
 
 TEACHER_STEPS = 16  # the first teacher's DDIM steps; the rounds give 8, 4, 2, 1
 

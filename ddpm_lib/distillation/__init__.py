@@ -1,13 +1,13 @@
 """Learned fast sampling: progressive distillation and consistency distillation.
 
-- :class:`ProgressiveDistillation` (Salimans & Ho 2022): the loss of one round, a student
-  that takes one DDIM step for two of its teacher's; :func:`distill_progressive` runs the
+- :class:`~ddpm_lib.distillation.ProgressiveDistillation` (Salimans & Ho 2022): the loss of one round, a student
+  that takes one DDIM step for two of its teacher's; :func:`~ddpm_lib.distillation.distill_progressive` runs the
   rounds ``N -> N/2 -> ... -> 1`` through the :class:`ddpm_lib.Trainer`.
-- :class:`ConsistencyDistillation` (Song et al. 2023): the loss of consistency distillation
+- :class:`~ddpm_lib.distillation.ConsistencyDistillation` (Song et al. 2023): the loss of consistency distillation
   (boundary parameterisation, EMA target network, a solver step of the teacher, a distance);
-  :func:`distill_consistency` trains it; :class:`ddpm_lib.ConsistencySampler` samples the
+  :func:`~ddpm_lib.distillation.distill_consistency` trains it; :class:`ddpm_lib.ConsistencySampler` samples the
   student in one step or a few.
-- :class:`GuidanceConditionedUNet`: a UNet that reads the guidance scale, for guided
+- :class:`~ddpm_lib.distillation.GuidanceConditionedUNet`: a UNet that reads the guidance scale, for guided
   distillation (Meng et al. 2023; latent consistency models, Luo et al. 2023).
 
 Modules: ``progressive``, ``consistency``, ``guidance``, ``rounds`` (the drivers) and

@@ -8,7 +8,7 @@ level ``n`` and ``x_n = alpha_n x0 + sigma_n eps``:
     x^_{n+1} = one step of an ODE solver with the teacher from g_n to g_{n+1}
     loss     = d(f_theta(x_n, g_n), f_theta-(x^_{n+1}, g_{n+1}))
 
-with ``f`` the boundary parameterisation of :mod:`ddpm_lib.samplers.consistency`
+with ``f`` the boundary parameterisation of ``ddpm_lib.samplers.consistency``
 (``f(x, clean) = x``), ``theta-`` the target network, an EMA of the student
 (``theta- <- mu theta- + (1 - mu) theta`` after every optimizer step), and ``d`` a distance:
 squared L2 (mean over dimensions), pseudo-Huber ``sqrt(||a - b||^2 + c^2) - c`` (Song &

@@ -1,7 +1,7 @@
 """The guidance scale as a network input (Meng et al. 2023; latent consistency models): a
 student distilled from a guided teacher reads ``w`` and serves every scale in one call.
 
-:class:`GuidanceConditionedUNet` is a :class:`ddpm_lib.UNet` whose conditioning embedding
+:class:`~ddpm_lib.distillation.GuidanceConditionedUNet` is a :class:`ddpm_lib.UNet` whose conditioning embedding
 (:meth:`ddpm_lib.UNet.embed`, the extension point) adds ``guidance_embed(w)``:
 ``w -> Linear(SiLU(Linear(sinusoid(w * guidance_embedding_scale))))``, the last layer
 initialised to zero, so that a student copied from its teacher starts as the teacher.
@@ -46,7 +46,7 @@ class GuidanceConditionedUNet(UNet):
     guidance_scale=w)`` with ``w`` a ``(B,)`` tensor (or a float for the whole batch).
 
     Takes the arguments of :class:`ddpm_lib.UNet` and ``guidance_embedding_scale`` (see
-    :class:`GuidanceEmbedding`). ``guidance_scale=None`` adds nothing (the network then acts
+    :class:`~ddpm_lib.distillation.GuidanceEmbedding`). ``guidance_scale=None`` adds nothing (the network then acts
     as the UNet it was copied from, until trained). Saved and loaded like a UNet.
     """
 
@@ -74,7 +74,7 @@ class GuidanceConditionedUNet(UNet):
 
 
 def with_guidance_embedding(unet: UNet, **options: Any) -> GuidanceConditionedUNet:
-    """A :class:`GuidanceConditionedUNet` with ``unet``'s configuration and weights (its
+    """A :class:`~ddpm_lib.distillation.GuidanceConditionedUNet` with ``unet``'s configuration and weights (its
     guidance embedding zero): the student of a guided distillation, initialised from the
     teacher. ``options``: ``guidance_embedding_scale``."""
     if not isinstance(unet, UNet):

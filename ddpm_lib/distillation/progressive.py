@@ -103,7 +103,7 @@ class ProgressiveDistillation:
         seed: seeds the drawn guidance scales (their generator is saved with checkpoints).
 
     A training step: the Trainer's timestep ``t`` picks the student position ``t * N // T``,
-    ``z_t = q(x0, eps)`` at that level, the target is :func:`two_step_target`, and the loss is
+    ``z_t = q(x0, eps)`` at that level, the target is :func:`~ddpm_lib.distillation.two_step_target`, and the loss is
     the weighted squared error of the student's ``x0``, one value per sample (mean over
     dimensions). :meth:`sampler` samples the distilled student (DDIM on the ``N`` steps).
     """

@@ -1,6 +1,6 @@
 """The drivers: distillation through the :class:`ddpm_lib.Trainer`, resumable at any point.
 
-:func:`distill_progressive` runs the rounds ``N -> N/2 -> ... -> final_steps``; round ``k``
+:func:`~ddpm_lib.distillation.distill_progressive` runs the rounds ``N -> N/2 -> ... -> final_steps``; round ``k``
 trains in ``out_dir/steps_<N>/`` (the Trainer's checkpoints: an interrupted round resumes
 exactly from its newest checkpoint) and writes its student as a
 :class:`ddpm_lib.DiffusionPipeline` to ``out_dir/steps_<N>/student/`` with the sampler that
@@ -10,7 +10,7 @@ draws its dropout noise from torch's global RNG seeded per round inside
 ``torch.random.fork_rng`` (the caller's RNG state is untouched), so a run stopped and started
 again between or inside rounds ends with the same weights as one that never stopped.
 
-:func:`distill_consistency` is one round of consistency distillation in ``out_dir`` (student in
+:func:`~ddpm_lib.distillation.distill_consistency` is one round of consistency distillation in ``out_dir`` (student in
 ``out_dir/student/``, sampled with :class:`ddpm_lib.ConsistencySampler`).
 """
 
@@ -176,15 +176,15 @@ def distill_progressive(
             guidance embedding for guided distillation); it must hold the teacher's
             parameters, whose values it receives.
         trainer_options: :class:`ddpm_lib.Trainer` settings over
-            :data:`DISTILL_TRAINER_DEFAULTS`, and ``use_ema`` (save the EMA student, default).
+            :data:`~ddpm_lib.distillation.DISTILL_TRAINER_DEFAULTS`, and ``use_ema`` (save the EMA student, default).
         bundle_options: more arguments of each student's :class:`ddpm_lib.DiffusionPipeline`
             (a latent model's ``autoencoder`` and ``scale_factor``).
         seed: seeds each round's Trainer (``seed + round``) and dropout.
-        loss_options: :class:`ProgressiveDistillation` options (``spacing``, ``weighting``,
+        loss_options: :class:`~ddpm_lib.distillation.ProgressiveDistillation` options (``spacing``, ``weighting``,
             ``guidance_scale``, ``unconditional_kwargs``).
 
     Returns:
-        a :class:`DistillationRun`.
+        a :class:`~ddpm_lib.distillation.DistillationRun`.
     """
     teacher_steps = check_int("teacher_steps", teacher_steps, 2)
     final_steps = check_int("final_steps", final_steps, 1)
@@ -256,10 +256,10 @@ def distill_consistency(
 
     Args:
         teacher, schedule, dataset, out_dir, teacher_prediction, prediction, student,
-            trainer_options, bundle_options, seed: as in :func:`distill_progressive`.
+            trainer_options, bundle_options, seed: as in :func:`~ddpm_lib.distillation.distill_progressive`.
         train_steps: optimizer steps.
         num_steps: the sampling steps recorded in the student's pipeline (1: one-step).
-        loss_options: :class:`ConsistencyDistillation` options (``num_levels``, ``solver``,
+        loss_options: :class:`~ddpm_lib.distillation.ConsistencyDistillation` options (``num_levels``, ``solver``,
             ``distance``, ``target_decay``, ``guidance_scale``, ...).
     """
     check_int("train_steps", train_steps, 1)
