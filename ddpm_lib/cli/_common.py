@@ -211,7 +211,8 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
         "sampler", "An option is accepted only by the samplers that have it (--order for ddim\n"
         "is an error); not given, it keeps the sampler's default.")
     steps = ", ".join(f"{name} {'T' if count is None else count}" for name, count in
-                      (SAMPLER_STEPS if default_steps is None else default_steps).items())
+                      (SAMPLER_STEPS if default_steps is None else default_steps).items()
+                      if name != "saved")
     group.add_argument(
         "--sampler", type=sampler_name, choices=tuple(SAMPLER_STEPS), default=default,
         help="ddpm: ancestral, respaced, the most forgiving (a briefly trained model); ddim: "
