@@ -84,6 +84,9 @@ RANGES: dict[str, Range] = {
     "text_max_length": AT_LEAST_ONE, "num_timesteps": Range(2), "timesteps": Range(2),
     "min_snr_gamma": POSITIVE, "latent_channels": AT_LEAST_ONE, "kl_weight": Range(0.0),
     "l2_weight": Range(0.0), "adversarial_start": AT_LEAST_ZERO,
+    # distillation
+    "train_steps": AT_LEAST_ONE, "teacher_steps": Range(2), "levels": AT_LEAST_ONE,
+    "target_decay": FRACTION,
     # output
     "log_every": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,
     "keep_checkpoints": AT_LEAST_ONE, "sample_every": AT_LEAST_ONE, "num_samples": AT_LEAST_ONE,
