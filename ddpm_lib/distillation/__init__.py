@@ -14,10 +14,10 @@ Modules: ``progressive``, ``consistency``, ``guidance``, ``rounds`` (the drivers
 ``_common`` (the guided teacher, the grids, the student check).
 """
 
-from .consistency import DISTANCES, ConsistencyDistillation, pseudo_huber
+from .consistency import DISTANCES, ConsistencyDistillation, pseudo_huber  # noqa: F401
 from .guidance import GuidanceConditionedUNet, GuidanceEmbedding, with_guidance_embedding
-from .progressive import WEIGHTINGS, ProgressiveDistillation, two_step_target
-from .rounds import (
+from .progressive import WEIGHTINGS, ProgressiveDistillation, two_step_target  # noqa: F401
+from .rounds import (  # noqa: F401 (DISTILL_TRAINER_DEFAULTS: importable, not API-paged)
     DISTILL_TRAINER_DEFAULTS,
     DistillationRun,
     distill_consistency,
@@ -25,9 +25,6 @@ from .rounds import (
 )
 
 __all__ = [
-    "DISTANCES",
-    "DISTILL_TRAINER_DEFAULTS",
-    "WEIGHTINGS",
     "ConsistencyDistillation",
     "DistillationRun",
     "GuidanceConditionedUNet",

@@ -32,7 +32,7 @@ from ._common import check_student
 from .consistency import ConsistencyDistillation
 from .progressive import ProgressiveDistillation
 
-__all__ = ["DISTILL_TRAINER_DEFAULTS", "DistillationRun", "distill_consistency",
+__all__ = ["DistillationRun", "distill_consistency",
            "distill_progressive"]
 
 #: the Trainer's settings a distillation uses unless ``trainer_options`` says otherwise
@@ -176,7 +176,7 @@ def distill_progressive(
             guidance embedding for guided distillation); it must hold the teacher's
             parameters, whose values it receives.
         trainer_options: :class:`ddpm_lib.Trainer` settings over
-            :data:`~ddpm_lib.distillation.DISTILL_TRAINER_DEFAULTS`, and ``use_ema`` (save the EMA student, default).
+            ``DISTILL_TRAINER_DEFAULTS``, and ``use_ema`` (save the EMA student, default).
         bundle_options: more arguments of each student's :class:`ddpm_lib.DiffusionPipeline`
             (a latent model's ``autoencoder`` and ``scale_factor``).
         seed: seeds each round's Trainer (``seed + round``) and dropout.
@@ -255,8 +255,10 @@ def distill_consistency(
     Trainer in ``out_dir`` (resumed exactly when interrupted).
 
     Args:
-        teacher, schedule, dataset, out_dir, teacher_prediction, prediction, student,
-            trainer_options, bundle_options, seed: as in :func:`~ddpm_lib.distillation.distill_progressive`.
+        teacher: the trained model; ``schedule``, ``dataset``, ``out_dir``,
+            ``teacher_prediction``, ``prediction``, ``student``, ``trainer_options``,
+            ``bundle_options`` and ``seed`` as in
+            :func:`~ddpm_lib.distillation.distill_progressive`.
         train_steps: optimizer steps.
         num_steps: the sampling steps recorded in the student's pipeline (1: one-step).
         loss_options: :class:`~ddpm_lib.distillation.ConsistencyDistillation` options (``num_levels``, ``solver``,
