@@ -69,6 +69,14 @@ _EXPORTS = {
 
     "Trainer": "ddpm_lib.training",
 
+    # learned fast sampling (ddpm_lib.distillation)
+    "ConsistencySampler": "ddpm_lib.samplers",
+    "ProgressiveDistillation": "ddpm_lib.distillation",
+    "ConsistencyDistillation": "ddpm_lib.distillation",
+    "GuidanceConditionedUNet": "ddpm_lib.distillation",
+    "distill_progressive": "ddpm_lib.distillation",
+    "distill_consistency": "ddpm_lib.distillation",
+
     "DiffusionPipeline": "ddpm_lib.pipeline",
     "ClassLabel": "ddpm_lib.conditioning",
     "Prompt": "ddpm_lib.conditioning",
@@ -90,7 +98,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
-_SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
+_SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "distillation",
+               "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
                "schedule", "score_losses", "score_model", "training", "interop_sd")
 

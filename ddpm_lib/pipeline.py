@@ -55,6 +55,7 @@ SAMPLER_NAMES = {
     "edm": "EDMSampler",
     "langevin": "AnnealedLangevinSampler",
     "ve-sde": "VESDESampler",
+    "consistency": "ConsistencySampler",  # a consistency-distilled model (ddpm_lib.distillation)
 }
 #: the samplers over noise levels: they take a model's own levels (``noise_levels=``)
 LEVEL_SAMPLER_NAMES = ("edm", "langevin", "ve-sde")

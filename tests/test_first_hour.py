@@ -57,6 +57,8 @@ def _minimal_argv(command: str, tmp_path: Path) -> list[str]:
         "sample": ["sample", str(tmp_path / "run")],
         "fid": ["fid", str(tmp_path / "a"), str(tmp_path / "b")],
         "bpd": ["bpd", str(tmp_path / "model"), str(tmp_path / "data")],
+        "distill": ["distill", str(tmp_path / "run"), "--method", "progressive", "--out",
+                    str(tmp_path / "out")],
     }[command]
 
 
@@ -205,7 +207,8 @@ def test_every_sampler_and_its_options_reach_the_sampler(argv, cls, expected, ru
 
 def test_every_sampler_samples_from_the_command_line(run, tmp_path, capsys) -> None:
     assert set(SAMPLER_STEPS) == {"ddpm", "ddim", "dpm-solver", "unipc", "pndm", "deis", "sde",
-                                  "edm", "langevin", "ve-sde"}
+                                  "edm", "langevin", "ve-sde",
+                                  "consistency", "saved"}
     assert set(MAX_ORDER) == set(SAMPLER_OPTIONS["order"])
     for sampler in SAMPLER_STEPS:
         out = tmp_path / f"{sampler}.npz"

@@ -12,6 +12,7 @@ from torch import nn
 
 from ddpm_lib import GaussianOracle
 from ddpm_lib.samplers import (
+    ConsistencySampler,
     DDIMSampler,
     DDPMSampler,
     DEISSampler,
@@ -45,6 +46,8 @@ SAMPLERS = {
     "pndm-quadratic-solver": lambda s: PNDMSampler(s, 6, spacing="quadratic", final_step="solver"),
     "deis-3": lambda s: DEISSampler(s, 8),
     "deis-2-x0-solver": lambda s: DEISSampler(s, 6, order=2, prediction="x0", final_step="solver"),
+    "consistency-4": lambda s: ConsistencySampler(s, 4),
+    "consistency-3-v": lambda s: ConsistencySampler(s, 3, prediction="v"),
 }
 
 

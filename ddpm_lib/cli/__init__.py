@@ -1,9 +1,10 @@
-"""The ``ddpm-lib`` command line: ``train``, ``sample``, ``fid``, ``bpd`` and ``train-autoencoder``.
+"""The ``ddpm-lib`` command line: ``train``, ``sample``, ``fid``, ``bpd``, ``train-autoencoder``
+and ``distill``.
 
 Run ``ddpm-lib --help`` (or ``python -m ddpm_lib.cli --help``). One module per command
 (:mod:`~ddpm_lib.cli.train`, :mod:`~ddpm_lib.cli.sample`, :mod:`~ddpm_lib.cli.fid`,
-:mod:`~ddpm_lib.cli.bpd`, :mod:`~ddpm_lib.cli.train_autoencoder`), each with its parser
-(``add_parser``) and the function that runs it (``run``); what they share (the one loader of
+:mod:`~ddpm_lib.cli.bpd`, :mod:`~ddpm_lib.cli.train_autoencoder`,
+:mod:`~ddpm_lib.cli.distill`), each with its parser (``add_parser``) and the function that runs it (``run``); what they share (the one loader of
 trained models, the one sampler builder, errors, device, threads) is in ``_common``, and the
 one validation of the arguments, run by :func:`main` before any work or write, in
 :mod:`~ddpm_lib.cli.checks`. Errors the user can fix (a missing path, a bad option, a corrupt
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import bpd, fid, sample, train, train_autoencoder
+from . import bpd, distill, fid, sample, train, train_autoencoder
 from ._common import (
     CLIError,
     default_threads,
@@ -31,7 +32,7 @@ from .checks import validate
 __all__ = ["CLIError", "build_parser", "default_threads", "main"]
 
 #: The commands, in the order of ``--help``: each module has ``add_parser`` and ``run``.
-COMMANDS = (train, sample, fid, bpd, train_autoencoder)
+COMMANDS = (train, sample, fid, bpd, train_autoencoder, distill)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,7 +211,8 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
         "sampler", "An option is accepted only by the samplers that have it (--order for ddim\n"
         "is an error); not given, it keeps the sampler's default.")
     steps = ", ".join(f"{name} {'T' if count is None else count}" for name, count in
-                      (SAMPLER_STEPS if default_steps is None else default_steps).items())
+                      (SAMPLER_STEPS if default_steps is None else default_steps).items()
+                      if name != "saved")
     group.add_argument(
         "--sampler", type=sampler_name, choices=tuple(SAMPLER_STEPS), default=default,
         help="ddpm: ancestral, respaced, the most forgiving (a briefly trained model); ddim: "
@@ -220,8 +221,9 @@ def add_sampler_options(parser: Any, *, default: str = "ddpm",
         "quadratic --final-step denoise); deis: DEIS multistep; sde: the score-SDE samplers "
         "(--method); edm: Karras et al.'s Heun / Euler (--method, --s-churn); langevin: annealed "
         "Langevin dynamics (NCSN); ve-sde: the VE SDE's predictor-corrector; the last three "
-        "walk a score-based model's own noise levels, or a DDPM model's "
-        f"(default: {default})")
+        "walk a score-based model's own noise levels, or a DDPM model's; "
+        "consistency: a consistency-distilled model (1-4 steps); saved: the sampler "
+        f"the model's folder records (a distilled student's) (default: {default})")
     group.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps, at most T (default: {steps}; ddpm with --steps T is "
                        "the paper's full chain)")
@@ -280,6 +282,11 @@ def build_sampler(args: argparse.Namespace, pipe: Any,
 
     schedule = pipe.schedule
     num_timesteps = schedule.num_timesteps
+    if args.sampler == "saved":  # the sampler the model's folder records (a distilled student's)
+        _, given = sampler_options(args)
+        if args.clip_denoised is not None:
+            given["clip_denoised"] = args.clip_denoised
+        return pipe.make_sampler(**({"num_steps": args.steps} if args.steps else {}), **given)
     if args.steps is not None and args.steps > num_timesteps:
         raise CLIError(f"--steps must be at most the model's T = {num_timesteps}; got {args.steps}")
     default = (SAMPLER_STEPS if default_steps is None else default_steps)[args.sampler]

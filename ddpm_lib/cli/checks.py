@@ -86,6 +86,9 @@ RANGES: dict[str, Range] = {
     "min_snr_gamma": POSITIVE, "hidden_size": AT_LEAST_ONE, "depth": AT_LEAST_ONE,
     "num_heads": AT_LEAST_ONE, "patch_size": AT_LEAST_ONE, "latent_channels": AT_LEAST_ONE, "kl_weight": Range(0.0),
     "l2_weight": Range(0.0), "adversarial_start": AT_LEAST_ZERO,
+    # distillation
+    "train_steps": AT_LEAST_ONE, "teacher_steps": Range(2), "levels": AT_LEAST_ONE,
+    "target_decay": FRACTION,
     # output
     "log_every": AT_LEAST_ONE, "checkpoint_every": AT_LEAST_ONE,
     "keep_checkpoints": AT_LEAST_ONE, "sample_every": AT_LEAST_ONE, "num_samples": AT_LEAST_ONE,
@@ -110,7 +113,8 @@ FLAGS = {"label": "--class"}
 
 #: Default ``--steps`` of each sampler (``ddpm``: capped at T).
 SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm-solver": 20, "unipc": 20, "pndm": 20, "deis": 20,
-                 "sde": 100, "edm": 18, "langevin": 10, "ve-sde": 100}
+                 "sde": 100, "edm": 18, "langevin": 10, "ve-sde": 100, "consistency": 1,
+                 "saved": None}  # saved: the model's recorded sampler (a distilled one)
 MULTISTEP = ("dpm-solver", "unipc", "pndm", "deis")
 
 #: Which ``--sampler`` accepts which sampler option (``dest -> samplers``).
@@ -421,7 +425,7 @@ def sampler_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         value = getattr(args, dest, None)
         if value is not None:
             keywords[keyword] = value
-    return SAMPLER_NAMES[args.sampler], keywords
+    return SAMPLER_NAMES.get(args.sampler, args.sampler), keywords
 
 
 # ----------------------------------------------------------------------------- fid / bpd

@@ -1,6 +1,7 @@
 """Samplers: DDPM (ancestral, respaced), DDIM (with inversion), DPM-Solver++ 1S/2M/3M, UniPC,
-PLMS / iPNDM, DEIS and the score-SDE samplers; over noise levels (``ddpm_lib.samplers.levels``)
-annealed Langevin dynamics, the VE SDE and EDM's Euler / Heun; step grids in ``ddpm_lib.samplers.grids``;
+PLMS / iPNDM, DEIS, the score-SDE samplers and consistency sampling; over noise levels
+(``ddpm_lib.samplers.levels``) annealed Langevin dynamics, the VE SDE and EDM's Euler / Heun; step
+grids in ``ddpm_lib.samplers.grids``;
 Analytic-DPM's variance, DP-optimal timesteps and inpainting.
 
 Every sampler takes the model as an argument (``sampler.sample(model, shape)``); the loop,
@@ -8,6 +9,7 @@ guidance, progress, trajectory and compilation live once in :class:`Sampler`.
 """
 
 from .analytic_variance import AnalyticVariance, optimal_timesteps
+from .consistency import ConsistencySampler, consistency_coefficients
 from .base import SPACINGS, SampleTrajectory, Sampler, dynamic_threshold, spaced_timesteps
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler, respace
@@ -31,6 +33,8 @@ __all__ = [
     "NoiseLevelSampler",
     "VESDESampler",
     "AnalyticVariance",
+    "ConsistencySampler",
+    "consistency_coefficients",
     "SPACINGS",
     "DDIMSampler",
     "DEISSampler",
