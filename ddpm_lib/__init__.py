@@ -77,6 +77,12 @@ _EXPORTS = {
     "psnr": "ddpm_lib.metrics",
 
     "CaptionedShapesDataset": "ddpm_lib.data",
+
+    "Cascade": "ddpm_lib.cascade",
+    "CascadeStage": "ddpm_lib.cascade",
+    "NoiseAugmentation": "ddpm_lib.augmentation",
+    "SuperResolutionPairs": "ddpm_lib.super_resolution",
+    "sr_unet_from_diffusers": "ddpm_lib.interop_sr",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -85,7 +91,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 # submodules reachable as attributes after ``import ddpm_lib`` (imported on first use, as SciPy)
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
-               "schedule", "score_losses", "training")
+               "schedule", "score_losses", "training",
+               "augmentation", "cascade", "interop_sr", "super_resolution")
 
 
 def __getattr__(name: str) -> Any:
