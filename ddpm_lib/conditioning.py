@@ -61,6 +61,8 @@ class Condition:
     keys: tuple[str, ...] = ()
     #: whether guidance drops this condition in its unconditional half
     guided: bool = True
+    #: whether the values are images aligned with ``x0`` (flipped with it in training)
+    spatial: bool = False
 
     def __init__(self, dropout: float = 0.0) -> None:
         self.dropout = check_probability("dropout", dropout, allow_one=True)
@@ -223,6 +225,7 @@ class LowResImage(Condition):
     field_type = torch.Tensor
     keys = ("cond_image", "noise_level")
     guided = False
+    spatial = True
 
     def __init__(self, dropout: float = 0.0, augmentation: Any = None) -> None:
         super().__init__(dropout)

@@ -112,3 +112,36 @@ def test_grids_show_low_res_sample_original_and_export_keeps_the_augmentation(tm
     assert cascade.stages[1].augmentation.sample_level == 5
     images = cascade.sample(2, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 16, 16)
+
+
+def test_a_random_flip_flips_the_low_res_condition_with_the_image(tmp_path) -> None:
+    seen: list[tuple] = []
+
+    class Spy(UNet):
+        def forward(self, x, t, y=None, **kwargs):
+            seen.append((x.detach().clone(), kwargs["cond_image"].detach().clone()))
+            return super().forward(x, t, y, **kwargs)
+
+    schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.3)
+    spy = Spy(**_sr_unet().config)
+    pairs = SuperResolutionPairs(ShapesDataset(size=8, image_size=16, jitter=0.4), 2)
+    trainer = Trainer(spy, _X0Loss(schedule), pairs, batch_size=8, out_dir=tmp_path / "flip",
+                      progress=False, tensorboard=False, random_flip=True, seed=1)
+    trainer.train(1)
+    x0, cond = seen[0]
+    # the condition is the downsampled training image, flipped or not
+    torch.testing.assert_close(cond, torch.nn.functional.avg_pool2d(x0, 2))
+    originals = [pairs[i][0] for i in range(8)]
+    was_flipped = [not any(torch.equal(image, original) for original in originals)
+                   for image in x0]
+    assert any(was_flipped), "no image of the batch was flipped: the test shows nothing"
+
+
+class _X0Loss:
+    """Calls the model on the clean images (t = 0), so a spy sees x0 itself."""
+
+    def __init__(self, schedule):
+        self.num_timesteps = schedule.num_timesteps
+
+    def __call__(self, model, x0, t=None, noise=None, **kwargs):
+        return model(x0, torch.zeros_like(t), **kwargs).pow(2).mean()

@@ -95,6 +95,9 @@ RANGES: dict[str, Range] = {
     # evaluation
     "kid_subsets": AT_LEAST_ONE, "kid_subset_size": Range(2), "groups": AT_LEAST_ONE,
     "class_label": Range(-1),
+    # super-resolution (cascades)
+    "super_resolution": Range(2), "augmentation_max_level": AT_LEAST_ZERO,
+    "augmentation_level": AT_LEAST_ZERO, "noise_level": AT_LEAST_ZERO,
 }
 
 #: Ranges that depend on the command: ``(command, dest) -> Range``.
@@ -171,6 +174,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_timesteps": 1000, "prediction": "eps", "loss": "simple", "min_snr_gamma": None,
     "log_every": 1000, "checkpoint_every": 5000, "keep_checkpoints": 3, "sample_every": 10_000,
     "num_samples": 16, "guidance_scale": None, "seed": 0, "num_workers": None, "autoencoder": None,
+    "super_resolution": None, "augmentation_max_level": None, "augmentation_level": None,
 }
 TRAIN_ARGS_FILE = "cli_args.json"
 BUILTIN_DATA = ("shapes", "captioned-shapes", "cifar10", "mnist")
@@ -236,7 +240,26 @@ def _check_train(args: argparse.Namespace) -> None:
     if not int_list("channel_mults", options["channel_mults"]):
         raise CLIError("--channel-mults needs at least one multiplier; got ''")
     int_list("attention_resolutions", options["attention_resolutions"])
+    _check_super_resolution(options)
     args.resolved = options
+
+
+def _check_super_resolution(options: Mapping[str, Any]) -> None:
+    """``train --super-resolution FACTOR`` and its augmentation options."""
+    augmentation = [name for name in ("augmentation_max_level", "augmentation_level")
+                    if options[name] is not None]
+    if options["super_resolution"] is None:
+        if augmentation:
+            raise CLIError(f"{flag(augmentation[0])} is for a super-resolution model; give "
+                           "--super-resolution FACTOR")
+        return
+    if options["autoencoder"] is not None:
+        raise CLIError("--super-resolution trains a pixel-space upsampler; it cannot be "
+                       "combined with --autoencoder")
+    for name in augmentation:
+        if options[name] > 999:
+            raise CLIError(f"{flag(name)} must be in [0, 999] (the augmentation's T = 1000); "
+                           f"got {options[name]}")
 
 
 def _check_train_autoencoder(args: argparse.Namespace) -> None:

@@ -170,12 +170,15 @@ class Batches:
             loss_kwargs["t"], loss_kwargs["noise"] = t[mine], noise[mine]
         else:
             loss_kwargs["generator"] = self.loss_generator
+        flip = None
         if self.random_flip:
             flip = torch.rand(global_b, generator=generator, device=device)[mine] < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         values = []
         for position, condition in enumerate(self.conditions, start=1):
             value = condition.collate(batch[position], device)
+            if flip is not None and condition.spatial:  # a low-res image flips with x0
+                value = torch.where(flip[:, None, None, None], value.flip(-1), value)
             if condition.dropout > 0:  # classifier-free guidance: some go to the null value
                 drop = torch.rand(global_b, generator=generator, device=device)[mine]
                 value = condition.drop(value, drop < condition.dropout)
