@@ -32,7 +32,7 @@ import torch
 from ._checks import check_choice, check_int
 from .schedule import NoiseSchedule
 
-__all__ = ["NoiseAugmentation", "AUGMENTATION_VARIANTS", "DEFAULT_SAMPLE_LEVEL"]
+__all__ = ["AUGMENTATION_VARIANTS", "DEFAULT_SAMPLE_LEVEL", "NoiseAugmentation"]
 
 AUGMENTATION_VARIANTS = ("non_truncated", "truncated")
 

@@ -35,8 +35,15 @@ from ._checks import check_int, check_real
 from .augmentation import NoiseAugmentation
 from .pipeline import DiffusionPipeline
 
-__all__ = ["Cascade", "CascadeStage", "CASCADE_FILE", "AUGMENTATION_FILE", "condition_kwargs",
-           "write_augmentation", "read_augmentation"]
+__all__ = [
+    "AUGMENTATION_FILE",
+    "CASCADE_FILE",
+    "Cascade",
+    "CascadeStage",
+    "condition_kwargs",
+    "read_augmentation",
+    "write_augmentation",
+]
 
 CASCADE_FILE = "cascade.json"
 AUGMENTATION_FILE = "noise_augmentation.json"
@@ -53,10 +60,13 @@ def write_augmentation(folder: str | os.PathLike, augmentation: NoiseAugmentatio
 
 
 def read_augmentation(folder: str | os.PathLike) -> NoiseAugmentation | None:
-    """The augmentation saved in ``folder`` by :func:`write_augmentation`, else ``None``."""
+    """The augmentation saved in ``folder`` by :func:`write_augmentation` (or in the
+    ``ema_model/`` export of a Trainer ``out_dir``), else ``None``."""
     from ._readers import read_json
 
     path = Path(folder) / AUGMENTATION_FILE
+    if not path.is_file():
+        path = Path(folder) / "ema_model" / AUGMENTATION_FILE
     if not path.is_file():
         return None
     try:
@@ -136,7 +146,6 @@ class CascadeStage:
         self.num_steps = check_int("num_steps", num_steps, 1, allow_none=True)
         self.guidance_scale = check_real("guidance_scale", guidance_scale, allow_none=True)
         pipeline.make_sampler(sampler)  # an unknown name fails now
-        config = pipeline.model
         from .models.pretrained import model_config
 
         config = model_config(pipeline.model)
@@ -361,7 +370,8 @@ class Cascade:
         built = []
         for entry in stages:
             if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
-                raise ValueError(f"{path}: each stage must be an object with a 'folder'")
+                # a malformed file is a ValueError, as everywhere the library reads files
+                raise ValueError(f"{path}: each stage must be an object with a 'folder'")  # noqa: TRY004
             augmentation = entry.get("augmentation")
             pipeline = DiffusionPipeline.from_pretrained(directory / entry["folder"],
                                                          device=device)

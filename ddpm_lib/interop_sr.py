@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .interop import _copy, _copy_unet_weights, _unet_kwargs, _unwrap_config, _unsupported
+from .interop import _copy, _copy_unet_weights, _unet_kwargs, _unsupported, _unwrap_config
 from .models.unet import UNet
 
 __all__ = ["sr_unet_from_diffusers"]

@@ -24,8 +24,8 @@ __all__ = [
     "DOWNSAMPLE_MODES",
     "SuperResolutionPairs",
     "downsample",
-    "upsample",
     "side_by_side",
+    "upsample",
 ]
 
 #: ``"area"`` (the mean of each ``f x f`` block) or ``"bicubic"`` (antialiased, clamped)
@@ -112,7 +112,7 @@ class SuperResolutionPairs(Dataset):
         self.image_shape = tuple(first[0].shape) if first is not None else None
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         item = self.dataset[index]

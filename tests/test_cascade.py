@@ -26,8 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(**overrides) -> UNet:
-    config = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(), image_size=16, norm_groups=4, dropout=0.0)
+    config = {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1,
+              "attention_resolutions": (), "image_size": 16, "norm_groups": 4, "dropout": 0.0}
     config.update(overrides)
     return UNet(**config)
 

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sr_unet(**overrides) -> UNet:
-    config = dict(in_channels=3, cond_channels=3, base_channels=8, channel_mults=(1, 2),
-                  num_res_blocks=1, attention_resolutions=(), image_size=16, norm_groups=4,
-                  dropout=0.1)
+    config = {"in_channels": 3, "cond_channels": 3, "base_channels": 8, "channel_mults": (1, 2),
+              "num_res_blocks": 1, "attention_resolutions": (), "image_size": 16,
+              "norm_groups": 4, "dropout": 0.1}
     config.update(overrides)
     return UNet(**config)
 
@@ -35,9 +35,10 @@ def _trainer(out_dir, model=None, **overrides) -> Trainer:
     schedule = NoiseSchedule.linear(50, beta_start=2e-3, beta_end=0.3)
     torch.manual_seed(0)  # the same initial weights in every call
     model = model if model is not None else _sr_unet()
-    options = dict(batch_size=4, lr=1e-3, warmup_steps=2, out_dir=out_dir, log_every=1,
-                   checkpoint_every=3, progress=False, tensorboard=False, seed=3,
-                   noise_augmentation=NoiseAugmentation(schedule, max_level=30, sample_level=5))
+    options = {"batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "out_dir": out_dir,
+               "log_every": 1, "checkpoint_every": 3, "progress": False, "tensorboard": False,
+               "seed": 3,
+               "noise_augmentation": NoiseAugmentation(schedule, max_level=30, sample_level=5)}
     options.update(overrides)
     pairs = SuperResolutionPairs(ShapesDataset(size=10, image_size=16), 2)
     return Trainer(model, SimpleLoss(schedule), pairs, **options)

@@ -327,9 +327,25 @@ def _check_sample(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {path!r} does not exist")
     if not Path(args.source).exists():
         raise FileNotFoundError(f"{args.source!r} does not exist")
+    _check_cascade_sample(args)
     _check_latent_clipping(args, args.source)
     if is_latent_run(args.source) and args.inpaint is not None:
         raise CLIError("--inpaint works on pixel-space runs; this run samples latents")
+
+
+def _check_cascade_sample(args: argparse.Namespace) -> None:
+    """``sample``'s cascade options: only for a cascade, whose stages bring their samplers."""
+    from ddpm_lib.cascade import CASCADE_FILE
+
+    cascade = bool(args.stage) or (Path(args.source) / CASCADE_FILE).is_file()
+    if not cascade:
+        for dest in ("noise_level", "save_cascade"):
+            if getattr(args, dest) is not None:
+                raise CLIError(f"{flag(dest)} is for a cascade: give a cascade folder or "
+                               "--stage DIR")
+    elif args.steps is not None:
+        raise CLIError("--steps: each stage of a cascade samples with its own saved sampler "
+                       "and steps")
 
 
 def is_latent_run(source: str) -> bool:

@@ -109,7 +109,7 @@ def _build_model(options: dict[str, Any], channels: int, image_size: int,
         num_classes=num_classes,
         learn_sigma=options["loss"] == "hybrid",
         norm_groups=math.gcd(32, base_channels),
-        **({"cond_channels": channels} if options["super_resolution"] else {}),
+        cond_channels=channels if options["super_resolution"] else None,
         **({"context_dim": options["text_dim"], "text_attention": options["text_attention"]}
            if text else {}),
     )

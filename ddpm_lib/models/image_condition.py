@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["COND_RESIZE_CHOICES", "resize_condition", "check_noise_level"]
+__all__ = ["COND_RESIZE_CHOICES", "check_noise_level", "resize_condition"]
 
 #: how ``cond_image`` is resized to the sample's resolution (``UNet(cond_resize=...)``)
 COND_RESIZE_CHOICES = ("bilinear", "bicubic")

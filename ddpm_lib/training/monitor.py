@@ -308,7 +308,7 @@ def _image_conditioned(trainer: Trainer) -> bool:
 
 def _grid_pairs(trainer: Trainer, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low_res, high_res)`` of the first ``count`` dataset items (cycled), on the device."""
-    items = [trainer.dataset[i % len(trainer.dataset)] for i in range(count)]  # type: ignore[arg-type]
+    items = [trainer.dataset[i % len(trainer.dataset)] for i in range(count)]
     high = torch.stack([item[0] for item in items]).to(trainer.device)
     low = torch.stack([item[1] for item in items]).to(trainer.device)
     return low, high
