@@ -269,3 +269,21 @@ def test_stages_that_do_not_chain_are_named_value_errors() -> None:
         Cascade([base, CascadeStage(sr, augmentation=NoiseAugmentation(variant="truncated"))])
     with pytest.raises(ValueError, match="sample_level"):
         CascadeStage(sr, augmentation=NoiseAugmentation(), sample_level=1000)
+
+
+def test_a_latent_base_chains_with_its_decoded_size() -> None:
+    from ddpm_lib import AutoencoderKL
+
+    autoencoder = AutoencoderKL(in_channels=3, latent_channels=4, base_channels=8,
+                                channel_mults=(1, 2), num_res_blocks=1, norm_groups=4).eval()
+    latent_unet = tiny_unet(in_channels=4, image_size=4, channel_mults=(1,))
+    base = DiffusionPipeline(latent_unet.eval(), NoiseSchedule.linear(100),
+                             autoencoder=autoencoder, scale_factor=1.0,
+                             sampler={"name": "ddim", "num_steps": 2})
+    sr = _pipeline(tiny_unet(cond_channels=3, image_size=16))
+    cascade = Cascade([base, sr])  # 4x4 latents decode to 8x8 images; 8 -> 16
+    assert cascade.factors == [2]
+    low, high = cascade.sample(2, return_stages=True)
+    assert low.shape == (2, 3, 8, 8) and high.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="do not chain"):
+        Cascade([base, _pipeline(tiny_unet(cond_channels=3, image_size=8))])

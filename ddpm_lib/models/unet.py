@@ -114,7 +114,7 @@ class UNet(PretrainedModel):
             low-resolution input, an inpainting model's mask and masked image), or ``None``.
             Then ``cond_image`` ``(B, C, h, w)`` is required: it is resized to ``x_t``'s size
             and concatenated after ``x_t`` at the input (SR3; see
-            :mod:`ddpm_lib.models.image_condition`).
+            ``ddpm_lib.models.image_condition``).
         cond_resize: ``"bilinear"`` (default, ``align_corners=False``, as ADM and GLIDE) or
             ``"bicubic"``: how ``cond_image`` is resized.
         noise_level_embedding: with ``cond_channels``: also embed the condition's noise

@@ -265,7 +265,8 @@ def default_sample_prompts(trainer: Trainer) -> list[str]:
     """:meth:`Trainer.default_sample_prompts` (documented there)."""
     if trainer.sample_prompts is None:
         count = min(trainer.num_samples, len(trainer.dataset))
-        trainer.sample_prompts = [str(trainer.dataset[i][1]) for i in range(count)]
+        field = 2 if _image_conditioned(trainer) else 1  # (image, low_res, caption) pairs
+        trainer.sample_prompts = [str(trainer.dataset[i][field]) for i in range(count)]
     return trainer.sample_prompts
 
 
