@@ -42,14 +42,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_unet import interleaved_times  # noqa: E402
+from bench_unet import interleaved_times
 
-from ddpm_lib import Cascade, NoiseSchedule, UNet  # noqa: E402
-from ddpm_lib.cascade import condition_kwargs  # noqa: E402
-from ddpm_lib.metrics import frechet_distance, psnr  # noqa: E402
-from ddpm_lib.samplers import DDIMSampler  # noqa: E402
-from ddpm_lib.shapes import ShapesDataset  # noqa: E402
-from ddpm_lib.super_resolution import downsample, upsample  # noqa: E402
+from ddpm_lib import Cascade, NoiseSchedule, UNet
+from ddpm_lib.cascade import condition_kwargs
+from ddpm_lib.metrics import frechet_distance, psnr
+from ddpm_lib.samplers import DDIMSampler
+from ddpm_lib.shapes import ShapesDataset
+from ddpm_lib.super_resolution import downsample, upsample
 
 HELD_OUT_SEED, REFERENCE_SEED, PCA_SEED = 1000, 2000, 3000
 

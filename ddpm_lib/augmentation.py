@@ -36,9 +36,9 @@ __all__ = ["AUGMENTATION_VARIANTS", "DEFAULT_SAMPLE_LEVEL", "NoiseAugmentation"]
 
 AUGMENTATION_VARIANTS = ("non_truncated", "truncated")
 
-#: the default sampling level of T = 1000: the best of the levels measured on
-#: ``examples/super_resolution.py`` (``benchmarks/bench_super_resolution.py --part level``,
-#: figures in ``docs/guides/super_resolution.md``)
+#: The default sampling level (of T = 1000), the best of the levels measured on
+#: ``examples/super_resolution.py`` with ``benchmarks/bench_super_resolution.py --part level``
+#: (the figures are in ``docs/guides/super_resolution.md``).
 DEFAULT_SAMPLE_LEVEL = 100
 
 
