@@ -92,6 +92,12 @@ _EXPORTS = {
     "psnr": "ddpm_lib.metrics",
 
     "CaptionedShapesDataset": "ddpm_lib.data",
+
+    "Cascade": "ddpm_lib.cascade",
+    "CascadeStage": "ddpm_lib.cascade",
+    "NoiseAugmentation": "ddpm_lib.augmentation",
+    "SuperResolutionPairs": "ddpm_lib.super_resolution",
+    "sr_unet_from_diffusers": "ddpm_lib.interop_sr",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -101,7 +107,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 _SUBMODULES = ("analytic", "cli", "conditioning", "data", "denoisers", "distillation",
                "interop", "interop_dit",
                "losses", "metrics", "models", "noise_levels", "oracles", "pipeline", "samplers",
-               "schedule", "score_losses", "score_model", "training", "interop_sd")
+               "schedule", "score_losses", "score_model", "training", "interop_sd",
+               "augmentation", "cascade", "interop_sr", "super_resolution")
 
 
 def __getattr__(name: str) -> Any:

@@ -61,6 +61,8 @@ class Condition:
     keys: tuple[str, ...] = ()
     #: whether guidance drops this condition in its unconditional half
     guided: bool = True
+    #: whether the values are images aligned with ``x0`` (flipped with it in training)
+    spatial: bool = False
 
     def __init__(self, dropout: float = 0.0) -> None:
         self.dropout = check_probability("dropout", dropout, allow_one=True)
@@ -78,6 +80,13 @@ class Condition:
         """``values`` with the elements where ``dropped`` (a ``(B,)`` bool tensor) is true
         replaced by the null value: the training dropout of classifier-free guidance."""
         raise NotImplementedError
+
+    def randomize(self, values: Any, generator: torch.Generator, batch: int,
+                  mine: slice) -> Any:
+        """The condition's own training draws, after the dropout (default: none). Draws are
+        made for the global ``batch`` from the Trainer's shared ``generator`` and this rank's
+        slice ``mine`` is kept, so runs do not depend on the number of processes."""
+        return values
 
     # ------------------------------------------------------------------ model inputs
     def model_kwargs(self, values: Any, model: Any) -> dict[str, Any]:
@@ -206,11 +215,36 @@ class LowResImage(Condition):
 
     Args:
         dropout: probability of replacing the image by zeros in training (0: never).
+        augmentation: a :class:`ddpm_lib.NoiseAugmentation`: in training each image is
+            corrupted at a random level ``s`` and the model also gets ``noise_level=s``
+            (:meth:`randomize`); ``None``: the image as it is.
     """
 
     field_type = torch.Tensor
-    keys = ("cond_image",)
+    keys = ("cond_image", "noise_level")
     guided = False
+    spatial = True
+
+    def __init__(self, dropout: float = 0.0, augmentation: Any = None) -> None:
+        super().__init__(dropout)
+        from .augmentation import NoiseAugmentation
+
+        if augmentation is not None and not isinstance(augmentation, NoiseAugmentation):
+            raise TypeError(f"augmentation must be a NoiseAugmentation or None; got "
+                            f"{type(augmentation).__name__}")
+        self.augmentation = augmentation
+
+    def randomize(self, values: torch.Tensor, generator: torch.Generator, batch: int,
+                  mine: slice) -> Any:
+        """Noise conditioning augmentation: ``s ~ U{0..max_level}`` then ``eps ~ N(0, I)``,
+        each for the global batch; returns ``(z_s, s)`` for this rank."""
+        if self.augmentation is None:
+            return values
+        device = values.device
+        levels = self.augmentation.draw_levels(batch, generator, device)[mine]
+        noise = torch.randn((batch, *values.shape[1:]), generator=generator,
+                            device=device)[mine]
+        return self.augmentation.augment(values, levels, noise), levels
 
     def collate(self, values: Any, device: torch.device) -> torch.Tensor:
         images = torch.as_tensor(values).to(device, non_blocking=True).float()
@@ -224,8 +258,13 @@ class LowResImage(Condition):
     def drop(self, values: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         return torch.where(dropped.reshape(-1, 1, 1, 1), torch.zeros_like(values), values)
 
-    def model_kwargs(self, values: torch.Tensor, model: Any) -> dict[str, Any]:
+    def model_kwargs(self, values: Any, model: Any) -> dict[str, Any]:
+        if isinstance(values, tuple):  # augmented: (z_s, s)
+            return {"cond_image": values[0], "noise_level": values[1]}
         return {"cond_image": values}
+
+    def __repr__(self) -> str:
+        return f"LowResImage(dropout={self.dropout}, augmentation={self.augmentation!r})"
 
 
 #: the conditions the samplers know of, for the default unconditional kwargs of guidance
@@ -233,21 +272,29 @@ _KINDS: tuple[type[Condition], ...] = (ClassLabel, Prompt, LowResImage)
 
 
 def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
-                   class_dropout: float = 0.1, caption_dropout: float = 0.1) -> list[Condition]:
+                   class_dropout: float = 0.1, caption_dropout: float = 0.1,
+                   noise_augmentation: Any = None) -> list[Condition]:
     """The conditions of ``model`` (a model with an int ``num_classes`` reads labels, one with
-    ``encode_prompts`` prompts), checked against a dataset item's ``fields`` when given.
+    ``encode_prompts`` prompts, one with ``cond_channels`` in its config a low-resolution
+    image, first), checked against a dataset item's ``fields`` when given.
 
     Args:
         model: the network (unwrapped from DDP).
-        fields: the values of a dataset item after the image (``(image, label)``: ``[label]``),
-            or ``None`` (sampling: the conditions come from the model alone).
+        fields: the values of a dataset item after the image (``(image, label)``: ``[label]``;
+            an image-conditioned model's items are ``(image, low_res, ...)``), or ``None``
+            (sampling: the conditions come from the model alone).
         class_dropout, caption_dropout: the training dropout of each kind.
+        noise_augmentation: the :class:`ddpm_lib.NoiseAugmentation` of an image-conditioned
+            model's condition (``None``: none).
 
     Raises:
         TypeError: captions for a model without a text encoder.
         ValueError: other disagreements of the fields and the model (a text model without
             captions, a class-conditional model without labels or with captions).
     """
+    image = _image_condition(model, fields, noise_augmentation)
+    if fields is not None:
+        fields = list(fields)[1:2] if image else list(fields)[:1]
     num_classes = getattr(model, "num_classes", None)
     if not (is_int(num_classes) and num_classes >= 1):
         num_classes = None
@@ -276,10 +323,40 @@ def conditions_for(model: Any, fields: Sequence[Any] | None = None, *,
                 "items carry no labels; give (image, label) pairs or an unconditional model"
             )
     if text:
-        return [Prompt(caption_dropout)]
+        return image + [Prompt(caption_dropout)]
     if num_classes is not None:
-        return [ClassLabel(num_classes, class_dropout)]
-    return []
+        return image + [ClassLabel(num_classes, class_dropout)]
+    return image
+
+
+def _image_condition(model: Any, fields: Sequence[Any] | None,
+                     augmentation: Any) -> list[Condition]:
+    """``[LowResImage]`` for a model with ``cond_channels`` (checked against the item's first
+    field after the image), else ``[]``."""
+    from .models.pretrained import model_config
+
+    config = model_config(model)
+    cond_channels = config.get("cond_channels")
+    if not isinstance(cond_channels, int):
+        if augmentation is not None:
+            raise ValueError("noise_augmentation needs an image-conditioned model (built with "
+                             "cond_channels=C); this one reads no cond_image")
+        return []
+    if augmentation is not None and not config.get("noise_level_embedding", True):
+        raise ValueError("noise_augmentation needs a model that reads noise_level: build it "
+                         "with noise_level_embedding=True")
+    if fields is not None:
+        low_res = fields[0] if fields else None
+        if not isinstance(low_res, torch.Tensor) or low_res.ndim != 3 or (
+                low_res.shape[0] != cond_channels):
+            found = (tuple(low_res.shape) if isinstance(low_res, torch.Tensor)
+                     else type(low_res).__name__)
+            raise ValueError(
+                f"the model is image-conditioned (cond_channels={cond_channels}): dataset items "
+                f"must be (image, low_res ({cond_channels}, h, w), ...), such as "
+                f"ddpm_lib.SuperResolutionPairs gives; the field after the image is {found}"
+            )
+    return [LowResImage(augmentation=augmentation)]
 
 
 def default_unconditional_kwargs(

@@ -257,9 +257,13 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
     kwargs = _unet_kwargs(config)
     reference = next(unet2dmodel.parameters())
     unet = unet_class(**kwargs).to(dtype=reference.dtype, device=reference.device)
-    model: Any = unet  # walked by submodule names, as in the helpers above
-    src = unet2dmodel
+    _copy_unet_weights(unet, unet2dmodel)
+    return unet.train(unet2dmodel.training)
 
+
+def _copy_unet_weights(model: Any, src: Any) -> None:
+    """Copy a ``UNet2DModel``'s weights into a :class:`UNet` of the same layout (walked by
+    submodule names, as in the helpers above); also serves :mod:`ddpm_lib.interop_sr`."""
     _copy(model.conv_in, src.conv_in)
     _copy(model.time_embed.linear_1, src.time_embedding.linear_1)
     _copy(model.time_embed.linear_2, src.time_embedding.linear_2)
@@ -278,7 +282,6 @@ def unet_from_diffusers(unet2dmodel: Any, *, unet_class: type[UNet] = UNet) -> U
         _copy_level(level, src_block, "upsamplers")
     _copy(model.out.norm, src.conv_norm_out)
     _copy(model.out.conv, src.conv_out)
-    return unet.train(unet2dmodel.training)
 
 
 # ---------------------------------------------------------------------------- autoencoder

@@ -101,6 +101,9 @@ RANGES: dict[str, Range] = {
     # evaluation
     "kid_subsets": AT_LEAST_ONE, "kid_subset_size": Range(2), "groups": AT_LEAST_ONE,
     "class_label": Range(-1),
+    # super-resolution (cascades)
+    "super_resolution": Range(2), "augmentation_max_level": AT_LEAST_ZERO,
+    "augmentation_level": AT_LEAST_ZERO, "noise_level": AT_LEAST_ZERO,
 }
 
 #: Ranges that depend on the command: ``(command, dest) -> Range``.
@@ -186,6 +189,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model": "unet", "hidden_size": None, "depth": None, "num_heads": None, "patch_size": None,
     "parallel": "ddp",
     "latent_normalization": None,
+    "super_resolution": None, "augmentation_max_level": None, "augmentation_level": None,
 }
 #: ``--model`` choices: the UNet and the DiT presets of Peebles & Xie (``dit-s/2`` ...).
 MODELS = ("unet", *(f"dit-{size}/{patch}" for size in ("s", "b", "l", "xl") for patch in (2, 4, 8)))
@@ -310,6 +314,7 @@ def _check_train(args: argparse.Namespace) -> None:
         raise CLIError("--channel-mults needs at least one multiplier; got ''")
     int_list("attention_resolutions", options["attention_resolutions"])
     _check_backbone(args, options)
+    _check_super_resolution(options)
     args.resolved = options
 
 
@@ -325,6 +330,24 @@ def _check_backbone(args: argparse.Namespace, options: Mapping[str, Any]) -> Non
             options["hidden_size"] % options["num_heads"]):
         raise CLIError(f"--hidden-size {options['hidden_size']} must be divisible by "
                        f"--num-heads {options['num_heads']}")
+
+
+def _check_super_resolution(options: Mapping[str, Any]) -> None:
+    """``train --super-resolution FACTOR`` and its augmentation options."""
+    augmentation = [name for name in ("augmentation_max_level", "augmentation_level")
+                    if options[name] is not None]
+    if options["super_resolution"] is None:
+        if augmentation:
+            raise CLIError(f"{flag(augmentation[0])} is for a super-resolution model; give "
+                           "--super-resolution FACTOR")
+        return
+    if options["autoencoder"] is not None:
+        raise CLIError("--super-resolution trains a pixel-space upsampler; it cannot be "
+                       "combined with --autoencoder")
+    for name in augmentation:
+        if options[name] > 999:
+            raise CLIError(f"{flag(name)} must be in [0, 999] (the augmentation's T = 1000); "
+                           f"got {options[name]}")
 
 
 def _check_train_autoencoder(args: argparse.Namespace) -> None:
@@ -392,9 +415,25 @@ def _check_sample(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {path!r} does not exist")
     if not Path(args.source).exists():
         raise FileNotFoundError(f"{args.source!r} does not exist")
+    _check_cascade_sample(args)
     _check_latent_clipping(args, args.source)
     if is_latent_run(args.source) and args.inpaint is not None:
         raise CLIError("--inpaint works on pixel-space runs; this run samples latents")
+
+
+def _check_cascade_sample(args: argparse.Namespace) -> None:
+    """``sample``'s cascade options: only for a cascade, whose stages bring their samplers."""
+    from ddpm_lib.cascade import CASCADE_FILE
+
+    cascade = bool(args.stage) or (Path(args.source) / CASCADE_FILE).is_file()
+    if not cascade:
+        for dest in ("noise_level", "save_cascade"):
+            if getattr(args, dest) is not None:
+                raise CLIError(f"{flag(dest)} is for a cascade: give a cascade folder or "
+                               "--stage DIR")
+    elif args.steps is not None:
+        raise CLIError("--steps: each stage of a cascade samples with its own saved sampler "
+                       "and steps")
 
 
 def is_latent_run(source: str) -> bool:

@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> None:
 
     if args.out is None and args.npz is None:
         args.out = "samples.png"
+    from . import sample_cascade
+
+    if sample_cascade.is_cascade(args):  # a base and super-resolution stages
+        sample_cascade.run(args)
+        return
     device = device_of(args.device)
     pipe = load_pipeline(args.source, device, use_ema=not args.no_ema)
     sampler = build_sampler(args, pipe)
@@ -183,6 +188,8 @@ def add_parser(subparsers: Any) -> None:
             "  ddpm-lib sample runs/shapes --out grid.png\n"
             "  ddpm-lib sample runs/shapes --sampler dpm-solver --steps 20 --guidance-scale 3 --out g.png\n"
             "  ddpm-lib sample runs/cifar10/ema_model --num 50000 --batch-size 500 --npz samples.npz\n"
+            "  ddpm-lib sample runs/base --stage runs/sr --save-cascade cascade --out c.png\n"
+            "  ddpm-lib sample cascade --noise-level 100 --out c.png\n"
             "  ddpm-lib sample runs/text --prompt 'a red circle on a white background' \\\n"
             "      --prompt '黑色背景上有一个黄色正方形' --num 8 --guidance-scale 3 --out t.png"
         ),
@@ -217,6 +224,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_threads_option(parser)
+    cascade = parser.add_argument_group("cascades (a base model and super-resolution stages)")
+    cascade.add_argument("--stage", action="append", default=None, metavar="DIR",
+                         help="a super-resolution stage after MODEL (a train --super-resolution "
+                         "--out or ema_model folder); repeat for more; MODEL may also be a "
+                         "cascade folder (cascade.json)")
+    cascade.add_argument("--noise-level", type=int, default=None, metavar="S",
+                         help="sample the stages' low-res conditions at augmentation level S "
+                         "(default: each stage's saved level)")
+    cascade.add_argument("--save-cascade", default=None, metavar="DIR",
+                         help="also write MODEL and its --stage folders as one cascade folder")
     inpaint = parser.add_argument_group("inpainting (RePaint)")
     inpaint.add_argument("--inpaint", default=None, metavar="IMAGE",
                          help="fill in IMAGE where --mask is black (resized to the model's size)")

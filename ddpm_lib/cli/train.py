@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> None:
     options = args.resolved  # the checked options of this run (see checks.validate)
     out = Path(args.out)
     dataset, latent, text = _dataset(options, out, args.no_progress)
+    if options["super_resolution"]:  # (image, low_res, ...) pairs: train an upsampler
+        from ddpm_lib.super_resolution import SuperResolutionPairs
+
+        dataset = SuperResolutionPairs(dataset, options["super_resolution"])
     first = dataset[0]
     image = first[0] if isinstance(first, (tuple, list)) else first
     channels, height, width = image.shape
@@ -149,6 +153,7 @@ def _build_model(options: dict[str, Any], channels: int, image_size: int,
         num_classes=num_classes,
         learn_sigma=options["loss"] == "hybrid",
         norm_groups=math.gcd(32, base_channels),
+        cond_channels=channels if options["super_resolution"] else None,
         **({"context_dim": options["text_dim"], "text_attention": options["text_attention"]}
            if text else {}),
     )
@@ -205,7 +210,18 @@ def _build_trainer(options: dict[str, Any], model: Any, schedule: Any, dataset: 
         num_samples=options["num_samples"],
         guidance_scale=options["guidance_scale"], keep_checkpoints=options["keep_checkpoints"],
         progress=not no_progress, parallel=options.get("parallel", "ddp"),
+        noise_augmentation=_augmentation(options),
     )
+
+
+def _augmentation(options: dict[str, Any]) -> Any:
+    """The noise augmentation of ``--super-resolution`` (DDPM's linear schedule, T = 1000)."""
+    if not options["super_resolution"]:
+        return None
+    from ddpm_lib.augmentation import NoiseAugmentation
+
+    return NoiseAugmentation(max_level=options["augmentation_max_level"],
+                             sample_level=options["augmentation_level"])
 
 
 # ----------------------------------------------------------------------------- latent diffusion
@@ -321,6 +337,8 @@ def add_parser(subparsers: Any) -> None:
             "  ddpm-lib train --data ~/pictures/cats --image-size 64 --out runs/cats\n"
             "  ddpm-lib train --data captioned-shapes --out runs/text --base-channels 32 \\\n"
             "      --channel-mults 1,2,2 --attention-resolutions 4 --text-dim 64 --text-layers 2\n"
+            "  ddpm-lib train --out runs/sr --image-size 32 --super-resolution 2 \\\n"
+            "      --base-channels 32 --channel-mults 1,2 --attention-resolutions ''\n"
             "  ddpm-lib train --data ~/pictures/captioned --captions metadata --image-size 64 \\\n"
             "      --out runs/captioned\n"
             "  torchrun --nproc_per_node 8 -m ddpm_lib.cli train --data cifar10 --data-root ~/data \\\n"
@@ -375,6 +393,15 @@ def _add_data_options(data: Any) -> None:
                       "flipped: 'left' would become 'right')")
     data.add_argument("--num-workers", type=int, default=None, metavar="N",
                       help="data loading processes (default: 0 on CPU, up to 8 per GPU)")
+    data.add_argument("--super-resolution", type=int, default=None, metavar="FACTOR",
+                      help="train a super-resolution stage of a cascade: the model reads each "
+                      "image downsampled by FACTOR (2, 4, 8), noise-augmented, as cond_image")
+    data.add_argument("--augmentation-max-level", type=int, default=None, metavar="S",
+                      help="--super-resolution: training augmentation levels 0..S of T = 1000 "
+                      "(default: 999)")
+    data.add_argument("--augmentation-level", type=int, default=None, metavar="S",
+                      help="--super-resolution: the level it is sampled at, saved with the "
+                      "model (default: ddpm_lib.augmentation.DEFAULT_SAMPLE_LEVEL)")
     data.add_argument("--autoencoder", default=None, metavar="RUN",
                       help="train in the latent space of this autoencoder (a train-autoencoder "
                       "--out folder or a pretrained autoencoder folder): the dataset is encoded "

@@ -41,12 +41,14 @@ def check_unet_arguments(**arguments: Any) -> None:
     for name in ("in_channels", "base_channels", "num_res_blocks", "image_size", "num_heads",
                  "norm_groups"):
         check_int(name, a[name], 1)
-    for name in ("out_channels", "num_classes", "head_channels", "emb_channels", "context_dim"):
+    for name in ("out_channels", "num_classes", "head_channels", "emb_channels", "context_dim",
+                 "cond_channels"):
         check_int(name, a[name], 1, allow_none=True)
     check_int_tuple("channel_mults", a["channel_mults"], 1)
     check_int_tuple("attention_resolutions", a["attention_resolutions"], 1, allow_empty=True)
     check_probability("dropout", a["dropout"])
-    for name in ("learn_sigma", "gradient_checkpointing", "flip_sin_to_cos"):
+    for name in ("learn_sigma", "gradient_checkpointing", "flip_sin_to_cos",
+                 "noise_level_embedding"):
         check_bool(name, a[name])
     check_real("norm_eps", a["norm_eps"], 0, open_min=True)
     if a["downsample_padding"] not in (0, 1) or isinstance(a["downsample_padding"], bool):
@@ -55,6 +57,7 @@ def check_unet_arguments(**arguments: Any) -> None:
     check_choice("text_attention", a["text_attention"], TEXT_ATTENTION_CHOICES)
     check_int("transformer_depth", a["transformer_depth"], 1)
     check_bool("transformer_linear_projection", a["transformer_linear_projection"])
+    check_choice("cond_resize", a["cond_resize"], ("bilinear", "bicubic"))
     if a["base_channels"] // 2 - a["freq_shift"] == 0:
         raise ValueError(
             f"freq_shift={a['freq_shift']} equals base_channels // 2; the sinusoidal "

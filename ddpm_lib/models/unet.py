@@ -33,6 +33,7 @@ from ._unet_config import (
     unet_geometry,
 )
 from .attention import AttentionBlock, CrossAttentionBlock
+from .image_condition import COND_RESIZE_CHOICES, check_noise_level, resize_condition
 from .layers import (
     ClassEmbedding,
     Downsample,
@@ -118,6 +119,17 @@ class UNet(PretrainedModel):
             (diffusers' ``transformer_layers_per_block``).
         transformer_linear_projection: with ``"transformer"``, linear input/output
             projections (SD 2.x) instead of 1x1 convolutions (SD 1.x).
+        cond_channels: channels ``C`` of a conditioning image (a super-resolution stage's
+            low-resolution input, an inpainting model's mask and masked image), or ``None``.
+            Then ``cond_image`` ``(B, C, h, w)`` is required: it is resized to ``x_t``'s size
+            and concatenated after ``x_t`` at the input (SR3; see
+            ``ddpm_lib.models.image_condition``).
+        cond_resize: ``"bilinear"`` (default, ``align_corners=False``, as ADM and GLIDE) or
+            ``"bicubic"``: how ``cond_image`` is resized.
+        noise_level_embedding: with ``cond_channels``: also embed the condition's noise
+            augmentation level ``noise_level`` like the timestep (sinusoid and MLP, its last
+            layer initialised to zero) and add it to the time embedding (Ho et al. 2022,
+            "Cascaded Diffusion Models"; diffusers' ``class_embed_type="timestep"``).
 
     Call ``model(x_t, t, y=None, *, context=None, context_mask=None, context_pooled=None)``:
         ``x_t``: ``(B, in_channels, H, W)`` float; ``t``: ``(B,)`` timesteps (an int or 0-d
@@ -129,6 +141,8 @@ class UNet(PretrainedModel):
         pooled text vector added (projected) to the time embedding (``None``: the mean of the
         real tokens). :meth:`ddpm_lib.TextConditionedUNet.encode_prompts` returns exactly
         these three keyword arguments.
+        With ``cond_channels``: ``cond_image`` ``(B, cond_channels, h, w)`` (required) and
+        ``noise_level`` ``(B,)`` (a number is broadcast; ``None``: 0, a clean condition).
         Returns ``(B, out_channels, H, W)`` (``2 * out_channels`` with ``learn_sigma``).
 
     Subclassing: the network is assembled from factory methods, each of which can be
@@ -169,6 +183,9 @@ class UNet(PretrainedModel):
         text_attention: str = "joint",
         transformer_depth: int = 1,
         transformer_linear_projection: bool = False,
+        cond_channels: int | None = None,
+        cond_resize: str = "bilinear",
+        noise_level_embedding: bool = True,
     ) -> None:
         super().__init__()
         # ---- validation (models/_unet_config.py): errors name the argument and the fix -----
@@ -182,7 +199,9 @@ class UNet(PretrainedModel):
             downsample_padding=downsample_padding, flip_sin_to_cos=flip_sin_to_cos,
             freq_shift=freq_shift, context_dim=context_dim, text_attention=text_attention,
             transformer_depth=transformer_depth,
-            transformer_linear_projection=transformer_linear_projection)
+            transformer_linear_projection=transformer_linear_projection,
+            cond_channels=cond_channels, cond_resize=cond_resize,
+            noise_level_embedding=noise_level_embedding)
         geometry = unet_geometry(channel_mults, attention_resolutions, image_size, base_channels,
                                  norm_groups, num_heads, head_channels)
         channel_mults, attention_resolutions = geometry.channel_mults, geometry.attention_resolutions
@@ -204,13 +223,20 @@ class UNet(PretrainedModel):
         if text_attention == "transformer":  # saved only by Stable Diffusion-layout models
             self._config.update(transformer_depth=transformer_depth,
                                 transformer_linear_projection=transformer_linear_projection)
+        if cond_channels is not None:  # image options are saved only by image-conditioned models
+            self._config.update(cond_channels=cond_channels, cond_resize=cond_resize,
+                                noise_level_embedding=noise_level_embedding)
         self._set_attributes(geometry, context_dim, text_attention)
         self.transformer_depth = transformer_depth
         self.transformer_linear_projection = transformer_linear_projection
+        self.cond_channels = cond_channels
+        self.cond_resize = cond_resize
 
         # ---- modules, each from an overridable factory -----------------------------------
         self.time_embed = self.make_time_embedding()
         self.class_embed = self.make_class_embedding()
+        self.noise_level_embed = (self.make_noise_level_embedding()
+                                  if cond_channels is not None and noise_level_embedding else None)
         if context_dim is not None:
             self.context_embed = self.make_context_embedding()
         self.conv_in = self.make_input()
@@ -328,6 +354,15 @@ class UNet(PretrainedModel):
             return None
         return ClassEmbedding(self.num_classes, self.emb_channels)
 
+    def make_noise_level_embedding(self) -> nn.Module:
+        """Module mapping the condition's augmentation levels ``(B,)`` to
+        ``(B, emb_channels)``, added to the time embedding; built only with ``cond_channels``
+        and ``noise_level_embedding``. Default: a :class:`ddpm_lib.models.TimestepEmbedding`
+        whose last layer starts at zero (the network starts independent of the level)."""
+        embedding = self.make_time_embedding()
+        zero_module(cast("nn.Module", getattr(embedding, "linear_2", embedding)))
+        return embedding
+
     def make_context_embedding(self) -> nn.Module | None:
         """Module mapping the pooled context ``(B, context_dim)`` to ``(B, emb_channels)``,
         added to the time embedding (GLIDE's ``transformer_proj``); built only when
@@ -381,11 +416,20 @@ class UNet(PretrainedModel):
         """The conditioning embedding ``(B, emb_channels)`` given to every residual block.
 
         Default: ``time_embed(t) + class_embed(y)``, plus ``context_embed(context_pooled)``
-        for a text model (``context_pooled`` is passed only when ``context_dim`` is set).
+        for a text model (``context_pooled`` is passed only when ``context_dim`` is set) and
+        ``noise_level_embed(noise_level)`` for an image-conditioned one.
         Override it (together with :meth:`make_class_embedding`) to condition on something
         else; extra keyword arguments of ``forward`` arrive here.
         """
+        noise_level = kwargs.pop("noise_level", None)
         emb = self._embed_time_and_class(t, y, **kwargs)
+        if self.noise_level_embed is not None:  # (B,) levels -> (B, E)
+            emb = emb + self.noise_level_embed(check_noise_level(noise_level, t)).to(emb.dtype)
+        elif noise_level is not None:
+            raise ValueError(
+                "noise_level was given, but this UNet has no noise-level embedding; build it "
+                "with cond_channels=C (and noise_level_embedding=True)"
+            )
         if context_pooled is not None and self.context_embed is not None:
             emb = emb + self.context_embed(context_pooled.to(emb.dtype)).to(emb.dtype)
         return emb
@@ -401,8 +445,29 @@ class UNet(PretrainedModel):
         return emb + self.class_embed(y).to(emb.dtype)
 
     def make_input(self) -> nn.Module:
-        """First convolution ``(B, in_channels, H, W) -> (B, base_channels, H, W)``."""
-        return nn.Conv2d(self.in_channels, self.base_channels, 3, padding=1)
+        """First convolution ``(B, in_channels + cond_channels, H, W) -> (B, base_channels,
+        H, W)`` (``cond_channels`` counts 0 without image conditioning)."""
+        channels = self.in_channels + (self.cond_channels or 0)
+        return nn.Conv2d(channels, self.base_channels, 3, padding=1)
+
+    def concat_condition(self, x: torch.Tensor, cond_image: Any) -> torch.Tensor:
+        """The input of :meth:`make_input`'s convolution: ``x`` ``(B, in, H, W)``, with the
+        resized ``cond_image`` concatenated after it for an image-conditioned model
+        (``(B, in + cond_channels, H, W)``)."""
+        if self.cond_channels is None:
+            if cond_image is not None:
+                raise ValueError(
+                    "cond_image was given, but this UNet was built without cond_channels; "
+                    "build it with cond_channels=C to condition on an image"
+                )
+            return x
+        if cond_image is None:
+            raise ValueError(
+                f"this UNet is image-conditioned (cond_channels={self.cond_channels}): pass "
+                f"cond_image, a (B, {self.cond_channels}, h, w) tensor"
+            )
+        cond = resize_condition(cond_image, x, self.cond_channels, self.cond_resize)
+        return torch.cat([x, cond], dim=1)  # (B, in + cond_channels, H, W)
 
     def make_res_block(self, in_channels: int, out_channels: int, level: int) -> nn.Module:
         """Residual block at ``level``, called as ``block(x, emb)``
@@ -454,17 +519,21 @@ class UNet(PretrainedModel):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
         *, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-        context_pooled: torch.Tensor | None = None, **kwargs: Any,
+        context_pooled: torch.Tensor | None = None, cond_image: torch.Tensor | None = None,
+        noise_level: torch.Tensor | float | None = None, **kwargs: Any,
     ) -> torch.Tensor:
         """Predict from ``x_t`` ``(B, in_channels, H, W)`` at timesteps ``t`` ``(B,)``.
 
         ``context``, ``context_mask`` and ``context_pooled`` are the text inputs of a model
-        built with ``context_dim`` (see the class docstring).
+        built with ``context_dim``, ``cond_image`` and ``noise_level`` those of a model built
+        with ``cond_channels`` (see the class docstring).
 
         Returns ``(B, out_channels, H, W)``, or ``(B, 2 * out_channels, H, W)`` with
         ``learn_sigma`` (prediction first, variance values second along dim 1).
         """
         t = self._check_inputs(x, t)
+        if noise_level is not None:
+            kwargs["noise_level"] = noise_level
         if self.context_dim is None:
             if context is not None or context_mask is not None or context_pooled is not None:
                 raise ValueError(
@@ -478,7 +547,7 @@ class UNet(PretrainedModel):
             )
             emb = self.embed(t, y, context_pooled=context_pooled, **kwargs)  # (B, E)
 
-        h = self.conv_in(x)  # (B, C, H, W)
+        h = self.conv_in(self.concat_condition(x, cond_image))  # (B, C, H, W)
         skips = [h]
         for level in cast("Iterable[UNetLevel]", self.down):
             for block in level.blocks:

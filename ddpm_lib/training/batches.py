@@ -10,6 +10,8 @@ this order and always for the whole global batch before taking this rank's slice
     noise  ~ N(0, I)
     flip   ~ U[0, 1) < 1/2                    (random_flip)
     drop_c ~ U[0, 1) < dropout_c              (each condition c with a dropout, in order)
+    c's own draws                             (Condition.randomize: a super-resolution
+                                               stage's noise augmentation s, then eps)
 
 so a run's numbers do not depend on the number of processes, and the order is fixed: changing
 it would change every run (and the resumed continuation of every old checkpoint).
@@ -69,7 +71,8 @@ def inspect_items(dataset: Dataset, stacklevel: int = 2) -> tuple[bool, tuple[in
             "in [-1, 1], not [0, 1] (use x * 2 - 1)",
             stacklevel=stacklevel + 1,
         )
-    return wrapped, tuple(image.shape), list(first[1:2]) if wrapped else []
+    # up to two fields: (image, label | caption) or (image, low_res, label | caption)
+    return wrapped, tuple(image.shape), list(first[1:3]) if wrapped else []
 
 
 class Batches:
@@ -167,16 +170,19 @@ class Batches:
             loss_kwargs["t"], loss_kwargs["noise"] = t[mine], noise[mine]
         else:
             loss_kwargs["generator"] = self.loss_generator
+        flip = None
         if self.random_flip:
             flip = torch.rand(global_b, generator=generator, device=device)[mine] < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         values = []
         for position, condition in enumerate(self.conditions, start=1):
             value = condition.collate(batch[position], device)
+            if flip is not None and condition.spatial:  # a low-res image flips with x0
+                value = torch.where(flip[:, None, None, None], value.flip(-1), value)
             if condition.dropout > 0:  # classifier-free guidance: some go to the null value
                 drop = torch.rand(global_b, generator=generator, device=device)[mine]
                 value = condition.drop(value, drop < condition.dropout)
-            values.append(value)
+            values.append(condition.randomize(value, generator, global_b, mine))
         return x0, loss_kwargs, values
 
     def condition_kwargs(self, values: Sequence[Any], model: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ddpm_lib import _io
 from ddpm_lib._checks import check_int
-from ddpm_lib.conditioning import guidance_inputs
+from ddpm_lib.conditioning import LowResImage, guidance_inputs
 from ddpm_lib.training.distributed import DistributedInfo
 from ddpm_lib.training.ema import unwrap_model
 
@@ -241,6 +241,14 @@ def sample(trainer: Trainer, num_samples: int | None, *, generator: torch.Genera
             negative_prompts=negative_prompts, guidance_scale=guidance_scale,
             device=trainer.device,
         )
+        if _image_conditioned(trainer):  # an upsampler: the first items' low-res images
+            from ddpm_lib.cascade import condition_kwargs
+
+            low_res, _ = _grid_pairs(trainer, num_samples)
+            model_kwargs.update(condition_kwargs(low_res, trainer.noise_augmentation,
+                                                 generator=generator))
+            if unconditional_kwargs:
+                unconditional_kwargs = {**model_kwargs, **unconditional_kwargs}
         return trainer.sampler.sample(
             model,
             (num_samples, *trainer.image_shape),
@@ -257,7 +265,8 @@ def default_sample_prompts(trainer: Trainer) -> list[str]:
     """:meth:`Trainer.default_sample_prompts` (documented there)."""
     if trainer.sample_prompts is None:
         count = min(trainer.num_samples, len(trainer.dataset))
-        trainer.sample_prompts = [str(trainer.dataset[i][1]) for i in range(count)]
+        field = 2 if _image_conditioned(trainer) else 1  # (image, low_res, caption) pairs
+        trainer.sample_prompts = [str(trainer.dataset[i][field]) for i in range(count)]
     return trainer.sample_prompts
 
 
@@ -268,7 +277,12 @@ def save_samples(trainer: Trainer) -> Path | None:
     from ddpm_lib.data import save_grid
 
     images = trainer.sample()
-    if trainer.num_classes is not None and trainer.num_classes <= 16:
+    if _image_conditioned(trainer):  # rows of low-res | sample | original
+        from ddpm_lib.super_resolution import side_by_side
+
+        low_res, high_res = _grid_pairs(trainer, images.shape[0])
+        images, nrow = side_by_side(low_res, images, high_res), 3
+    elif trainer.num_classes is not None and trainer.num_classes <= 16:
         nrow = trainer.num_classes  # one column per class
     else:
         nrow = max(1, round(math.sqrt(images.shape[0])))
@@ -287,3 +301,15 @@ def save_samples(trainer: Trainer) -> Path | None:
 
         writer.add_image("samples", make_grid((images.cpu() + 1) / 2, nrow=nrow), trainer.step)
     return path
+
+
+def _image_conditioned(trainer: Trainer) -> bool:
+    return any(isinstance(c, LowResImage) for c in trainer.conditions)
+
+
+def _grid_pairs(trainer: Trainer, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low_res, high_res)`` of the first ``count`` dataset items (cycled), on the device."""
+    items = [trainer.dataset[i % len(trainer.dataset)] for i in range(count)]
+    high = torch.stack([item[0] for item in items]).to(trainer.device)
+    low = torch.stack([item[1] for item in items]).to(trainer.device)
+    return low, high

@@ -122,6 +122,11 @@ class Trainer:
             over the processes, for models too large for one device; bf16 or no mixed
             precision). Checkpoints hold full tensors either way and resume under either, on
             any number of processes (``ddpm_lib.training.fsdp``). One process ignores it.
+        noise_augmentation: for a super-resolution model (``cond_channels`` in its config,
+            items ``(image, low_res, ...)`` as :class:`ddpm_lib.SuperResolutionPairs` gives):
+            a :class:`ddpm_lib.NoiseAugmentation` whose random levels and noise corrupt the
+            condition (drawn from the Trainer's generator, so resumes are exact); exported
+            beside the model. Its grids show low-res | sample | original on each row.
 
     Losses with trainable parts (a GAN discriminator) declare them; the Trainer trains them
     with the same device placement, mixed precision, DDP and checkpoints as the model:
@@ -177,7 +182,9 @@ class Trainer:
         adam_betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         parallel: str = "ddp",
+        noise_augmentation: Any = None,
     ) -> None:
+        self.noise_augmentation = noise_augmentation
         self._check_arguments(
             model, loss_fn, dataset, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
             grad_clip=grad_clip, mixed_precision=mixed_precision, out_dir=out_dir,
@@ -270,7 +277,7 @@ class Trainer:
         self._wrapped, self.image_shape, fields = inspect_items(dataset, stacklevel=3)
         self.conditions = conditions_for(
             unwrap_model(model), fields, class_dropout=self.class_dropout,
-            caption_dropout=self.caption_dropout,
+            caption_dropout=self.caption_dropout, noise_augmentation=self.noise_augmentation,
         )
         self._captioned = any(isinstance(c, Prompt) for c in self.conditions)
         self._text_model = self._captioned
@@ -547,6 +554,10 @@ class Trainer:
             model, schedule, prediction=diffusion.get("prediction", "eps"),
             variance=diffusion.get("variance"),
         ).save_pretrained(target)
+        if self.noise_augmentation is not None:  # what a cascade stage samples with
+            from ddpm_lib.cascade import write_augmentation
+
+            write_augmentation(target, self.noise_augmentation)
         return target
 
     def latest_checkpoint(self) -> Path | None:
